@@ -1,0 +1,103 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// version is set at release build time with -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func newRootCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "semnet",
+		Short: "Semantic addressing for edge platforms",
+		Long: `semnet gives every service stable virtual addresses whose meaning picks the replica:
+a Service IP per balancing policy (Round Robin, Closest), an Instance IP per replica,
+in IPv4 and IPv6. It is a drop-in for the Oakestra networking control plane.
+
+Every flag can also be set with an environment variable SEMNET_<FLAG>, e.g.
+SEMNET_TOKEN for --token or SEMNET_MONGO_URI for --mongo-uri.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	cmd.AddCommand(newRootServiceCommand(), newUpCommand(), newVersionCommand(), newProbeCommand())
+	return cmd
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the semnet version",
+		Args:  cobra.NoArgs,
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "semnet", version) },
+	}
+}
+
+// envPrefix is the prefix of the environment variable behind every flag.
+const envPrefix = "SEMNET_"
+
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// bindEnv documents each flag's environment variable in --help and, before the command
+// runs, fills every flag not given on the command line from its variable.
+func bindEnv(cmd *cobra.Command) {
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" {
+			f.Usage += fmt.Sprintf(" [env %s]", envName(f.Name))
+		}
+	})
+	prev := cmd.PreRunE
+	cmd.PreRunE = func(c *cobra.Command, args []string) error {
+		var err error
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			if f.Changed || f.Name == "help" || err != nil {
+				return
+			}
+			if v, ok := os.LookupEnv(envName(f.Name)); ok {
+				if e := c.Flags().Set(f.Name, v); e != nil {
+					err = fmt.Errorf("environment %s=%q: %w", envName(f.Name), v, e)
+				}
+			}
+		})
+		if err == nil && prev != nil {
+			err = prev(c, args)
+		}
+		return err
+	}
+}
+
+// logFlags are the logging flags every long-running command has.
+type logFlags struct {
+	level  string
+	format string
+}
+
+func (l *logFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)
+	}
+	opt := &slog.HandlerOptions{Level: lvl}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opt)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opt)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
+}

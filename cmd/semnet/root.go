@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/semnet/semnet/root"
+	"github.com/semnet/semnet/root/store/mongo"
+	"github.com/semnet/semnet/shared/addrplan"
+)
+
+// rootFlags are the flags of `semnet root`; `semnet up` reuses them.
+type rootFlags struct {
+	listen, dataDir, mongoURI, mongoDB, token, planFile string
+	insecure, noMigrate                                 bool
+	quarantine                                          time.Duration
+	log                                                 logFlags
+}
+
+func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string) {
+	fs.StringVar(&f.listen, "listen", listenDefault, "address the REST API listens on")
+	fs.StringVar(&f.dataDir, "data-dir", "semnet-data", "directory of the embedded store (used unless --mongo-uri is set)")
+	fs.StringVar(&f.mongoURI, "mongo-uri", "", "MongoDB URI; when set, MongoDB is the store instead of the embedded one")
+	fs.StringVar(&f.mongoDB, "mongo-db", "semnet", "MongoDB database name")
+	fs.BoolVar(&f.noMigrate, "no-migrate", false, "do not apply MongoDB schema migrations at start (run `semnet root migrate` instead)")
+	fs.StringVar(&f.token, "token", "", "bearer token every /api request must carry (Authorization: Bearer TOKEN)")
+	fs.BoolVar(&f.insecure, "insecure", false, "serve /api without a token; allowed only on a loopback listen address")
+	fs.StringVar(&f.planFile, "address-plan", "", "JSON file overriding address plan fields (defaults: ADDRESSING.md)")
+	fs.DurationVar(&f.quarantine, "quarantine", addrplan.Default().Quarantine, "how long a released address waits before reuse")
+	f.log.register(fs)
+}
+
+func (f *rootFlags) config() (root.Config, error) {
+	plan := addrplan.Default()
+	if f.planFile != "" {
+		var err error
+		if plan, err = addrplan.Load(f.planFile); err != nil {
+			return root.Config{}, err
+		}
+	}
+	plan.Quarantine = f.quarantine
+	log, err := f.log.logger(os.Stderr)
+	if err != nil {
+		return root.Config{}, err
+	}
+	c := root.Config{Listen: f.listen, DataDir: f.dataDir, MongoURI: f.mongoURI, MongoDB: f.mongoDB,
+		NoMigrate: f.noMigrate, Insecure: f.insecure, Plan: plan, Logger: log}
+	if f.token != "" {
+		c.Tokens = []string{f.token}
+	}
+	return c, nil
+}
+
+func newRootServiceCommand() *cobra.Command {
+	var f rootFlags
+	cmd := &cobra.Command{
+		Use:   "root",
+		Short: "Run the root service: address allocation, instance records, REST API",
+		Long: `The root service allocates Service IPs, Instance IPs and worker subnets, stores
+geo-tagged instance records (embedded store by default, MongoDB with --mongo-uri),
+serves the REST API (/api/v1 and the reference /api/net) and streams changes to clusters.
+
+It answers /readyz with 200 once it serves.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.config()
+			if err != nil {
+				return err
+			}
+			srv, err := root.Start(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			return srv.Close()
+		},
+	}
+	f.register(cmd.Flags(), ":10099")
+	bindEnv(cmd)
+	cmd.AddCommand(newMigrateCommand())
+	return cmd
+}
+
+func newMigrateCommand() *cobra.Command {
+	var uri, db string
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply the MongoDB schema migrations (collections and unique indexes) and exit",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if uri == "" {
+				return fmt.Errorf("--mongo-uri is required: migrations apply to MongoDB only (the embedded store needs none)")
+			}
+			v, err := mongo.Migrate(cmd.Context(), uri, db)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "schema at version %d\n", v)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&uri, "mongo-uri", "", "MongoDB URI")
+	cmd.Flags().StringVar(&db, "mongo-db", "semnet", "MongoDB database name")
+	bindEnv(cmd)
+	return cmd
+}

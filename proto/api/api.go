@@ -1,0 +1,165 @@
+// Package api holds the JSON bodies of root's own REST API, /api/v1 (documented in
+// proto/openapi.yaml). Cluster services and `semnet ctl` decode the same types, so the
+// names here are the contract: the same words as the reference (rr_ip, instance_ip,
+// namespace_ip, ...) wherever the reference had one.
+package api
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/semnet/semnet/shared/geo"
+)
+
+// ClusterRequest registers (or re-registers) a cluster.
+type ClusterRequest struct {
+	ID       string    `json:"id"`
+	Name     string    `json:"name"`
+	Address  string    `json:"address"`
+	Port     int       `json:"port"`
+	Location geo.Point `json:"location"`
+	RadiusKM float64   `json:"radius_km"`
+}
+
+// Cluster is a registered cluster.
+type Cluster struct {
+	ClusterRequest
+	Status    string    `json:"status"`
+	LastSeen  time.Time `json:"last_seen"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Heartbeat is a cluster's periodic status report.
+type Heartbeat struct {
+	Status string `json:"status"` // "ok" or "degraded"; free text is kept as given
+}
+
+// ServiceRequest deploys a service. The four names each match ^[a-zA-Z0-9]{1,30}$;
+// the job name is app.app_ns.service.service_ns. Requested addresses are optional.
+type ServiceRequest struct {
+	ID          string `json:"id,omitempty"` // chosen by root when empty
+	App         string `json:"app"`
+	AppNS       string `json:"app_ns"`
+	Service     string `json:"service"`
+	ServiceNS   string `json:"service_ns"`
+	RRIP        string `json:"rr_ip,omitempty"`
+	RRIPv6      string `json:"rr_ip_v6,omitempty"`
+	ClosestIP   string `json:"closest_ip,omitempty"`
+	ClosestIPv6 string `json:"closest_ip_v6,omitempty"`
+}
+
+// Service is a deployed service with its Service IPs, one pair per policy.
+type Service struct {
+	ID          string     `json:"id"`
+	JobName     string     `json:"job_name"`
+	App         string     `json:"app"`
+	AppNS       string     `json:"app_ns"`
+	Service     string     `json:"service"`
+	ServiceNS   string     `json:"service_ns"`
+	RRIP        netip.Addr `json:"rr_ip"`
+	RRIPv6      netip.Addr `json:"rr_ip_v6"`
+	ClosestIP   netip.Addr `json:"closest_ip"`
+	ClosestIPv6 netip.Addr `json:"closest_ip_v6"`
+	CreatedAt   time.Time  `json:"created_at"`
+	Revision    uint64     `json:"revision"`
+}
+
+// ServiceList is one page of services; pass Next as ?after= for the next page.
+type ServiceList struct {
+	Items []Service `json:"items"`
+	Next  string    `json:"next,omitempty"`
+}
+
+// InstanceRequest creates an instance: its Instance IP pair is allocated at once, its
+// placement is reported later. Number is chosen by root (lowest unused) when absent.
+type InstanceRequest struct {
+	Number    *int   `json:"number,omitempty"`
+	ClusterID string `json:"cluster_id"`
+}
+
+// Placement reports where an instance runs and whether it is alive.
+type Placement struct {
+	NamespaceIP   netip.Addr `json:"namespace_ip"`
+	NamespaceIPv6 netip.Addr `json:"namespace_ip_v6"`
+	HostIP        netip.Addr `json:"host_ip"`
+	HostPort      int        `json:"host_port"`
+	Location      *geo.Point `json:"location,omitempty"`
+	Status        string     `json:"status"` // running | failed
+}
+
+// Instance is one replica with its Instance IPs and, once placed, its placement.
+type Instance struct {
+	Number        int        `json:"instance_number"`
+	InstanceIP    netip.Addr `json:"instance_ip"`
+	InstanceIPv6  netip.Addr `json:"instance_ip_v6"`
+	ClusterID     string     `json:"cluster_id"`
+	NamespaceIP   netip.Addr `json:"namespace_ip,omitzero"`
+	NamespaceIPv6 netip.Addr `json:"namespace_ip_v6,omitzero"`
+	HostIP        netip.Addr `json:"host_ip,omitzero"`
+	HostPort      int        `json:"host_port,omitempty"`
+	Location      *geo.Point `json:"location,omitempty"`
+	Status        string     `json:"status"`
+	// DistanceKM is set in resolve answers that were given a caller location.
+	DistanceKM *float64  `json:"distance_km,omitempty"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	Revision   uint64    `json:"revision"`
+}
+
+// TableEntry is what a node needs to reach a service: its Service IPs and live instances.
+// When resolved with a caller location, Instances are nearest first (the Closest order).
+type TableEntry struct {
+	Service   Service    `json:"service"`
+	Instances []Instance `json:"instances"`
+	// MatchedInstance is set when the entry was resolved by an Instance IP.
+	MatchedInstance *int `json:"matched_instance,omitempty"`
+}
+
+// SubnetRequest asks for a worker subnet pair for one node of a cluster.
+type SubnetRequest struct {
+	ClusterID string `json:"cluster_id"`
+	NodeID    string `json:"node_id"`
+}
+
+// Subnet is a worker subnet pair (a /26 and a /120 by default).
+type Subnet struct {
+	SubnetV4  netip.Prefix `json:"subnet_v4"`
+	SubnetV6  netip.Prefix `json:"subnet_v6"`
+	ClusterID string       `json:"cluster_id"`
+	NodeID    string       `json:"node_id"`
+	CreatedAt time.Time    `json:"created_at"`
+}
+
+// Interest registers a cluster's interest in a service (by job name or service ID).
+type Interest struct {
+	Service string `json:"service"`
+}
+
+// Change is one entry of the change stream: what changed, not the new state (fetch the
+// table entry to get it; a reader that is behind converges in one read).
+type Change struct {
+	Revision  uint64    `json:"revision"`
+	Kind      string    `json:"kind"` // service | instance
+	Op        string    `json:"op"`   // put | delete
+	ServiceID string    `json:"service_id"`
+	JobName   string    `json:"job_name"`
+	Instance  int       `json:"instance"` // -1 for service-level changes
+	Time      time.Time `json:"time"`
+}
+
+// ChangeBatch answers GET /api/v1/clusters/{id}/changes?since=R. Continue with
+// since=Revision. Resync is set when the log no longer reaches back to R: the reader must
+// re-read every table entry it caches, then continue from Revision.
+type ChangeBatch struct {
+	Changes  []Change `json:"changes"`
+	Revision uint64   `json:"revision"`
+	Resync   bool     `json:"resync,omitempty"`
+}
+
+// PoolUsage is the fill level of one address pool.
+type PoolUsage struct {
+	Name        string       `json:"name"`
+	Prefix      netip.Prefix `json:"prefix"`
+	Size        uint64       `json:"size"`
+	Used        uint64       `json:"used"`
+	Quarantined uint64       `json:"quarantined"`
+}

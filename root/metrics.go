@@ -1,0 +1,58 @@
+package root
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/semnet/semnet/root/registry"
+	"github.com/semnet/semnet/root/store"
+)
+
+// metrics are root's domain metrics (HTTP metrics live in shared/httpapi).
+type metrics struct {
+	allocations *prometheus.CounterVec
+	changes     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "semnet_root", Name: "allocations_total", Help: "Addresses (or subnets) allocated, by pool.",
+		}, []string{"pool"}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "semnet_root", Name: "changes_total", Help: "Committed service and instance mutations, by kind and operation.",
+		}, []string{"kind", "op"}),
+	}
+	reg.MustRegister(m.allocations, m.changes)
+	return m
+}
+
+func (m *metrics) Allocated(pool string)  { m.allocations.WithLabelValues(pool).Inc() }
+func (m *metrics) Changed(c store.Change) { m.changes.WithLabelValues(c.Kind, c.Op).Inc() }
+
+// watchPools exports pool fill levels, read at scrape time so they are never stale.
+func (m *metrics) watchPools(reg prometheus.Registerer, r *registry.Registry) {
+	reg.MustRegister(poolCollector{r: r})
+}
+
+var (
+	poolSizeDesc = prometheus.NewDesc("semnet_root_pool_size", "Allocatable addresses (or subnets) in a pool.", []string{"pool", "prefix"}, nil)
+	poolUsedDesc = prometheus.NewDesc("semnet_root_pool_used", "Addresses (or subnets) in use.", []string{"pool", "prefix"}, nil)
+	poolQuarDesc = prometheus.NewDesc("semnet_root_pool_quarantined", "Released addresses waiting out their quarantine.", []string{"pool", "prefix"}, nil)
+)
+
+type poolCollector struct{ r *registry.Registry }
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- poolSizeDesc
+	ch <- poolUsedDesc
+	ch <- poolQuarDesc
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, u := range c.r.PoolUsage() {
+		p := u.Prefix.String()
+		ch <- prometheus.MustNewConstMetric(poolSizeDesc, prometheus.GaugeValue, float64(u.Size), u.Name, p)
+		ch <- prometheus.MustNewConstMetric(poolUsedDesc, prometheus.GaugeValue, float64(u.Used), u.Name, p)
+		ch <- prometheus.MustNewConstMetric(poolQuarDesc, prometheus.GaugeValue, float64(u.Quarantined), u.Name, p)
+	}
+}

@@ -1,0 +1,83 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/semnet/semnet/root/store"
+)
+
+// pollInterval is how often a long-poll re-reads the store when no local mutation woke
+// it: another root process sharing the database may have written.
+const pollInterval = time.Second
+
+// ChangeBatch is what a cluster reads from the change stream.
+type ChangeBatch struct {
+	Changes  []store.Change
+	Revision uint64 // continue from here
+	Resync   bool   // the log no longer reaches back to `since`: re-read everything
+}
+
+// Changes returns the changes after revision since to the services the cluster is
+// interested in. With wait > 0 it long-polls: it returns as soon as there is something,
+// or with an empty batch after wait. Revision always advances past changes the cluster is
+// not interested in, so a reader never re-reads them.
+func (r *Registry) Changes(ctx context.Context, clusterID string, since uint64, limit int, wait time.Duration) (ChangeBatch, error) {
+	if limit <= 0 || limit > 10000 {
+		return ChangeBatch{}, invalidf("limit %d must be between 1 and 10000", limit)
+	}
+	if _, err := r.Cluster(ctx, clusterID); err != nil {
+		return ChangeBatch{}, err
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		wake := r.changedCh() // taken before reading, so no mutation slips between
+		b, err := r.changesOnce(ctx, clusterID, since, limit)
+		if err != nil || len(b.Changes) > 0 || b.Resync || wait <= 0 {
+			return b, err
+		}
+		since = b.Revision
+		poll := time.NewTimer(pollInterval)
+		select {
+		case <-ctx.Done():
+			poll.Stop()
+			return b, nil
+		case <-deadline.C:
+			poll.Stop()
+			return b, nil
+		case <-wake:
+		case <-poll.C:
+		}
+		poll.Stop()
+	}
+}
+
+func (r *Registry) changesOnce(ctx context.Context, clusterID string, since uint64, limit int) (ChangeBatch, error) {
+	interests, err := r.store.Interests(ctx, clusterID)
+	if err != nil {
+		return ChangeBatch{}, fmt.Errorf("interests of cluster %s: %w", clusterID, err)
+	}
+	cs, err := r.store.Changes(ctx, since, limit)
+	if errors.Is(err, store.ErrCompacted) {
+		rev, err := r.store.Revision(ctx)
+		if err != nil {
+			return ChangeBatch{}, fmt.Errorf("revision: %w", err)
+		}
+		return ChangeBatch{Revision: rev, Resync: true}, nil
+	}
+	if err != nil {
+		return ChangeBatch{}, fmt.Errorf("changes since %d: %w", since, err)
+	}
+	b := ChangeBatch{Revision: since}
+	for _, c := range cs {
+		b.Revision = c.Revision
+		if _, ok := slices.BinarySearch(interests, c.ServiceID); ok {
+			b.Changes = append(b.Changes, c)
+		}
+	}
+	return b, nil
+}

@@ -1,0 +1,199 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/root/store"
+)
+
+// maxInstanceNumber bounds instance numbers (the reference uses small integers; the
+// bound keeps them printable in topic names and URLs).
+const maxInstanceNumber = 1 << 20
+
+// CreateInstance allocates an Instance IP pair for a new instance of the service named by
+// key and records it, scheduled on the given cluster. Without a number, the lowest unused
+// one is taken.
+func (r *Registry) CreateInstance(ctx context.Context, key string, req api.InstanceRequest) (store.Instance, store.Service, error) {
+	s, err := r.Service(ctx, key)
+	if err != nil {
+		return store.Instance{}, store.Service{}, err
+	}
+	if req.ClusterID != "" {
+		if err := validID("cluster_id", req.ClusterID); err != nil {
+			return store.Instance{}, s, err
+		}
+	}
+	if req.Number != nil && (*req.Number < 0 || *req.Number > maxInstanceNumber) {
+		return store.Instance{}, s, invalidf("instance_number %d must be between 0 and %d", *req.Number, maxInstanceNumber)
+	}
+	// Picking the lowest free number races with concurrent creates. Within this process a
+	// per-service lock orders them; across root processes sharing a database the store's
+	// unique (service, number) key catches the race and we pick again.
+	if req.Number == nil {
+		mu := &r.numbering[stripe(s.ID)]
+		mu.Lock()
+		defer mu.Unlock()
+	}
+	for attempt := 0; ; attempt++ {
+		num := 0
+		if req.Number != nil {
+			num = *req.Number
+		} else if num, err = r.freeNumber(ctx, s.ID); err != nil {
+			return store.Instance{}, s, err
+		}
+		in, err := r.createInstance(ctx, s, num, req.ClusterID)
+		if err == nil || req.Number != nil || !errors.Is(err, store.ErrAlreadyExists) || attempt >= maxClaimAttempts {
+			return in, s, err
+		}
+	}
+}
+
+func (r *Registry) freeNumber(ctx context.Context, serviceID string) (int, error) {
+	ins, err := r.store.ListInstances(ctx, serviceID)
+	if err != nil {
+		return 0, fmt.Errorf("list instances: %w", err)
+	}
+	// Instances come ordered by number: the first gap is the lowest free number.
+	for i, in := range ins {
+		if in.Number != i {
+			return i, nil
+		}
+	}
+	return len(ins), nil
+}
+
+func (r *Registry) createInstance(ctx context.Context, s store.Service, num int, clusterID string) (store.Instance, error) {
+	cs := []*claim{{pool: r.service4, field: "instance_ip"}, {pool: r.instance6, field: "instance_ip_v6"}}
+	var out store.Instance
+	err := r.withClaims(ctx, cs, func() error {
+		var err error
+		out, err = r.store.CreateInstance(ctx, store.Instance{
+			ServiceID: s.ID, Number: num, ClusterID: clusterID,
+			IP:     store.AddrPair{V4: cs[0].got, V6: cs[1].got},
+			Status: store.StatusScheduled, UpdatedAt: r.now().UTC(),
+		})
+		return err
+	})
+	if err != nil {
+		return store.Instance{}, fmt.Errorf("create instance %d of %s: %w", num, s.JobName(), err)
+	}
+	r.log.Info("instance created", "service", s.JobName(), "instance", num, "instance_ip", out.IP.V4, "cluster", clusterID)
+	r.notify(store.Change{Revision: out.Revision, Kind: store.KindInstance, Op: store.OpPut, ServiceID: s.ID, JobName: s.JobName(), Instance: num})
+	return out, nil
+}
+
+// validatePlacement checks a placement report against the address plan.
+func (r *Registry) validatePlacement(p api.Placement) error {
+	switch p.Status {
+	case store.StatusRunning:
+		if !p.NamespaceIP.IsValid() || !p.HostIP.IsValid() {
+			return invalidf("a running instance needs namespace_ip and host_ip")
+		}
+	case store.StatusFailed:
+	default:
+		return invalidf("status %q must be %q or %q", p.Status, store.StatusRunning, store.StatusFailed)
+	}
+	if p.NamespaceIP.IsValid() && !r.plan.SubnetV4.Contains(p.NamespaceIP) {
+		return invalidf("namespace_ip %s is outside the worker subnets %s", p.NamespaceIP, r.plan.SubnetV4)
+	}
+	if p.NamespaceIPv6.IsValid() && !r.plan.SubnetV6.Contains(p.NamespaceIPv6) {
+		return invalidf("namespace_ip_v6 %s is outside the worker subnets %s", p.NamespaceIPv6, r.plan.SubnetV6)
+	}
+	if p.HostIP.IsValid() && (p.HostPort < 1 || p.HostPort > 65535) {
+		return invalidf("host_port %d must be between 1 and 65535", p.HostPort)
+	}
+	if p.Location != nil {
+		if err := p.Location.Validate(); err != nil {
+			return invalidf("location: %v", err)
+		}
+	}
+	return nil
+}
+
+// Place records where an instance runs (or that it failed).
+func (r *Registry) Place(ctx context.Context, key string, number int, p api.Placement) (store.Instance, store.Service, error) {
+	s, err := r.Service(ctx, key)
+	if err != nil {
+		return store.Instance{}, store.Service{}, err
+	}
+	if err := r.validatePlacement(p); err != nil {
+		return store.Instance{}, s, err
+	}
+	out, err := r.store.UpdateInstance(ctx, s.ID, number, func(in *store.Instance) error {
+		if p.NamespaceIP.IsValid() || p.Status == store.StatusRunning {
+			in.NamespaceIP = store.AddrPair{V4: p.NamespaceIP, V6: p.NamespaceIPv6}
+			in.HostIP, in.HostPort = p.HostIP, p.HostPort
+		}
+		if p.Location != nil {
+			loc := *p.Location
+			in.Location = &loc
+		}
+		in.Status = p.Status
+		in.UpdatedAt = r.now().UTC()
+		return nil
+	})
+	if err != nil {
+		return store.Instance{}, s, fmt.Errorf("place instance %d of %s: %w", number, s.JobName(), err)
+	}
+	r.log.Info("instance placed", "service", s.JobName(), "instance", number, "status", p.Status, "namespace_ip", p.NamespaceIP, "host_ip", p.HostIP)
+	r.notify(store.Change{Revision: out.Revision, Kind: store.KindInstance, Op: store.OpPut, ServiceID: s.ID, JobName: s.JobName(), Instance: number})
+	return out, s, nil
+}
+
+// DeleteInstance removes an instance and frees its Instance IPs into quarantine.
+func (r *Registry) DeleteInstance(ctx context.Context, key string, number int) (store.Service, error) {
+	s, err := r.Service(ctx, key)
+	if err != nil {
+		return store.Service{}, err
+	}
+	in, err := r.store.GetInstance(ctx, s.ID, number)
+	if err != nil {
+		return s, fmt.Errorf("instance %d of %s: %w", number, s.JobName(), err)
+	}
+	if err := r.store.DeleteInstance(ctx, s.ID, number); err != nil {
+		return s, fmt.Errorf("delete instance %d of %s: %w", number, s.JobName(), err)
+	}
+	r.release(in.IP.V4, in.IP.V6)
+	r.log.Info("instance deleted", "service", s.JobName(), "instance", number)
+	r.notify(store.Change{Kind: store.KindInstance, Op: store.OpDelete, ServiceID: s.ID, JobName: s.JobName(), Instance: number})
+	return s, nil
+}
+
+// Instances lists a service's instances ordered by number.
+func (r *Registry) Instances(ctx context.Context, serviceID string) ([]store.Instance, error) {
+	ins, err := r.store.ListInstances(ctx, serviceID)
+	if err != nil {
+		return nil, fmt.Errorf("list instances of %s: %w", serviceID, err)
+	}
+	return ins, nil
+}
+
+// Instance returns one instance.
+func (r *Registry) Instance(ctx context.Context, key string, number int) (store.Instance, store.Service, error) {
+	s, err := r.Service(ctx, key)
+	if err != nil {
+		return store.Instance{}, store.Service{}, err
+	}
+	in, err := r.store.GetInstance(ctx, s.ID, number)
+	if err != nil {
+		return store.Instance{}, s, fmt.Errorf("instance %d of %s: %w", number, s.JobName(), err)
+	}
+	return in, s, nil
+}
+
+// isLive reports whether traffic may be sent to the instance.
+func isLive(in store.Instance) bool {
+	return in.Status == store.StatusRunning && in.NamespaceIP.V4.IsValid() && in.HostIP.IsValid()
+}
+
+// stripe spreads services over the numbering locks (FNV-1a of the ID).
+func stripe(id string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return int(h % numberingStripes)
+}

@@ -1,0 +1,478 @@
+package registry_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/root/registry"
+	"github.com/semnet/semnet/root/store"
+	"github.com/semnet/semnet/root/store/bolt"
+	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/geo"
+	"github.com/semnet/semnet/shared/ippool"
+)
+
+// clock is a test clock shared by the registry and its store.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+
+func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+type env struct {
+	t     *testing.T
+	dir   string
+	plan  addrplan.Plan
+	clock *clock
+	st    store.Store
+	reg   *registry.Registry
+}
+
+func newEnv(t *testing.T, plan addrplan.Plan) *env {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), plan: plan, clock: newClock()}
+	e.open()
+	return e
+}
+
+// open (re)opens the store and builds a registry over it, as a root restart does.
+func (e *env) open() {
+	e.t.Helper()
+	st, err := bolt.Open(filepath.Join(e.dir, "root.db"), store.Options{Quarantine: e.plan.Quarantine, Now: e.clock.Now})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.st = st
+	e.t.Cleanup(func() { st.Close() })
+	e.reg, err = registry.New(context.Background(), e.plan, st, registry.Options{Now: e.clock.Now})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) restart() {
+	e.t.Helper()
+	if err := e.st.Close(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.open()
+}
+
+func svcReq(name string) api.ServiceRequest {
+	return api.ServiceRequest{App: "app", AppNS: "ns", Service: name, ServiceNS: "sns"}
+}
+
+func (e *env) service(name string) store.Service {
+	e.t.Helper()
+	s, err := e.reg.CreateService(context.Background(), svcReq(name))
+	if err != nil {
+		e.t.Fatalf("create service %s: %v", name, err)
+	}
+	return s
+}
+
+func TestCreateServiceAllocatesFourAddressesInTheirPools(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	s := e.service("web")
+	p := e.plan
+	checks := []struct {
+		name string
+		a    netip.Addr
+		in   netip.Prefix
+	}{{"rr v4", s.RR.V4, p.ServiceV4}, {"closest v4", s.Closest.V4, p.ServiceV4}, {"rr v6", s.RR.V6, p.RoundRobinV6}, {"closest v6", s.Closest.V6, p.ClosestV6}}
+	for _, c := range checks {
+		if !c.in.Contains(c.a) {
+			t.Errorf("%s = %s, want inside %s", c.name, c.a, c.in)
+		}
+	}
+	if s.RR.V4 == s.Closest.V4 {
+		t.Errorf("RR and Closest share %s", s.RR.V4)
+	}
+	if got, err := e.reg.Service(context.Background(), "app.ns.web.sns"); err != nil || got.ID != s.ID {
+		t.Errorf("by job name: %v %v", got.ID, err)
+	}
+	for _, a := range []netip.Addr{s.RR.V4, s.RR.V6, s.Closest.V4, s.Closest.V6} {
+		if got, err := e.reg.Service(context.Background(), a.String()); err != nil || got.ID != s.ID {
+			t.Errorf("by %s: %v %v", a, got.ID, err)
+		}
+	}
+}
+
+func TestCreateServiceValidation(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	taken := e.service("taken")
+	cases := []struct {
+		name    string
+		req     api.ServiceRequest
+		wantErr error
+		msg     string
+	}{
+		{"bad name", api.ServiceRequest{App: "a-b", AppNS: "n", Service: "s", ServiceNS: "n"}, registry.ErrInvalid, `app "a-b"`},
+		{"long name", api.ServiceRequest{App: strings.Repeat("a", 31), AppNS: "n", Service: "s", ServiceNS: "n"}, registry.ErrInvalid, "^[a-zA-Z0-9]{1,30}$"},
+		{"empty ns", api.ServiceRequest{App: "a", AppNS: "", Service: "s", ServiceNS: "n"}, registry.ErrInvalid, "app_ns"},
+		{"rr out of range", api.ServiceRequest{App: "a", AppNS: "n", Service: "s1", ServiceNS: "n", RRIP: "10.31.0.1"}, registry.ErrInvalid, "10.31.0.1"},
+		{"rr v6 wrong prefix", api.ServiceRequest{App: "a", AppNS: "n", Service: "s2", ServiceNS: "n", RRIPv6: "fdff:1000::5"}, registry.ErrInvalid, "rr_ip_v6"},
+		{"rr taken", api.ServiceRequest{App: "a", AppNS: "n", Service: "s3", ServiceNS: "n", RRIP: taken.RR.V4.String()}, ippool.ErrInUse, taken.RR.V4.String()},
+		{"rr = closest", api.ServiceRequest{App: "a", AppNS: "n", Service: "s4", ServiceNS: "n", RRIP: "10.30.9.9", ClosestIP: "10.30.9.9"}, registry.ErrInvalid, "own Service IP"},
+		{"duplicate job", svcReq("taken"), store.ErrAlreadyExists, "app.ns.taken.sns"},
+		{"bad id", api.ServiceRequest{ID: "a/b", App: "a", AppNS: "n", Service: "s5", ServiceNS: "n"}, registry.ErrInvalid, "id"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := e.reg.CreateService(ctx, c.req)
+			if !errors.Is(err, c.wantErr) || !strings.Contains(err.Error(), c.msg) {
+				t.Fatalf("err = %v, want %v mentioning %q", err, c.wantErr, c.msg)
+			}
+		})
+	}
+	// Failed creates must not leak addresses: a requested address from a failed create is free.
+	s, err := e.reg.CreateService(ctx, api.ServiceRequest{App: "a", AppNS: "n", Service: "ok", ServiceNS: "n", RRIP: "10.30.9.9"})
+	if err != nil || s.RR.V4 != netip.MustParseAddr("10.30.9.9") {
+		t.Fatalf("requested address after failed attempts: %v %v", s.RR.V4, err)
+	}
+}
+
+func TestRequestedAddressesHonoured(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	req := svcReq("req")
+	req.RRIP, req.RRIPv6, req.ClosestIP, req.ClosestIPv6 = "10.30.200.1", "fdff:2000::abcd", "10.30.200.2", "fdff:1000::1:2"
+	s, err := e.reg.CreateService(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []string{s.RR.V4.String(), s.RR.V6.String(), s.Closest.V4.String(), s.Closest.V6.String()}
+	want := []string{req.RRIP, req.RRIPv6, req.ClosestIP, req.ClosestIPv6}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+func TestInstancesQuarantineAndRestart(t *testing.T) {
+	plan := addrplan.Default()
+	plan.Quarantine = 10 * time.Minute
+	e := newEnv(t, plan)
+	ctx := context.Background()
+	s := e.service("web")
+	in0, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in1, _, err := e.reg.CreateInstance(ctx, s.JobName(), api.InstanceRequest{ClusterID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in0.Number != 0 || in1.Number != 1 {
+		t.Fatalf("numbers %d, %d; want 0, 1", in0.Number, in1.Number)
+	}
+	if !plan.InstanceV6.Contains(in0.IP.V6) || !plan.ServiceV4.Contains(in0.IP.V4) {
+		t.Fatalf("instance IPs %v outside their pools", in0.IP)
+	}
+	if _, err := e.reg.DeleteInstance(ctx, s.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The freed address is quarantined: a request for it is refused, also after a restart.
+	e.restart()
+	req := svcReq("other")
+	req.RRIP = in0.IP.V4.String()
+	if _, err := e.reg.CreateService(ctx, req); !errors.Is(err, ippool.ErrQuarantined) {
+		t.Fatalf("claim quarantined %s after restart: %v, want ErrQuarantined", in0.IP.V4, err)
+	}
+	// Used addresses survive a restart too: new allocations never repeat them.
+	seen := map[netip.Addr]bool{s.RR.V4: true, s.Closest.V4: true, in0.IP.V4: true, in1.IP.V4: true}
+	for i := range 20 {
+		n := e.service(fmt.Sprintf("n%d", i))
+		for _, a := range []netip.Addr{n.RR.V4, n.Closest.V4} {
+			if seen[a] {
+				t.Fatalf("address %s handed out twice", a)
+			}
+			seen[a] = true
+		}
+	}
+	e.clock.Advance(plan.Quarantine + time.Second)
+	if _, err := e.reg.CreateService(ctx, req); err != nil {
+		t.Fatalf("claim %s after quarantine: %v", in0.IP.V4, err)
+	}
+	// Number 0 is free again, and is the lowest.
+	in, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{})
+	if err != nil || in.Number != 0 {
+		t.Fatalf("reuse number 0: %d %v", in.Number, err)
+	}
+}
+
+func TestConcurrentAllocationNeverDuplicates(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	s := e.service("web")
+	var (
+		mu   sync.Mutex
+		seen = map[netip.Addr]string{}
+		wg   sync.WaitGroup
+	)
+	add := func(a netip.Addr, who string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if prev, ok := seen[a]; ok {
+			t.Errorf("%s handed to %s and %s", a, prev, who)
+		}
+		seen[a] = who
+	}
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				if g%2 == 0 {
+					sv, err := e.reg.CreateService(ctx, svcReq(fmt.Sprintf("g%di%d", g, i)))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					for _, a := range []netip.Addr{sv.RR.V4, sv.RR.V6, sv.Closest.V4, sv.Closest.V6} {
+						add(a, sv.JobName())
+					}
+				} else {
+					in, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					add(in.IP.V4, fmt.Sprint("instance ", in.Number))
+					add(in.IP.V6, fmt.Sprint("instance ", in.Number))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	ins, _ := e.reg.Instances(ctx, s.ID)
+	if len(ins) != 100 {
+		t.Fatalf("%d instances, want 100", len(ins))
+	}
+}
+
+func TestExhaustion(t *testing.T) {
+	plan := addrplan.Default()
+	plan.ServiceV4 = netip.MustParsePrefix("10.30.0.0/29")
+	plan.ReservedV4 = []netip.Prefix{netip.MustParsePrefix("10.30.0.0/32"), netip.MustParsePrefix("10.30.0.7/32")}
+	plan.GatewayV4 = netip.MustParseAddr("10.30.0.7")
+	e := newEnv(t, plan)
+	ctx := context.Background()
+	// 6 usable addresses: 3 services of 2 IPv4 addresses each.
+	for i := range 3 {
+		e.service(fmt.Sprint("s", i))
+	}
+	_, err := e.reg.CreateService(ctx, svcReq("full"))
+	if !errors.Is(err, ippool.ErrExhausted) || !strings.Contains(err.Error(), "pool 10.30.0.0/29 exhausted") {
+		t.Fatalf("err = %v, want pool 10.30.0.0/29 exhausted", err)
+	}
+	// A failed create leaves nothing behind: deleting one service frees room after quarantine.
+	if err := e.reg.DeleteService(ctx, "app.ns.s0.sns", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.CreateService(ctx, svcReq("full")); !errors.Is(err, ippool.ErrExhausted) {
+		t.Fatalf("during quarantine: %v, want exhausted", err)
+	}
+	e.clock.Advance(plan.Quarantine + time.Second)
+	if _, err := e.reg.CreateService(ctx, svcReq("full")); err != nil {
+		t.Fatalf("after quarantine: %v", err)
+	}
+}
+
+func TestDeleteServiceWithInstances(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	s := e.service("web")
+	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.reg.DeleteService(ctx, s.ID, false); !errors.Is(err, store.ErrHasInstances) {
+		t.Fatalf("delete with instances: %v, want ErrHasInstances", err)
+	}
+	if err := e.reg.DeleteService(ctx, s.ID, true); err != nil {
+		t.Fatalf("force delete: %v", err)
+	}
+	if _, err := e.reg.Service(ctx, s.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+	if _, err := e.reg.Service(ctx, s.RR.V4.String()); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("by freed address: %v", err)
+	}
+}
+
+func place(t *testing.T, e *env, s store.Service, n int, nsip string, lat, lon float64, status string) {
+	t.Helper()
+	p := api.Placement{Status: status, NamespaceIP: netip.MustParseAddr(nsip), HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 50103, Location: &geo.Point{Lat: lat, Lon: lon}}
+	if _, _, err := e.reg.Place(context.Background(), s.ID, n, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestResolveClosestOrder(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	s := e.service("web")
+	for range 4 {
+		if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	place(t, e, s, 0, "10.18.0.2", 48.14, 11.58, "running")  // Munich
+	place(t, e, s, 1, "10.18.0.66", 52.52, 13.40, "running") // Berlin
+	place(t, e, s, 2, "10.18.0.130", 53.55, 9.99, "running") // Hamburg
+	place(t, e, s, 3, "10.18.0.194", 52.50, 13.30, "failed") // dead, near Berlin
+	// Caller in Potsdam: Berlin, Hamburg, Munich; the failed instance is not listed.
+	en, err := e.reg.Resolve(ctx, s.Closest.V4.String(), &geo.Point{Lat: 52.39, Lon: 13.06})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []int
+	for _, in := range en.Instances {
+		order = append(order, in.Number)
+	}
+	if fmt.Sprint(order) != "[1 2 0]" {
+		t.Fatalf("order %v, want [1 2 0]", order)
+	}
+	if en.DistanceKM[0] > en.DistanceKM[1] || en.DistanceKM[1] > en.DistanceKM[2] {
+		t.Fatalf("distances not ascending: %v", en.DistanceKM)
+	}
+	// Berlin dies: Closest falls back to the next nearest.
+	place(t, e, s, 1, "10.18.0.66", 52.52, 13.40, "failed")
+	en, _ = e.reg.Resolve(ctx, s.JobName(), &geo.Point{Lat: 52.39, Lon: 13.06})
+	if len(en.Instances) != 2 || en.Instances[0].Number != 2 {
+		t.Fatalf("after Berlin failed: %+v", en.Instances)
+	}
+	// By Instance IP: the entry says which instance was meant.
+	in2, _, _ := e.reg.Instance(ctx, s.ID, 2)
+	en, err = e.reg.Resolve(ctx, in2.IP.V6.String(), nil)
+	if err != nil || en.Matched != 2 {
+		t.Fatalf("by instance IP: matched %d, %v", en.Matched, err)
+	}
+	if _, err := e.reg.Resolve(ctx, "10.30.123.123", nil); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown address: %v", err)
+	}
+}
+
+func TestPlacementValidation(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	s := e.service("web")
+	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	bad := []api.Placement{
+		{Status: "sleeping"},
+		{Status: "running"},
+		{Status: "running", NamespaceIP: netip.MustParseAddr("192.168.1.1"), HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 1},
+		{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.0.2"), HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 70000},
+		{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.0.2"), HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 1, Location: &geo.Point{Lat: 91}},
+	}
+	for _, p := range bad {
+		if _, _, err := e.reg.Place(ctx, s.ID, 0, p); !errors.Is(err, registry.ErrInvalid) {
+			t.Errorf("placement %+v: %v, want ErrInvalid", p, err)
+		}
+	}
+	if _, _, err := e.reg.Place(ctx, s.ID, 7, api.Placement{Status: "failed"}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown instance: %v", err)
+	}
+}
+
+func TestSubnetPairs(t *testing.T) {
+	plan := addrplan.Default()
+	e := newEnv(t, plan)
+	ctx := context.Background()
+	var got []store.Subnet
+	for i := range 3 {
+		sn, err := e.reg.AllocateSubnet(ctx, "c1", fmt.Sprint("node", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, sn)
+	}
+	want := [][2]string{{"10.18.0.0/26", "fc00::/120"}, {"10.18.0.64/26", "fc00::100/120"}, {"10.18.0.128/26", "fc00::200/120"}}
+	for i, sn := range got {
+		if sn.V4.String() != want[i][0] || sn.V6.String() != want[i][1] {
+			t.Errorf("subnet %d = %s %s, want %s %s", i, sn.V4, sn.V6, want[i][0], want[i][1])
+		}
+	}
+	if err := e.reg.ReleaseSubnet(ctx, got[1].V4); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.reg.ReleaseSubnet(ctx, got[1].V4); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("double release: %v", err)
+	}
+	if err := e.reg.ReleaseSubnet(ctx, netip.MustParsePrefix("10.18.0.32/27")); !errors.Is(err, registry.ErrInvalid) {
+		t.Fatalf("wrong size: %v", err)
+	}
+	// The released /26 is in quarantine: the next one is new.
+	sn, err := e.reg.AllocateSubnet(ctx, "c1", "node9")
+	if err != nil || sn.V4.String() != "10.18.0.192/26" {
+		t.Fatalf("next subnet %s %v, want 10.18.0.192/26", sn.V4, err)
+	}
+}
+
+func TestChangeStreamFiltersAndLongPolls(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
+		t.Fatal(err)
+	}
+	a, b := e.service("a"), e.service("b")
+	if _, err := e.reg.AddInterest(ctx, "c1", a.JobName()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.reg.CreateInstance(ctx, b.ID, api.InstanceRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.reg.CreateInstance(ctx, a.ID, api.InstanceRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	batch, err := e.reg.Changes(ctx, "c1", 0, 100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range batch.Changes {
+		if c.ServiceID != a.ID {
+			t.Errorf("change of uninteresting service %s", c.JobName)
+		}
+	}
+	if len(batch.Changes) != 2 { // service a created, instance 0 of a created
+		t.Fatalf("changes %+v, want 2 for service a", batch.Changes)
+	}
+	// Long poll: nothing new for c1; a change to a wakes it.
+	done := make(chan registry.ChangeBatch, 1)
+	go func() {
+		b, err := e.reg.Changes(ctx, "c1", batch.Revision, 100, 10*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- b
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := e.reg.DeleteInstance(ctx, a.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-done:
+		if len(b.Changes) != 1 || b.Changes[0].Op != store.OpDelete || b.Changes[0].Instance != 0 {
+			t.Fatalf("woken with %+v", b.Changes)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("long poll not woken by a change")
+	}
+	if _, err := e.reg.Changes(ctx, "nope", 0, 10, 0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown cluster: %v", err)
+	}
+}

@@ -1,0 +1,66 @@
+package registry
+
+import (
+	"context"
+
+	"github.com/semnet/semnet/root/store"
+	"github.com/semnet/semnet/shared/geo"
+	"strconv"
+)
+
+// Entry is a resolved table entry: a service and its live instances.
+type Entry struct {
+	Service   store.Service
+	Instances []store.Instance
+	// Matched is the instance number when the entry was resolved by an Instance IP, else -1.
+	Matched int
+	// DistanceKM holds each instance's distance from the caller when resolved with a
+	// location (same order as Instances), else nil.
+	DistanceKM []float64
+}
+
+// Resolve returns the table entry for a Service IP, Instance IP, job name or service ID.
+// Only live instances (running and placed) are listed. With a caller location they are
+// ordered nearest first (the Closest policy: great-circle distance, stable tie-break);
+// instances without a location come last, in number order.
+func (r *Registry) Resolve(ctx context.Context, key string, from *geo.Point) (Entry, error) {
+	s, matched, err := r.lookup(ctx, key)
+	if err != nil {
+		return Entry{}, err
+	}
+	all, err := r.Instances(ctx, s.ID)
+	if err != nil {
+		return Entry{}, err
+	}
+	e := Entry{Service: s, Matched: matched, Instances: all[:0:0]}
+	for _, in := range all {
+		if isLive(in) {
+			e.Instances = append(e.Instances, in)
+		}
+	}
+	if from == nil {
+		return e, nil
+	}
+	located := e.Instances[:0:0]
+	var unlocated []store.Instance
+	for _, in := range e.Instances {
+		if in.Location != nil {
+			located = append(located, in)
+		} else {
+			unlocated = append(unlocated, in)
+		}
+	}
+	job := s.JobName()
+	geo.SortByDistance(located, *from,
+		func(in store.Instance) geo.Point { return *in.Location },
+		func(in store.Instance) string { return job + "/" + strconv.Itoa(in.Number) })
+	e.Instances = append(located, unlocated...)
+	e.DistanceKM = make([]float64, len(e.Instances))
+	for i, in := range e.Instances {
+		e.DistanceKM[i] = -1
+		if in.Location != nil {
+			e.DistanceKM[i] = geo.DistanceKM(*from, *in.Location)
+		}
+	}
+	return e, nil
+}

@@ -1,0 +1,54 @@
+package rest
+
+import (
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/root/registry"
+	"github.com/semnet/semnet/root/store"
+)
+
+func toCluster(c store.Cluster) api.Cluster {
+	return api.Cluster{
+		ClusterRequest: api.ClusterRequest{ID: c.ID, Name: c.Name, Address: c.Address, Port: c.Port, Location: c.Location, RadiusKM: c.RadiusKM},
+		Status:         c.Status, LastSeen: c.LastSeen, CreatedAt: c.CreatedAt,
+	}
+}
+
+func toService(s store.Service) api.Service {
+	return api.Service{
+		ID: s.ID, JobName: s.JobName(), App: s.App, AppNS: s.AppNS, Service: s.Name, ServiceNS: s.NS,
+		RRIP: s.RR.V4, RRIPv6: s.RR.V6, ClosestIP: s.Closest.V4, ClosestIPv6: s.Closest.V6,
+		CreatedAt: s.CreatedAt, Revision: s.Revision,
+	}
+}
+
+func toInstance(in store.Instance) api.Instance {
+	return api.Instance{
+		Number: in.Number, InstanceIP: in.IP.V4, InstanceIPv6: in.IP.V6, ClusterID: in.ClusterID,
+		NamespaceIP: in.NamespaceIP.V4, NamespaceIPv6: in.NamespaceIP.V6, HostIP: in.HostIP, HostPort: in.HostPort,
+		Location: in.Location, Status: in.Status, UpdatedAt: in.UpdatedAt, Revision: in.Revision,
+	}
+}
+
+func toEntry(e registry.Entry) api.TableEntry {
+	out := api.TableEntry{Service: toService(e.Service), Instances: make([]api.Instance, len(e.Instances))}
+	for i, in := range e.Instances {
+		out.Instances[i] = toInstance(in)
+		if e.DistanceKM != nil && e.DistanceKM[i] >= 0 {
+			d := e.DistanceKM[i]
+			out.Instances[i].DistanceKM = &d
+		}
+	}
+	if e.Matched >= 0 {
+		m := e.Matched
+		out.MatchedInstance = &m
+	}
+	return out
+}
+
+func toSubnet(s store.Subnet) api.Subnet {
+	return api.Subnet{SubnetV4: s.V4, SubnetV6: s.V6, ClusterID: s.ClusterID, NodeID: s.NodeID, CreatedAt: s.CreatedAt}
+}
+
+func toChange(c store.Change) api.Change {
+	return api.Change{Revision: c.Revision, Kind: c.Kind, Op: c.Op, ServiceID: c.ServiceID, JobName: c.JobName, Instance: c.Instance, Time: c.Time}
+}

@@ -1,0 +1,106 @@
+// Package rest adapts root's core (package registry) to its REST API: semnet's own
+// /api/v1, described in proto/openapi.yaml, plus health, readiness and metrics endpoints.
+// Handlers decode, call the registry, and encode; every failure is problem+json.
+package rest
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/semnet/semnet/root/registry"
+	"github.com/semnet/semnet/shared/httpapi"
+)
+
+// Config configures the REST server.
+type Config struct {
+	// Tokens accepted as bearer tokens on /api; empty disables auth (root allows that
+	// only with --insecure on a loopback address).
+	Tokens []string
+	Logger *slog.Logger
+	// Gatherer serves /metrics; Registerer receives the HTTP metrics.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// Ready reports whether the backend can serve (e.g. the database answers a ping).
+	Ready func(ctx context.Context) error
+	// Mount adds more routes under the authenticated /api (the reference API).
+	Mount func(r chi.Router)
+	// MaxWait bounds change-stream long polls.
+	MaxWait time.Duration
+}
+
+type server struct {
+	reg *registry.Registry
+	cfg Config
+	log *slog.Logger
+}
+
+// Handler builds root's HTTP handler.
+func Handler(reg *registry.Registry, cfg Config) http.Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = 60 * time.Second
+	}
+	s := &server{reg: reg, cfg: cfg, log: cfg.Logger}
+	m := httpapi.NewMetrics(cfg.Registerer, "semnet_root")
+
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, middleware.Recoverer, httpapi.Logger(cfg.Logger), m.Middleware)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusNotFound, "no such endpoint %s %s (see proto/openapi.yaml)", r.Method, r.URL.Path), nil)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusMethodNotAllowed, "method %s is not allowed on %s", r.Method, r.URL.Path), nil)
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", s.readyz)
+	if cfg.Gatherer != nil {
+		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	r.Route("/api", func(r chi.Router) {
+		r.Use(httpapi.BearerAuth(cfg.Tokens...))
+		r.Route("/v1", s.routesV1)
+		if cfg.Mount != nil {
+			cfg.Mount(r)
+		}
+	})
+	return r
+}
+
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.cfg.Ready(ctx); err != nil {
+			httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusServiceUnavailable, "not ready: %v", err), nil)
+			return
+		}
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// handle adapts a handler that returns an error to http.HandlerFunc, writing the error
+// as problem+json and logging server-side failures.
+func (s *server) handle(h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			var p *httpapi.Problem
+			if !errors.As(err, &p) && Classify(err) == nil {
+				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err,
+					"request_id", middleware.GetReqID(r.Context()))
+			}
+			httpapi.WriteProblem(w, r, err, Classify)
+		}
+	}
+}

@@ -1,0 +1,199 @@
+// Package root runs semnet's root service: it opens the store (embedded bolt by default,
+// MongoDB when given a URI), builds the registry over it, and serves the REST API. The
+// pieces live in subpackages: registry (allocate, record, resolve), store (persist),
+// rest (/api/v1), refapi (the reference platform's /api/net), notify (reference pushes).
+package root
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/semnet/semnet/root/notify"
+	"github.com/semnet/semnet/root/refapi"
+	"github.com/semnet/semnet/root/registry"
+	"github.com/semnet/semnet/root/rest"
+	"github.com/semnet/semnet/root/store"
+	"github.com/semnet/semnet/root/store/bolt"
+	"github.com/semnet/semnet/root/store/mongo"
+	"github.com/semnet/semnet/shared/addrplan"
+)
+
+// Config configures a root service.
+type Config struct {
+	Listen   string // host:port
+	DataDir  string // embedded store directory (when MongoURI is empty)
+	MongoURI string
+	MongoDB  string // database name
+	// NoMigrate skips applying MongoDB migrations at start (run `semnet root migrate`).
+	NoMigrate bool
+	// Tokens are the accepted bearer tokens. Empty is allowed only with Insecure, and
+	// then only on a loopback listen address.
+	Tokens   []string
+	Insecure bool
+	Plan     addrplan.Plan
+	Logger   *slog.Logger
+}
+
+// Validate refuses configurations that would be unsafe or cannot work.
+func (c Config) Validate() error {
+	if err := c.Plan.Validate(); err != nil {
+		return fmt.Errorf("address plan: %w", err)
+	}
+	if len(c.Tokens) == 0 {
+		if !c.Insecure {
+			return errors.New("no API token: set --token (or SEMNET_TOKEN), or pass --insecure for a local demo on a loopback address")
+		}
+		if !isLoopback(c.Listen) {
+			return fmt.Errorf("--insecure serves the API without authentication, so it only listens on loopback; %q is not a loopback address (try 127.0.0.1%s)", c.Listen, portOf(c.Listen))
+		}
+	}
+	for _, t := range c.Tokens {
+		if len(t) < 16 {
+			return errors.New("API token is shorter than 16 characters; use a long random token (e.g. `openssl rand -hex 32`)")
+		}
+	}
+	if c.MongoURI == "" && c.DataDir == "" {
+		return errors.New("no store: set --data-dir for the embedded store or --mongo-uri for MongoDB")
+	}
+	return nil
+}
+
+func isLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func portOf(listen string) string {
+	if _, p, err := net.SplitHostPort(listen); err == nil {
+		return ":" + p
+	}
+	return ":10099"
+}
+
+// OpenStore opens the configured backend.
+func OpenStore(ctx context.Context, c Config) (store.Store, error) {
+	opt := store.Options{Quarantine: c.Plan.Quarantine}
+	if c.MongoURI != "" {
+		st, err := mongo.Open(ctx, c.MongoURI, c.MongoDB, mongo.Options{Options: opt, SkipMigrate: c.NoMigrate})
+		if err != nil {
+			return nil, fmt.Errorf("open MongoDB store: %w", err)
+		}
+		return st, nil
+	}
+	if err := os.MkdirAll(c.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	st, err := bolt.Open(filepath.Join(c.DataDir, "root.db"), opt)
+	if err != nil {
+		return nil, fmt.Errorf("open embedded store in %s: %w", c.DataDir, err)
+	}
+	return st, nil
+}
+
+// Server is a running root service.
+type Server struct {
+	Addr net.Addr // where it listens
+
+	http  *http.Server
+	ln    net.Listener
+	store store.Store
+	notif *notify.Notifier
+	log   *slog.Logger
+}
+
+// Start opens the store, builds the registry and starts serving. Stop it with Close.
+func Start(ctx context.Context, c Config) (*Server, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st, err := OpenStore(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	notif := notify.New(notify.Options{Logger: log.With("component", "notify"), Registerer: promReg})
+	metrics := newMetrics(promReg)
+	reg, err := registry.New(ctx, c.Plan, st, registry.Options{Logger: log.With("component", "registry"), Observer: observers{metrics, notif}})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	notif.SetRegistry(reg)
+	metrics.watchPools(promReg, reg)
+	h := rest.Handler(reg, rest.Config{
+		Tokens: c.Tokens, Logger: log.With("component", "rest"),
+		Registerer: promReg, Gatherer: promReg,
+		Ready: reg.Ping,
+		Mount: func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
+	})
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("listen on %s: %w", c.Listen, err)
+	}
+	s := &Server{Addr: ln.Addr(), ln: ln, store: st, notif: notif, log: log,
+		http: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}}
+	go notif.Run(context.WithoutCancel(ctx))
+	go func() {
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP server stopped", "err", err)
+		}
+	}()
+	log.Info("root serving", "addr", ln.Addr().String(), "store", storeName(c), "auth", len(c.Tokens) > 0)
+	return s, nil
+}
+
+func storeName(c Config) string {
+	if c.MongoURI != "" {
+		return "mongodb"
+	}
+	return "embedded:" + c.DataDir
+}
+
+// Close stops serving (letting requests in flight finish for a few seconds) and closes
+// the store.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.http.Shutdown(ctx)
+	s.notif.Close()
+	return errors.Join(err, s.store.Close())
+}
+
+// observers fans registry events out to several observers.
+type observers []registry.Observer
+
+func (o observers) Allocated(pool string) {
+	for _, x := range o {
+		x.Allocated(pool)
+	}
+}
+
+func (o observers) Changed(c store.Change) {
+	for _, x := range o {
+		x.Changed(c)
+	}
+}

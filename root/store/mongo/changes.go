@@ -1,0 +1,311 @@
+package mongo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/mongo"
+	"go.mongodb.org/mongo-driver/mongo/options"
+
+	"github.com/semnet/semnet/root/store"
+)
+
+// Revision allocation. maxReserveAttempts bounds the retries when other processes take
+// the revisions this one tries; hintEvery is how often a process publishes its newest
+// revision for processes that fell behind.
+const (
+	maxReserveAttempts = 64
+	hintEvery          = 64
+)
+
+// Revision returns the newest revision handed out: the highest reservation or the
+// compaction mark, whichever is higher.
+func (s *Store) Revision(ctx context.Context) (uint64, error) {
+	rev, err := s.newestRevision(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("mongo: revision: %w", err)
+	}
+	return rev, nil
+}
+
+func (s *Store) newestRevision(ctx context.Context) (uint64, error) {
+	var d reservationDoc
+	err := s.revisions.FindOne(ctx, bson.D{}, options.FindOne().SetSort(bson.D{{Key: "_id", Value: -1}})).Decode(&d)
+	if err != nil && !errors.Is(err, mongo.ErrNoDocuments) {
+		return 0, dbErr(err)
+	}
+	var newest uint64
+	if d.ID != "" {
+		if newest, err = strconv.ParseUint(d.ID, 10, 64); err != nil {
+			return 0, fmt.Errorf("stored revision %q: %w", d.ID, err)
+		}
+	}
+	mark, err := s.metaN(ctx, metaCompacted)
+	if err != nil {
+		return 0, err
+	}
+	return max(newest, mark), nil
+}
+
+func (s *Store) metaN(ctx context.Context, id string) (uint64, error) {
+	var d counterDoc
+	err := s.meta.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, dbErr(err)
+	}
+	return uint64(d.N), nil
+}
+
+// setMetaN writes n to a meta document (a plain write: the callers either hold the
+// compaction lock or write a hint, which may be stale).
+func (s *Store) setMetaN(ctx context.Context, id string, n uint64) error {
+	_, err := s.meta.ReplaceOne(ctx, bson.D{{Key: "_id", Value: id}}, counterDoc{N: int64(n)}, options.Replace().SetUpsert(true))
+	if mongo.IsDuplicateKeyError(err) { // a concurrent first upsert won; write over it
+		_, err = s.meta.ReplaceOne(ctx, bson.D{{Key: "_id", Value: id}}, counterDoc{N: int64(n)})
+	}
+	return dbErr(err)
+}
+
+// candidate returns the next revision this process should try.
+func (s *Store) candidate() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.next
+	s.next++
+	return n
+}
+
+// skipTo makes later candidates greater than rev.
+func (s *Store) skipTo(rev uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next = max(s.next, rev+1)
+}
+
+// reserve takes the next revision by inserting a reservation with it as _id: the
+// unique _id decides between processes. The caller then commits or voids it; until it
+// does, readers wait at that revision.
+func (s *Store) reserve(ctx context.Context) (uint64, error) {
+	for attempt := 0; attempt < maxReserveAttempts; attempt++ {
+		n := s.candidate()
+		_, err := s.revisions.InsertOne(ctx, reservationDoc{ID: revID(n), At: time.Now()})
+		if mongo.IsDuplicateKeyError(err) {
+			// Another process took n. Resume after its published hint.
+			hint, err := s.metaN(ctx, metaHint)
+			if err != nil {
+				return 0, fmt.Errorf("reserve revision: %w", err)
+			}
+			s.skipTo(max(n, hint))
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("reserve revision %d: %w", n, dbErr(err))
+		}
+		// A process whose counter fell behind can reserve a revision that a compaction
+		// deleted; the mark, raised before deleting, tells.
+		mark, err := s.metaN(ctx, metaCompacted)
+		if err != nil {
+			s.void(ctx, n)
+			return 0, fmt.Errorf("reserve revision: %w", err)
+		}
+		if n <= mark {
+			cctx, cancel := detached(ctx)
+			s.revisions.DeleteOne(cctx, bson.D{{Key: "_id", Value: revID(n)}})
+			cancel()
+			s.skipTo(mark)
+			continue
+		}
+		if attempt > 0 || n%hintEvery == 0 {
+			if err := s.setMetaN(ctx, metaHint, n); err != nil {
+				s.void(ctx, n)
+				return 0, fmt.Errorf("reserve revision: hint: %w", err)
+			}
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("reserve revision: %d attempts collided with other writers: %w", maxReserveAttempts, store.ErrUnavailable)
+}
+
+// commit logs the change for a reserved revision. The record write succeeded, so the
+// change is retried on a fresh context before giving up.
+func (s *Store) commit(ctx context.Context, rev uint64, c changeDoc) error {
+	c.ID, c.Rev = revID(rev), int64(rev)
+	var err error
+	for range 3 {
+		wctx, cancel := detached(ctx)
+		_, err = s.changes.InsertOne(wctx, c)
+		cancel()
+		if err == nil || mongo.IsDuplicateKeyError(err) { // a duplicate: an earlier try did land
+			return nil
+		}
+	}
+	return fmt.Errorf("log change %d (the write itself succeeded): %w", rev, dbErr(err))
+}
+
+// void logs a reserved revision as unused, so readers need not wait for it (best
+// effort: if this fails, readers skip it after AbandonAfter).
+func (s *Store) void(ctx context.Context, rev uint64) {
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	s.changes.InsertOne(ctx, changeDoc{ID: revID(rev), Rev: int64(rev), Instance: -1, Time: s.nowMS(), Void: true})
+}
+
+// maxGaps bounds the memory of missing revisions; when full, entries older than a few
+// AbandonAfter periods are forgotten (a reader that meets them again waits again).
+const maxGaps = 4096
+
+// abandoned reports whether revision rev, missing while later ones exist,
+// has been so for AbandonAfter, counted from the first time a reader of this process
+// found it.
+func (s *Store) abandoned(rev uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first, ok := s.gaps[rev]
+	if !ok {
+		if len(s.gaps) >= maxGaps {
+			for r, t := range s.gaps {
+				if time.Since(t) > 4*s.abandon {
+					delete(s.gaps, r)
+				}
+			}
+		}
+		s.gaps[rev] = time.Now()
+		return false
+	}
+	return time.Since(first) >= s.abandon
+}
+
+// Changes returns up to limit changes after since (limit <= 0: all readable), stopping
+// at the first missing revision that is not yet abandoned.
+func (s *Store) Changes(ctx context.Context, since uint64, limit int) ([]store.Change, error) {
+	out, err := s.readChanges(ctx, since, limit)
+	if err != nil {
+		return nil, fmt.Errorf("mongo: changes since %d: %w", since, err)
+	}
+	return out, nil
+}
+
+func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]store.Change, error) {
+	mark, err := s.metaN(ctx, metaCompacted)
+	if err != nil {
+		return nil, err
+	}
+	if since < mark {
+		return nil, store.ErrCompacted
+	}
+	opt := options.Find().SetSort(bson.D{{Key: "_id", Value: 1}})
+	if limit > 0 {
+		// Void documents do not count against limit; a little slack saves a round trip.
+		opt.SetBatchSize(int32(min(limit+16, 10000)))
+	}
+	cur, err := s.changes.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: revID(since)}}}}, opt)
+	if err != nil {
+		return nil, dbErr(err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	var out []store.Change
+	next := since + 1
+	// gap decides whether the reader may pass revision r, which is missing.
+	gap := func(r uint64) (pass bool, err error) {
+		if mark, err := s.metaN(ctx, metaCompacted); err != nil {
+			return false, err
+		} else if r <= mark {
+			return false, store.ErrCompacted // compacted under us
+		}
+		return s.abandoned(r), nil
+	}
+	for (limit <= 0 || len(out) < limit) && cur.Next(ctx) {
+		var d changeDoc
+		if err := cur.Decode(&d); err != nil {
+			return nil, fmt.Errorf("decode change: %w", err)
+		}
+		rev := uint64(d.Rev)
+		for ; next < rev; next++ {
+			if pass, err := gap(next); err != nil || !pass {
+				return out, err
+			}
+		}
+		next = rev + 1
+		if !d.Void {
+			out = append(out, d.change())
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return nil, dbErr(err)
+	}
+	return out, nil
+}
+
+// CompactChanges drops changes up to upTo. It stops below the oldest revision still
+// being written (reserved, not logged) unless that reservation is older than
+// OrphanGrace, and raises the mark before deleting, so readers and writers that meet a
+// compacted range know it.
+func (s *Store) CompactChanges(ctx context.Context, upTo uint64) error {
+	if err := s.compact(ctx, upTo); err != nil {
+		return fmt.Errorf("mongo: compact changes up to %d: %w", upTo, err)
+	}
+	return nil
+}
+
+func (s *Store) compact(ctx context.Context, upTo uint64) error {
+	unlock, err := s.lock(ctx, "compact")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	rev, err := s.newestRevision(ctx)
+	if err != nil {
+		return err
+	}
+	mark, err := s.metaN(ctx, metaCompacted)
+	if err != nil {
+		return err
+	}
+	upTo = min(upTo, rev)
+	if upTo <= mark {
+		return nil
+	}
+	rng := bson.D{{Key: "_id", Value: bson.D{{Key: "$gt", Value: revID(mark)}, {Key: "$lte", Value: revID(upTo)}}}}
+	var reserved []reservationDoc
+	if err := find(ctx, s.revisions, rng, &reserved); err != nil {
+		return err
+	}
+	var logged []changeDoc
+	if err := find(ctx, s.changes, rng, &logged); err != nil {
+		return err
+	}
+	done := make(map[string]bool, len(logged))
+	for _, c := range logged {
+		done[c.ID] = true
+	}
+	for _, r := range reserved {
+		if !done[r.ID] && time.Since(r.At) < s.grace {
+			n, err := strconv.ParseUint(r.ID, 10, 64)
+			if err != nil {
+				return fmt.Errorf("stored revision %q: %w", r.ID, err)
+			}
+			upTo = min(upTo, n-1)
+		}
+	}
+	if upTo <= mark {
+		return nil
+	}
+	if err := s.setMetaN(ctx, metaCompacted, upTo); err != nil {
+		return err
+	}
+	through := bson.D{{Key: "_id", Value: bson.D{{Key: "$lte", Value: revID(upTo)}}}}
+	if _, err := s.changes.DeleteMany(ctx, through); err != nil {
+		return dbErr(err)
+	}
+	if _, err := s.revisions.DeleteMany(ctx, through); err != nil {
+		return dbErr(err)
+	}
+	return nil
+}

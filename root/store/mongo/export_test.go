@@ -1,0 +1,6 @@
+package mongo
+
+import "github.com/semnet/semnet/root/store"
+
+// ServiceDoc exposes the stored form of a service to the benchmarks.
+func ServiceDoc(sv store.Service) any { return toServiceDoc(sv) }

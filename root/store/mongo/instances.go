@@ -1,0 +1,277 @@
+package mongo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/primitive"
+	"go.mongodb.org/mongo-driver/mongo"
+	"go.mongodb.org/mongo-driver/mongo/options"
+
+	"github.com/semnet/semnet/root/store"
+)
+
+// CreateInstance claims the Instance IP pair, inserts the instance, checks that its
+// service is not being deleted meanwhile, then logs the change.
+func (s *Store) CreateInstance(ctx context.Context, in store.Instance) (store.Instance, error) {
+	if err := checkID("service", in.ServiceID); err != nil {
+		return store.Instance{}, fmt.Errorf("mongo: create instance %d: %w", in.Number, err)
+	}
+	if err := checkAddr("Instance IP (IPv4)", in.IP.V4); err != nil {
+		return store.Instance{}, fmt.Errorf("mongo: create instance %d of %s: %w", in.Number, in.ServiceID, err)
+	}
+	if err := checkAddr("Instance IP (IPv6)", in.IP.V6); err != nil {
+		return store.Instance{}, fmt.Errorf("mongo: create instance %d of %s: %w", in.Number, in.ServiceID, err)
+	}
+	out, err := s.createInstance(ctx, in)
+	if err != nil {
+		return store.Instance{}, fmt.Errorf("mongo: create instance %d of %s: %w", in.Number, in.ServiceID, err)
+	}
+	return out, nil
+}
+
+func (s *Store) createInstance(ctx context.Context, in store.Instance) (store.Instance, error) {
+	in.UpdatedAt = ms(in.UpdatedAt)
+	if in.Location != nil {
+		loc := *in.Location
+		in.Location = &loc
+	}
+	// gone reports whether the service was deleted or a DeleteService holds its lock.
+	gone := func() (bool, error) {
+		if locked, err := s.locked(ctx, serviceLock(in.ServiceID)); err != nil || locked {
+			return locked, err
+		}
+		_, err := s.getService(ctx, bson.D{{Key: "_id", Value: in.ServiceID}})
+		if errors.Is(err, store.ErrNotFound) {
+			return true, nil
+		}
+		return false, err
+	}
+	sv, err := s.getService(ctx, bson.D{{Key: "_id", Value: in.ServiceID}})
+	if err == nil {
+		var locked bool
+		if locked, err = s.locked(ctx, serviceLock(in.ServiceID)); err == nil && locked {
+			err = store.ErrNotFound
+		}
+	}
+	if err != nil {
+		return store.Instance{}, fmt.Errorf("service %s: %w", in.ServiceID, err)
+	}
+	id := instanceID(in.ServiceID, in.Number)
+	token := primitive.NewObjectID()
+	leases := []leaseReq{
+		{in.IP.V4, store.RoleInstance, in.ServiceID, in.Number},
+		{in.IP.V6, store.RoleInstance, in.ServiceID, in.Number},
+	}
+	if err := s.claim(ctx, token, leases); err != nil {
+		// A retried create finds its own addresses taken: the instance exists.
+		var taken *store.AddressTakenError
+		if errors.As(err, &taken) && taken.Lease.Owner == in.ServiceID && taken.Lease.Instance == in.Number && taken.Lease.ReleasedAt.IsZero() {
+			if _, gerr := s.getInstance(ctx, in.ServiceID, in.Number); gerr == nil {
+				return store.Instance{}, store.ErrAlreadyExists
+			}
+		}
+		return store.Instance{}, err
+	}
+	rev, err := s.reserve(ctx)
+	if err != nil {
+		s.unclaim(ctx, token, leases)
+		return store.Instance{}, err
+	}
+	in.Revision = rev
+	if _, err := s.instances.InsertOne(ctx, toInstanceDoc(in, sv.JobName)); err != nil {
+		s.void(ctx, rev)
+		if definite(err) {
+			s.unclaim(ctx, token, leases)
+		}
+		if mongo.IsDuplicateKeyError(err) {
+			return store.Instance{}, store.ErrAlreadyExists
+		}
+		return store.Instance{}, dbErr(err)
+	}
+	// A DeleteService that took the service's lock before this point either lists
+	// this instance (it lists after locking) or is seen here; never neither.
+	if deleted, err := gone(); err != nil || deleted {
+		if err == nil {
+			cctx, cancel := detached(ctx)
+			defer cancel()
+			if _, derr := s.instances.DeleteOne(cctx, bson.D{{Key: "_id", Value: id}}); derr == nil {
+				s.void(ctx, rev)
+				s.unclaim(ctx, token, leases)
+			}
+			err = fmt.Errorf("service %s is being deleted: %w", in.ServiceID, store.ErrNotFound)
+		}
+		return store.Instance{}, err
+	}
+	err = s.commit(ctx, rev, changeDoc{Kind: store.KindInstance, Op: store.OpPut, ServiceID: in.ServiceID,
+		JobName: sv.JobName, Instance: in.Number, Time: s.nowMS()})
+	if err != nil {
+		return store.Instance{}, err
+	}
+	return in, nil
+}
+
+func (s *Store) getInstance(ctx context.Context, serviceID string, number int) (instanceDoc, error) {
+	var d instanceDoc
+	err := s.instances.FindOne(ctx, bson.D{{Key: "_id", Value: instanceID(serviceID, number)}}).Decode(&d)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return d, store.ErrNotFound
+	}
+	if err != nil {
+		return d, dbErr(err)
+	}
+	return d, nil
+}
+
+// GetInstance returns one instance.
+func (s *Store) GetInstance(ctx context.Context, serviceID string, number int) (store.Instance, error) {
+	d, err := s.getInstance(ctx, serviceID, number)
+	if err == nil {
+		var in store.Instance
+		if in, err = d.instance(); err == nil {
+			return in, nil
+		}
+	}
+	return store.Instance{}, fmt.Errorf("mongo: instance %d of %s: %w", number, serviceID, err)
+}
+
+func (s *Store) instanceDocs(ctx context.Context, serviceID string) ([]instanceDoc, error) {
+	cur, err := s.instances.Find(ctx, bson.D{{Key: "service_id", Value: serviceID}},
+		options.Find().SetSort(bson.D{{Key: "number", Value: 1}}))
+	if err != nil {
+		return nil, dbErr(err)
+	}
+	var docs []instanceDoc
+	if err := cur.All(ctx, &docs); err != nil {
+		return nil, dbErr(err)
+	}
+	return docs, nil
+}
+
+// ListInstances returns the service's instances by number.
+func (s *Store) ListInstances(ctx context.Context, serviceID string) ([]store.Instance, error) {
+	docs, err := s.instanceDocs(ctx, serviceID)
+	if err != nil {
+		return nil, fmt.Errorf("mongo: instances of %s: %w", serviceID, err)
+	}
+	out := make([]store.Instance, 0, len(docs))
+	for _, d := range docs {
+		in, err := d.instance()
+		if err != nil {
+			return nil, fmt.Errorf("mongo: instances of %s: %w", serviceID, err)
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// instanceLock serialises UpdateInstance and DeleteInstance on one instance across
+// processes: FerretDB v1 evaluates an update's filter apart from its write, so a
+// revision-conditional replace alone could let two updaters both win.
+func instanceLock(serviceID string, number int) string {
+	return "instance " + instanceID(serviceID, number)
+}
+
+// maxUpdateAttempts bounds UpdateInstance's retries when the instance changed between
+// read and write (only possible when a lock holder outlived lockTTL).
+const maxUpdateAttempts = 10
+
+// UpdateInstance applies fn under the instance's lock and replaces the instance only if
+// its revision is still the one read (on MongoDB that condition is atomic, a second
+// guard behind the lock).
+func (s *Store) UpdateInstance(ctx context.Context, serviceID string, number int, fn func(*store.Instance) error) (store.Instance, error) {
+	unlock, err := s.lock(ctx, instanceLock(serviceID, number))
+	if err != nil {
+		return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)
+	}
+	defer unlock()
+	for range maxUpdateAttempts {
+		d, err := s.getInstance(ctx, serviceID, number)
+		if err != nil {
+			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)
+		}
+		old, err := d.instance()
+		if err != nil {
+			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)
+		}
+		in := old
+		if old.Location != nil {
+			loc := *old.Location
+			in.Location = &loc
+		}
+		if err := fn(&in); err != nil {
+			return store.Instance{}, err
+		}
+		if in.ServiceID != old.ServiceID || in.Number != old.Number || in.IP != old.IP {
+			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: service ID, number and Instance IP cannot change", number, serviceID)
+		}
+		rev, err := s.reserve(ctx)
+		if err != nil {
+			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)
+		}
+		in.Revision = rev
+		in.UpdatedAt = ms(in.UpdatedAt)
+		res, err := s.instances.ReplaceOne(ctx, bson.D{{Key: "_id", Value: d.ID}, {Key: "revision", Value: d.Revision}},
+			toInstanceDoc(in, d.JobName))
+		if err != nil {
+			s.void(ctx, rev)
+			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, dbErr(err))
+		}
+		if res.MatchedCount == 0 {
+			s.void(ctx, rev)
+			continue
+		}
+		err = s.commit(ctx, rev, changeDoc{Kind: store.KindInstance, Op: store.OpPut, ServiceID: serviceID,
+			JobName: d.JobName, Instance: number, Time: s.nowMS()})
+		if err != nil {
+			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)
+		}
+		return in, nil
+	}
+	return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: changed under its lock %d times: %w", number, serviceID, maxUpdateAttempts, store.ErrUnavailable)
+}
+
+// deleteInstance deletes the instance document (under the instance's lock), releases
+// its addresses and logs the delete.
+func (s *Store) deleteInstance(ctx context.Context, serviceID string, number int) error {
+	unlock, err := s.lock(ctx, instanceLock(serviceID, number))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	d, err := s.getInstance(ctx, serviceID, number)
+	if err != nil {
+		return err
+	}
+	in, err := d.instance()
+	if err != nil {
+		return err
+	}
+	res, err := s.instances.DeleteOne(ctx, bson.D{{Key: "_id", Value: d.ID}})
+	if err != nil {
+		return dbErr(err)
+	}
+	if res.DeletedCount == 0 {
+		return store.ErrNotFound
+	}
+	now := s.nowMS()
+	if err := s.release(ctx, now, d.ServiceID, d.Number, []string{store.RoleInstance}, in.IP.V4, in.IP.V6); err != nil {
+		return err
+	}
+	rev, err := s.reserve(ctx)
+	if err != nil {
+		return err
+	}
+	return s.commit(ctx, rev, changeDoc{Kind: store.KindInstance, Op: store.OpDelete, ServiceID: d.ServiceID,
+		JobName: d.JobName, Instance: d.Number, Time: now})
+}
+
+// DeleteInstance removes an instance and releases its addresses into quarantine.
+func (s *Store) DeleteInstance(ctx context.Context, serviceID string, number int) error {
+	if err := s.deleteInstance(ctx, serviceID, number); err != nil {
+		return fmt.Errorf("mongo: delete instance %d of %s: %w", number, serviceID, err)
+	}
+	return nil
+}

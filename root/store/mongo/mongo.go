@@ -1,0 +1,277 @@
+// Package mongo is the MongoDB store, for deployments where several root processes share
+// one database. It runs on MongoDB and on FerretDB v1 (the test server), which has no
+// multi-document transactions and no change streams, and, as an experiment showed,
+// does not apply a conditional update atomically either: it evaluates the filter, then
+// writes by _id, so two concurrent $inc lose counts and two revision-conditional
+// replaces can both "win". The one primitive both servers make atomic is an insert
+// checked by a unique index, so every race here is decided by an insert:
+//
+//   - Leases: the leases collection is keyed by the address string, so only one claim
+//     can insert it. A create claims its leases (one unordered insertMany) before it
+//     inserts the record, and deletes what it inserted if anything fails (each lease
+//     carries the call's claim token, so a rollback never touches another lease).
+//     Taking over a released lease whose quarantine is over needs a ticket, a document
+//     whose _id names the old lease's claim token: one claimer inserts it, drops the old
+//     lease and inserts its own.
+//   - Revisions: a writer reserves revision n by inserting a document with _id n into
+//     revisions, writes its record, then inserts the change with _id n into changes (or
+//     a void entry if the write failed). Each process counts locally and jumps ahead
+//     when its reservation collides with another process's. (Inserts, not updates:
+//     FerretDB v1 serves a replace by _id about seven times slower than an insert.)
+//   - Instance updates and deletes take a lock: a document in locks with the instance
+//     as _id, inserted by the holder and deleted on unlock. A lock older than 30 s is
+//     taken for dead and broken by one waiter (again chosen by a ticket insert). The
+//     update is also conditional on the revision read, which on MongoDB is atomic.
+//   - DeleteService holds the service's lock; CreateInstance checks for it after
+//     inserting the instance, so no instance survives under a deleted service.
+//
+// Unique indexes on job names, (service, instance number) and every address field of
+// services and instances back this up. FerretDB v1 serves only filters of the form
+// {_id: <string>} without scanning a collection, so lookups on hot paths are by _id
+// (revisions are 20-digit string _ids for that reason); lists, secondary lookups (job
+// name, a service's instances) and UpdateInstance's revision condition scan there and
+// use indexes on MongoDB.
+//
+// # Crashes
+//
+// A process that dies between claiming leases and inserting the record, or between
+// deleting a record and releasing its leases, leaves active leases without an owning
+// record. Reconcile (run by Open) puts every such lease older than Options.OrphanGrace
+// into quarantine: quarantine rather than deletion, because the address may have been
+// in use until the crash. A write whose outcome is unknown (network error) keeps its
+// leases for the same reason; Reconcile frees them if the record never appeared. It also
+// drops leases whose quarantine is over. Timing assumptions (a create finishes within
+// OrphanGrace; a lock holder is not silent for 30 s) are where a crash-free design
+// without transactions has to draw the line.
+//
+// # The change log
+//
+// Several processes reserve revisions concurrently and finish in any order, so revision
+// 7 may become readable after 8. Changes returns only the contiguous run after since,
+// stopping at the first revision not in changes (a write in progress). Void entries are
+// skipped. A revision missing for longer than Options.AbandonAfter (measured on this
+// process's clock from when a reader first met it) is taken as abandoned by a crashed
+// writer and skipped; a change written after that is not seen by readers already past
+// it, so AbandonAfter must be well above the time a write takes. CompactChanges never
+// drops revisions from a write in progress younger than OrphanGrace.
+//
+// Durability follows the write concern in the URI (for a replica set use w=majority).
+// Driver and server failures are returned wrapping store.ErrUnavailable.
+package mongo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.mongodb.org/mongo-driver/mongo"
+	"go.mongodb.org/mongo-driver/mongo/options"
+	"go.mongodb.org/mongo-driver/mongo/readpref"
+
+	"github.com/semnet/semnet/root/store"
+)
+
+var _ store.Store = (*Store)(nil)
+
+// Options configure the MongoDB store.
+type Options struct {
+	store.Options
+	// SkipMigrate: Open does not apply the schema migrations (run Migrate separately).
+	SkipMigrate bool
+	// OrphanGrace is how old an active lease without an owning record must be before
+	// Reconcile releases it. It must exceed the time a create takes. Default 1 minute.
+	OrphanGrace time.Duration
+	// AbandonAfter is how long a missing revision may block the change log before
+	// readers skip it. Default 5 seconds.
+	AbandonAfter time.Duration
+}
+
+// Store is the MongoDB-backed store.Store. It is safe for concurrent use.
+type Store struct {
+	client *mongo.Client
+	db     *mongo.Database
+
+	services, instances, leases, subnets, clusters, interests, changes, revisions, meta, locks, tickets *mongo.Collection
+
+	now        func() time.Time
+	quarantine time.Duration
+	grace      time.Duration
+	abandon    time.Duration
+
+	local localLocks // per-key queues in front of the shared locks
+
+	mu   sync.Mutex
+	next uint64               // the next revision to try
+	gaps map[uint64]time.Time // missing revisions → when a reader first found them (monotonic clock)
+}
+
+// Open connects to uri, applies the migrations unless opt.SkipMigrate, and reconciles
+// leases left behind by crashed writers.
+func Open(ctx context.Context, uri, dbName string, opt Options) (*Store, error) {
+	if dbName == "" {
+		return nil, errors.New("mongo: open: database name is empty")
+	}
+	client, err := mongo.Connect(ctx, options.Client().ApplyURI(uri))
+	if err != nil {
+		return nil, fmt.Errorf("mongo: connect: %w", dbErr(err))
+	}
+	s, err := newStore(ctx, client, dbName, opt)
+	if err != nil {
+		client.Disconnect(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return s, nil
+}
+
+func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Options) (*Store, error) {
+	if err := client.Ping(ctx, readpref.Primary()); err != nil {
+		return nil, fmt.Errorf("mongo: open %s: %w", dbName, dbErr(err))
+	}
+	if !opt.SkipMigrate {
+		if _, err := migrateDB(ctx, client, dbName); err != nil {
+			return nil, err
+		}
+	}
+	db := client.Database(dbName)
+	s := &Store{
+		client: client, db: db,
+		services: db.Collection("services"), instances: db.Collection("instances"),
+		leases: db.Collection("leases"), subnets: db.Collection("subnets"),
+		clusters: db.Collection("clusters"), interests: db.Collection("interests"),
+		changes: db.Collection("changes"), revisions: db.Collection("revisions"), meta: db.Collection("meta"),
+		locks: db.Collection("locks"), tickets: db.Collection("tickets"),
+		now: opt.Now, quarantine: opt.Quarantine, grace: opt.OrphanGrace, abandon: opt.AbandonAfter,
+		gaps: map[uint64]time.Time{},
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.grace <= 0 {
+		s.grace = time.Minute
+	}
+	if s.abandon <= 0 {
+		s.abandon = 5 * time.Second
+	}
+	rev, err := s.newestRevision(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("mongo: open %s: %w", dbName, err)
+	}
+	s.next = rev + 1
+	if err := s.Reconcile(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Ping checks that the server answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.client.Ping(ctx, readpref.Primary()); err != nil {
+		return fmt.Errorf("mongo: ping: %w", dbErr(err))
+	}
+	return nil
+}
+
+// Close disconnects.
+func (s *Store) Close() error {
+	if err := s.client.Disconnect(context.Background()); err != nil {
+		return fmt.Errorf("mongo: close: %w", err)
+	}
+	return nil
+}
+
+// dbErr marks an error from the driver as the store being unavailable (the API answers
+// 503), except a cancelled context, which is the caller's doing. Callers handle
+// duplicate keys and missing documents before.
+func dbErr(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, store.ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+}
+
+// definite reports whether a failed write certainly did not happen: the server refused
+// it. After a network error or timeout the write may have been applied.
+func definite(err error) bool {
+	if mongo.IsDuplicateKeyError(err) {
+		return true
+	}
+	var we mongo.WriteException
+	if errors.As(err, &we) {
+		return we.WriteConcernError == nil && len(we.WriteErrors) > 0
+	}
+	var bwe mongo.BulkWriteException
+	if errors.As(err, &bwe) {
+		return bwe.WriteConcernError == nil && len(bwe.WriteErrors) > 0
+	}
+	return false
+}
+
+// detached returns a context for cleanup that must run even when ctx was cancelled.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+}
+
+// nowMS is the store clock at the precision BSON keeps (milliseconds), in UTC, so a
+// record returned by a write equals the one read back.
+func (s *Store) nowMS() time.Time { return ms(s.now()) }
+
+func ms(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.UTC().Truncate(time.Millisecond)
+}
+
+// addrString is how addresses are stored: their text form, "" for none.
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// parser decodes stored text forms, keeping the first error.
+type parser struct{ err error }
+
+func (p *parser) addr(s string) netip.Addr {
+	if s == "" {
+		return netip.Addr{}
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("stored address %q: %w", s, err)
+	}
+	return a
+}
+
+func (p *parser) prefix(s string) netip.Prefix {
+	if s == "" {
+		return netip.Prefix{}
+	}
+	pf, err := netip.ParsePrefix(s)
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("stored prefix %q: %w", s, err)
+	}
+	return pf
+}
+
+func (p *parser) pair(d pairDoc) store.AddrPair {
+	return store.AddrPair{V4: p.addr(d.V4), V6: p.addr(d.V6)}
+}
+
+func checkID(what, id string) error {
+	if id == "" {
+		return fmt.Errorf("%s ID is empty", what)
+	}
+	return nil
+}
+
+func checkAddr(what string, a netip.Addr) error {
+	if !a.IsValid() {
+		return fmt.Errorf("%s is not set", what)
+	}
+	return nil
+}

@@ -1,0 +1,350 @@
+package mongo_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/bson/primitive"
+	mongodrv "go.mongodb.org/mongo-driver/mongo"
+	"go.mongodb.org/mongo-driver/mongo/options"
+
+	"github.com/semnet/semnet/migrations"
+	"github.com/semnet/semnet/root/store"
+	"github.com/semnet/semnet/root/store/mongo"
+	"github.com/semnet/semnet/root/store/storetest"
+)
+
+// testURI returns the test server's URI or skips.
+func testURI(t testing.TB) string {
+	t.Helper()
+	uri := os.Getenv("SEMNET_TEST_MONGO_URI")
+	if uri == "" {
+		t.Skip("SEMNET_TEST_MONGO_URI not set: MongoDB store tests need a MongoDB-wire server (.ci/run starts FerretDB)")
+	}
+	return uri
+}
+
+// rawClient is a driver client for looking behind the store's back.
+func rawClient(t testing.TB, uri string) *mongodrv.Client {
+	t.Helper()
+	c, err := mongodrv.Connect(context.Background(), options.Client().ApplyURI(uri))
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { c.Disconnect(context.Background()) })
+	return c
+}
+
+// freshDB names a new database and drops it when the test ends.
+func freshDB(t testing.TB, uri string) string {
+	t.Helper()
+	name := fmt.Sprintf("semnet_test_%016x", rand.Uint64())
+	c := rawClient(t, uri)
+	t.Cleanup(func() {
+		if err := c.Database(name).Drop(context.Background()); err != nil {
+			t.Errorf("drop %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+func open(t testing.TB, uri, db string, opt mongo.Options) *mongo.Store {
+	t.Helper()
+	s, err := mongo.Open(context.Background(), uri, db, opt)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	uri := testURI(t)
+	storetest.Run(t, func(t *testing.T, opt store.Options) store.Store {
+		s := open(t, uri, freshDB(t, uri), mongo.Options{Options: opt})
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestDurability(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	storetest.Durability(t, func(opt store.Options) store.Store {
+		return open(t, uri, db, mongo.Options{Options: opt})
+	})
+}
+
+func TestMigrate(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	ctx := t.Context()
+	v1, err := mongo.Migrate(ctx, uri, db)
+	if err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	v2, err := mongo.Migrate(ctx, uri, db)
+	if err != nil {
+		t.Fatalf("Migrate again: %v", err)
+	}
+	if v1 != 1 || v2 != v1 {
+		t.Fatalf("versions %d then %d, want 1 both times", v1, v2)
+	}
+	c := rawClient(t, uri)
+	want := map[string]map[string]bool{ // collection → index name → unique
+		"services":  {"job_name_unique": true, "rr_v4_unique": true, "rr_v6_unique": true, "closest_v4_unique": true, "closest_v6_unique": true},
+		"instances": {"service_id_number_unique": true, "ip_v4_unique": true, "ip_v6_unique": true},
+		"subnets":   {"v6_unique": true},
+		"interests": {"cluster_id_service_id_unique": true, "service_id_cluster_id": false},
+		"leases":    {"released_at": false},
+	}
+	for coll, idx := range want {
+		specs, err := c.Database(db).Collection(coll).Indexes().ListSpecifications(ctx)
+		if err != nil {
+			t.Fatalf("list indexes of %s: %v", coll, err)
+		}
+		got := map[string]bool{}
+		for _, s := range specs {
+			got[s.Name] = s.Unique != nil && *s.Unique
+		}
+		for name, unique := range idx {
+			u, ok := got[name]
+			if !ok || u != unique {
+				t.Errorf("%s: index %s present=%v unique=%v, want unique=%v (have %v)", coll, name, ok, u, unique, got)
+			}
+		}
+	}
+	// Open on a migrated database does not migrate again (nor fail).
+	s := open(t, uri, db, mongo.Options{})
+	s.Close()
+
+	// The down migration undoes the up (run by hand: Migrate only goes up).
+	down, err := migrations.FS.ReadFile("1_init.down.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmds []bson.D
+	if err := bson.UnmarshalExtJSON(down, true, &cmds); err != nil {
+		t.Fatalf("1_init.down.json: %v", err)
+	}
+	for _, cmd := range cmds {
+		if err := c.Database(db).RunCommand(ctx, cmd).Err(); err != nil {
+			t.Fatalf("down %v: %v", cmd, err)
+		}
+	}
+	for coll := range want {
+		specs, err := c.Database(db).Collection(coll).Indexes().ListSpecifications(ctx)
+		if err != nil {
+			t.Fatalf("list indexes of %s: %v", coll, err)
+		}
+		if len(specs) != 1 || specs[0].Name != "_id_" {
+			t.Errorf("%s after down: %d indexes, want only _id_", coll, len(specs))
+		}
+	}
+}
+
+// TestTwoProcesses runs two stores on one database, as two root processes would, and
+// has them race for the same addresses.
+func TestTwoProcesses(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	opt := mongo.Options{Options: store.Options{Quarantine: time.Hour}}
+	stores := []*mongo.Store{open(t, uri, db, opt), open(t, uri, db, opt)}
+	for _, s := range stores {
+		t.Cleanup(func() { s.Close() })
+	}
+	ctx := t.Context()
+	const rounds, perStore = 20, 3
+	var wg sync.WaitGroup
+	type result struct {
+		sv  store.Service
+		err error
+	}
+	results := make([][]result, rounds)
+	for r := range rounds {
+		shared := netip.AddrFrom4([4]byte{10, 0, 0, byte(r + 1)})
+		results[r] = make([]result, len(stores)*perStore)
+		for i := range results[r] {
+			sv := store.Service{ID: fmt.Sprintf("r%02d-%d", r, i), App: "app", AppNS: "ns", Name: fmt.Sprintf("r%02d-%d", r, i), NS: "ns",
+				RR:      store.AddrPair{V4: shared, V6: netip.AddrFrom16([16]byte{0xfd, 1, 14: byte(r), 15: byte(i)})},
+				Closest: store.AddrPair{V4: netip.AddrFrom4([4]byte{10, 1, byte(r), byte(i)}), V6: netip.AddrFrom16([16]byte{0xfd, 2, 14: byte(r), 15: byte(i)})}}
+			s := stores[i%len(stores)]
+			wg.Go(func() {
+				out, err := s.CreateService(ctx, sv)
+				results[r][i] = result{out, err}
+			})
+		}
+	}
+	wg.Wait()
+	for r, rs := range results {
+		var winners []string
+		for _, res := range rs {
+			switch {
+			case res.err == nil:
+				winners = append(winners, res.sv.ID)
+			case !errors.Is(res.err, store.ErrAddressTaken):
+				t.Fatalf("round %d: %v, want success or ErrAddressTaken", r, res.err)
+			}
+		}
+		if len(winners) != 1 {
+			t.Fatalf("round %d: %d creates got the shared address: %v", r, len(winners), winners)
+		}
+		for _, s := range stores {
+			l, err := s.GetLease(ctx, netip.AddrFrom4([4]byte{10, 0, 0, byte(r + 1)}))
+			if err != nil || l.Owner != winners[0] {
+				t.Fatalf("round %d: lease %+v, %v; want held by %s", r, l, err, winners[0])
+			}
+		}
+	}
+	// Both processes update one instance: no update is lost.
+	sv := results[0][0].sv
+	for _, rs := range results[0] {
+		if rs.err == nil {
+			sv = rs.sv
+		}
+	}
+	if _, err := stores[0].CreateInstance(ctx, store.Instance{ServiceID: sv.ID, Number: 0,
+		IP: store.AddrPair{V4: netip.MustParseAddr("10.9.0.1"), V6: netip.MustParseAddr("fd09::1")}}); err != nil {
+		t.Fatal(err)
+	}
+	const updates = 10
+	for i := range updates * len(stores) {
+		wg.Go(func() {
+			_, err := stores[i%len(stores)].UpdateInstance(ctx, sv.ID, 0, func(in *store.Instance) error {
+				in.HostPort++
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	in, err := stores[1].GetInstance(ctx, sv.ID, 0)
+	if err != nil || in.HostPort != updates*len(stores) {
+		t.Fatalf("after %d updates from two stores: HostPort %d, %v", updates*len(stores), in.HostPort, err)
+	}
+
+	// Every revision was handed out once, and both stores read the same log.
+	cs0, err := stores[0].Changes(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs1, err := stores[1].Changes(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := rounds + 1 + updates*len(stores)
+	if len(cs0) != want || len(cs1) != want {
+		t.Fatalf("changes: %d and %d, want %d", len(cs0), len(cs1), want)
+	}
+	seen := map[uint64]bool{}
+	for i, c := range cs0 {
+		if seen[c.Revision] || c != cs1[i] {
+			t.Fatalf("change %d: %+v (other store: %+v), revision seen before: %v", i, c, cs1[i], seen[c.Revision])
+		}
+		seen[c.Revision] = true
+	}
+}
+
+// TestAbandonedRevision: a revision reserved by a writer that never finished blocks the
+// log until AbandonAfter, then is skipped.
+func TestAbandonedRevision(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	ctx := t.Context()
+	s := open(t, uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}, AbandonAfter: 300 * time.Millisecond})
+	defer s.Close()
+	// A "crashed writer" reserved revision 1 and never finished.
+	_, err := rawClient(t, uri).Database(db).Collection("revisions").InsertOne(ctx, bson.D{
+		{Key: "_id", Value: fmt.Sprintf("%020d", 1)}, {Key: "at", Value: time.Now()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := s.CreateService(ctx, store.Service{ID: "a", App: "a", AppNS: "a", Name: "a", NS: "a",
+		RR:      store.AddrPair{V4: netip.MustParseAddr("10.0.0.1"), V6: netip.MustParseAddr("fd00::1")},
+		Closest: store.AddrPair{V4: netip.MustParseAddr("10.0.0.2"), V6: netip.MustParseAddr("fd00::2")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sv.Revision != 2 {
+		t.Fatalf("revision %d, want 2", sv.Revision)
+	}
+	cs, err := s.Changes(ctx, 0, 10)
+	if err != nil || len(cs) != 0 {
+		t.Fatalf("Changes with revision 1 missing = %v, %v; want nothing yet", cs, err)
+	}
+	time.Sleep(350 * time.Millisecond)
+	cs, err = s.Changes(ctx, 0, 10)
+	if err != nil || len(cs) != 1 || cs[0].Revision != 2 {
+		t.Fatalf("Changes after AbandonAfter = %v, %v; want revision 2", cs, err)
+	}
+}
+
+// TestReconcile: Open quarantines leases a crashed create left without a record, and
+// drops leases whose quarantine is over.
+func TestReconcile(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	ctx := t.Context()
+	clock := storetest.NewClock()
+	opt := mongo.Options{Options: store.Options{Quarantine: time.Hour, Now: clock.Now}, OrphanGrace: time.Minute}
+	s := open(t, uri, db, opt)
+	sv, err := s.CreateService(ctx, store.Service{ID: "a", App: "a", AppNS: "a", Name: "a", NS: "a",
+		RR:      store.AddrPair{V4: netip.MustParseAddr("10.0.0.1"), V6: netip.MustParseAddr("fd00::1")},
+		Closest: store.AddrPair{V4: netip.MustParseAddr("10.0.0.2"), V6: netip.MustParseAddr("fd00::2")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases := rawClient(t, uri).Database(db).Collection("leases")
+	old := clock.Now().UTC()
+	_, err = leases.InsertMany(ctx, []any{
+		bson.D{{Key: "_id", Value: "10.0.0.9"}, {Key: "role", Value: "rr"}, {Key: "owner", Value: "crashed"}, {Key: "instance", Value: -1}, {Key: "created_at", Value: old}, {Key: "claim", Value: primitive.NewObjectID()}},
+		bson.D{{Key: "_id", Value: "10.0.0.10"}, {Key: "role", Value: "rr"}, {Key: "owner", Value: "gone"}, {Key: "instance", Value: -1}, {Key: "created_at", Value: old.Add(-2 * time.Hour)}, {Key: "released_at", Value: old.Add(-time.Hour)}, {Key: "claim", Value: primitive.NewObjectID()}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	clock.Advance(30 * time.Second) // within the grace: the orphan may still be a create in flight
+	s = open(t, uri, db, opt)
+	if l, err := s.GetLease(ctx, netip.MustParseAddr("10.0.0.9")); err != nil || !l.ReleasedAt.IsZero() {
+		t.Fatalf("young orphan lease: %+v, %v; want it untouched", l, err)
+	}
+	s.Close()
+
+	clock.Advance(time.Minute)
+	s = open(t, uri, db, opt)
+	defer s.Close()
+	l, err := s.GetLease(ctx, netip.MustParseAddr("10.0.0.9"))
+	if err != nil || !l.ReleasedAt.Equal(clock.Now()) {
+		t.Fatalf("orphan lease after reconcile: %+v, %v; want released now", l, err)
+	}
+	if n, err := leases.CountDocuments(ctx, bson.D{{Key: "_id", Value: "10.0.0.10"}}); err != nil || n != 0 {
+		t.Fatalf("expired lease: count %d, %v; want it dropped", n, err)
+	}
+	for _, a := range []netip.Addr{sv.RR.V4, sv.RR.V6, sv.Closest.V4, sv.Closest.V6} {
+		if l, err := s.GetLease(ctx, a); err != nil || !l.ReleasedAt.IsZero() || l.Owner != "a" {
+			t.Fatalf("lease of a live service after reconcile: %+v, %v", l, err)
+		}
+	}
+}
+
+// TestUnavailable: a server that cannot be reached is store.ErrUnavailable. It needs no
+// server (port 1 on loopback refuses).
+func TestUnavailable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err := mongo.Open(ctx, "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300&connectTimeoutMS=300", "x", mongo.Options{})
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Open of an unreachable server: %v, want ErrUnavailable", err)
+	}
+}

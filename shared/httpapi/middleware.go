@@ -1,0 +1,94 @@
+package httpapi
+
+import (
+	"crypto/subtle"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// BearerAuth refuses requests that do not carry "Authorization: Bearer <token>" with one
+// of the given tokens (401 with a WWW-Authenticate challenge). With no tokens it lets
+// everything through: callers decide whether that is allowed (root only does it for
+// --insecure on loopback).
+func BearerAuth(tokens ...string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		if len(tokens) == 0 {
+			return next
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || got == "" {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="semnet"`)
+				WriteProblem(w, r, Errorf(http.StatusUnauthorized, "missing bearer token: send Authorization: Bearer <token>"), nil)
+				return
+			}
+			for _, t := range tokens {
+				// Constant time, so the token can't be guessed byte by byte from timing.
+				if subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
+					next.ServeHTTP(w, r)
+					return
+				}
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="semnet", error="invalid_token"`)
+			WriteProblem(w, r, Errorf(http.StatusUnauthorized, "invalid bearer token"), nil)
+		})
+	}
+}
+
+// Metrics records request latency by route pattern (not raw path, which would explode
+// the label space with addresses and IDs), method and status.
+type Metrics struct {
+	latency *prometheus.HistogramVec
+}
+
+// NewMetrics registers the HTTP metrics of one server under namespace (e.g. "semnet_root").
+func NewMetrics(reg prometheus.Registerer, namespace string) *Metrics {
+	m := &Metrics{latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace,
+		Name:      "http_request_duration_seconds",
+		Help:      "REST request latency by route, method and status code.",
+		Buckets:   []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"route", "method", "code"})}
+	reg.MustRegister(m.latency)
+	return m
+}
+
+// Middleware observes every request; it must sit inside a chi router so the route
+// pattern is known when the request ends.
+func (m *Metrics) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		route := chi.RouteContext(r.Context()).RoutePattern()
+		if route == "" {
+			route = "unmatched"
+		}
+		m.latency.WithLabelValues(route, r.Method, strconv.Itoa(ww.Status())).Observe(time.Since(start).Seconds())
+	})
+}
+
+// Logger logs every request at debug level and server errors at error level.
+func Logger(log *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			next.ServeHTTP(ww, r)
+			lvl := slog.LevelDebug
+			if ww.Status() >= 500 {
+				lvl = slog.LevelError
+			}
+			log.Log(r.Context(), lvl, "http request", "method", r.Method, "path", r.URL.Path,
+				"status", ww.Status(), "duration", time.Since(start), "remote", r.RemoteAddr,
+				"request_id", middleware.GetReqID(r.Context()))
+		})
+	}
+}
