@@ -78,7 +78,7 @@ func (r *Registry) createInstance(ctx context.Context, s store.Service, num int,
 		return err
 	})
 	if err != nil {
-		return store.Instance{}, fmt.Errorf("create instance %d of %s: %w", num, s.JobName(), err)
+		return store.Instance{}, wrap(err, "create instance %d of %s", num, s.JobName())
 	}
 	r.log.Info("instance created", "service", s.JobName(), "instance", num, "instance_ip", out.IP.V4, "cluster", clusterID)
 	r.notify(store.Change{Revision: out.Revision, Kind: store.KindInstance, Op: store.OpPut, ServiceID: s.ID, JobName: s.JobName(), Instance: num})

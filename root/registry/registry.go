@@ -28,9 +28,21 @@ import (
 // ErrInvalid marks bad input; the message says what and how to fix it.
 var ErrInvalid = errors.New("invalid")
 
-func invalidf(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+// kindError is an error of a known kind (a sentinel, for errors.Is) whose message is
+// only the operator-facing text, without the sentinel's words tacked on.
+type kindError struct {
+	msg  string
+	kind error
 }
+
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.kind }
+
+func errorf(kind error, format string, args ...any) error {
+	return &kindError{msg: fmt.Sprintf(format, args...), kind: kind}
+}
+
+func invalidf(format string, args ...any) error { return errorf(ErrInvalid, format, args...) }
 
 // maxClaimAttempts bounds retries when another root process claims the address this one
 // proposed. Each retry marks that address used, so a retry storm cannot cycle.
@@ -113,9 +125,9 @@ func New(ctx context.Context, plan addrplan.Plan, st store.Store, opt Options) (
 		o    ippool.Options
 	}{
 		{&r.service4, "service_v4", plan.ServiceV4, ippool.Options{Reserved: plan.ReservedV4}},
-		{&r.rr6, "round_robin_v6", plan.RoundRobinV6, ippool.Options{}},
-		{&r.closest6, "closest_v6", plan.ClosestV6, ippool.Options{}},
-		{&r.instance6, "instance_v6", plan.InstanceV6, ippool.Options{}},
+		{&r.rr6, "round_robin_v6", plan.RoundRobinV6, ippool.Options{Reserved: anycast(plan.RoundRobinV6)}},
+		{&r.closest6, "closest_v6", plan.ClosestV6, ippool.Options{Reserved: anycast(plan.ClosestV6)}},
+		{&r.instance6, "instance_v6", plan.InstanceV6, ippool.Options{Reserved: anycast(plan.InstanceV6)}},
 		{&r.subnet4, "subnet_v4", plan.SubnetV4, ippool.Options{BlockBits: plan.SubnetV4Bits, Reserved: plan.ReservedSubV4}},
 	}
 	for _, p := range pools {
@@ -128,6 +140,12 @@ func New(ctx context.Context, plan addrplan.Plan, st store.Store, opt Options) (
 		return nil, err
 	}
 	return r, nil
+}
+
+// anycast reserves an IPv6 prefix's all-zeros address: RFC 4291 makes it the
+// Subnet-Router anycast address, which some stacks treat specially.
+func anycast(p netip.Prefix) []netip.Prefix {
+	return []netip.Prefix{netip.PrefixFrom(p.Addr(), 128)}
 }
 
 // restore replays every lease into the pools so nothing leased or quarantined is handed
@@ -201,26 +219,25 @@ type claim struct {
 	got   netip.Addr
 }
 
-// reserve takes every claim from its pool, or none (what was taken is given back).
-func reserve(cs []*claim) error {
+// reserve takes every claim from its pool, or none (what was taken is given back). On
+// failure it returns the claim that could not be had.
+func reserve(cs []*claim) (*claim, error) {
 	for i, c := range cs {
 		var err error
 		if c.want.IsValid() {
 			err = c.pool.Claim(c.want)
 			if err == nil {
 				c.got = c.want
-			} else {
-				err = fmt.Errorf("%s %s: %w", c.field, c.want, err)
 			}
 		} else {
 			c.got, err = c.pool.Allocate()
 		}
 		if err != nil {
 			unreserve(cs[:i])
-			return err
+			return c, err
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 func unreserve(cs []*claim) {
@@ -238,8 +255,8 @@ func unreserve(cs []*claim) {
 // is taken fails at once.
 func (r *Registry) withClaims(ctx context.Context, cs []*claim, commit func() error) error {
 	for attempt := 0; ; attempt++ {
-		if err := reserve(cs); err != nil {
-			return err
+		if c, err := reserve(cs); err != nil {
+			return r.explainClaim(ctx, c, err)
 		}
 		err := commit()
 		if err == nil {
@@ -251,6 +268,11 @@ func (r *Registry) withClaims(ctx context.Context, cs []*claim, commit func() er
 		var taken *store.AddressTakenError
 		if !errors.As(err, &taken) || attempt+1 >= maxClaimAttempts {
 			unreserve(cs)
+			if taken != nil {
+				// The store's own words name the address and its holder; the wrapping
+				// around them is noise to an operator.
+				return errorf(store.ErrAddressTaken, "%s", taken.Error())
+			}
 			return err
 		}
 		requested := false
@@ -272,13 +294,38 @@ func (r *Registry) withClaims(ctx context.Context, cs []*claim, commit func() er
 		}
 		unreserve(cs)
 		if requested {
-			return err
+			return errorf(store.ErrAddressTaken, "%s", taken.Error())
 		}
 		r.log.Debug("address taken by another root process; retrying", "addr", taken.Addr, "attempt", attempt+1)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
+}
+
+// explainClaim turns a pool's refusal of a requested address into the operator's
+// terms: which request field, and who holds the address (the store knows).
+func (r *Registry) explainClaim(ctx context.Context, c *claim, err error) error {
+	if !c.want.IsValid() {
+		return err // exhaustion: the pool's message names the pool
+	}
+	if errors.Is(err, ippool.ErrInUse) || errors.Is(err, ippool.ErrQuarantined) {
+		if l, lerr := r.store.GetLease(ctx, c.want); lerr == nil {
+			return errorf(store.ErrAddressTaken, "%s: %s", c.field, (&store.AddressTakenError{Addr: c.want, Lease: l}).Error())
+		}
+		// Reserved by a create still in flight in this process.
+	}
+	return errorf(err, "%s %s: %v", c.field, c.want, err)
+}
+
+// wrap adds context to an internal error, but leaves errors already written for the
+// operator (kindError) as they are.
+func wrap(err error, format string, args ...any) error {
+	var k *kindError
+	if errors.As(err, &k) {
+		return err
+	}
+	return fmt.Errorf(format+": %w", append(args, err)...)
 }
 
 // release returns committed addresses to their pools' quarantine.

@@ -101,6 +101,12 @@ func TestCreateServiceAllocatesFourAddressesInTheirPools(t *testing.T) {
 	if s.RR.V4 == s.Closest.V4 {
 		t.Errorf("RR and Closest share %s", s.RR.V4)
 	}
+	// The all-zeros address of an IPv6 prefix is the Subnet-Router anycast address.
+	for _, a := range []netip.Addr{s.RR.V6, s.Closest.V6} {
+		if a == p.RoundRobinV6.Addr() || a == p.ClosestV6.Addr() {
+			t.Errorf("allocated the anycast address %s", a)
+		}
+	}
 	if got, err := e.reg.Service(context.Background(), "app.ns.web.sns"); err != nil || got.ID != s.ID {
 		t.Errorf("by job name: %v %v", got.ID, err)
 	}
@@ -126,7 +132,7 @@ func TestCreateServiceValidation(t *testing.T) {
 		{"empty ns", api.ServiceRequest{App: "a", AppNS: "", Service: "s", ServiceNS: "n"}, registry.ErrInvalid, "app_ns"},
 		{"rr out of range", api.ServiceRequest{App: "a", AppNS: "n", Service: "s1", ServiceNS: "n", RRIP: "10.31.0.1"}, registry.ErrInvalid, "10.31.0.1"},
 		{"rr v6 wrong prefix", api.ServiceRequest{App: "a", AppNS: "n", Service: "s2", ServiceNS: "n", RRIPv6: "fdff:1000::5"}, registry.ErrInvalid, "rr_ip_v6"},
-		{"rr taken", api.ServiceRequest{App: "a", AppNS: "n", Service: "s3", ServiceNS: "n", RRIP: taken.RR.V4.String()}, ippool.ErrInUse, taken.RR.V4.String()},
+		{"rr taken", api.ServiceRequest{App: "a", AppNS: "n", Service: "s3", ServiceNS: "n", RRIP: taken.RR.V4.String()}, store.ErrAddressTaken, "rr_ip: address " + taken.RR.V4.String() + " is already used by service " + taken.ID},
 		{"rr = closest", api.ServiceRequest{App: "a", AppNS: "n", Service: "s4", ServiceNS: "n", RRIP: "10.30.9.9", ClosestIP: "10.30.9.9"}, registry.ErrInvalid, "own Service IP"},
 		{"duplicate job", svcReq("taken"), store.ErrAlreadyExists, "app.ns.taken.sns"},
 		{"bad id", api.ServiceRequest{ID: "a/b", App: "a", AppNS: "n", Service: "s5", ServiceNS: "n"}, registry.ErrInvalid, "id"},
@@ -188,8 +194,8 @@ func TestInstancesQuarantineAndRestart(t *testing.T) {
 	e.restart()
 	req := svcReq("other")
 	req.RRIP = in0.IP.V4.String()
-	if _, err := e.reg.CreateService(ctx, req); !errors.Is(err, ippool.ErrQuarantined) {
-		t.Fatalf("claim quarantined %s after restart: %v, want ErrQuarantined", in0.IP.V4, err)
+	if _, err := e.reg.CreateService(ctx, req); !errors.Is(err, store.ErrAddressTaken) || !strings.Contains(err.Error(), "in quarantine") {
+		t.Fatalf("claim quarantined %s after restart: %v, want taken, in quarantine", in0.IP.V4, err)
 	}
 	// Used addresses survive a restart too: new allocations never repeat them.
 	seen := map[netip.Addr]bool{s.RR.V4: true, s.Closest.V4: true, in0.IP.V4: true, in1.IP.V4: true}

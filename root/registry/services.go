@@ -50,7 +50,7 @@ func (r *Registry) CreateService(ctx context.Context, req api.ServiceRequest) (s
 	for _, f := range []struct{ name, v string }{{"rr_ip", req.RRIP}, {"rr_ip_v6", req.RRIPv6}, {"closest_ip", req.ClosestIP}, {"closest_ip_v6", req.ClosestIPv6}} {
 		a, err := r.plan.ParseRequested(f.name, f.v)
 		if err != nil {
-			return store.Service{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+			return store.Service{}, invalidf("%v", err)
 		}
 		want[f.name] = a
 	}
@@ -77,9 +77,9 @@ func (r *Registry) CreateService(ctx context.Context, req api.ServiceRequest) (s
 	})
 	if err != nil {
 		if errors.Is(err, store.ErrAlreadyExists) {
-			return store.Service{}, fmt.Errorf("service %s (id %s): %w", req.App+"."+req.AppNS+"."+req.Service+"."+req.ServiceNS, req.ID, err)
+			return store.Service{}, errorf(store.ErrAlreadyExists, "service %s already exists (or its id %s is taken)", req.App+"."+req.AppNS+"."+req.Service+"."+req.ServiceNS, req.ID)
 		}
-		return store.Service{}, fmt.Errorf("create service: %w", err)
+		return store.Service{}, wrap(err, "create service %s", req.ID)
 	}
 	r.log.Info("service created", "service", out.JobName(), "id", out.ID, "rr_ip", out.RR.V4, "closest_ip", out.Closest.V4)
 	r.notify(store.Change{Revision: out.Revision, Kind: store.KindService, Op: store.OpPut, ServiceID: out.ID, JobName: out.JobName(), Instance: -1})
@@ -153,7 +153,7 @@ func (r *Registry) DeleteService(ctx context.Context, key string, force bool) er
 	}
 	if err := r.store.DeleteService(ctx, s.ID, force); err != nil {
 		if errors.Is(err, store.ErrHasInstances) {
-			return fmt.Errorf("service %s still has %d instance(s); delete them first or pass force=true: %w", s.JobName(), len(ins), err)
+			return errorf(store.ErrHasInstances, "service %s still has %d instance(s); delete them first or pass force=true", s.JobName(), len(ins))
 		}
 		return fmt.Errorf("delete service %s: %w", s.JobName(), err)
 	}

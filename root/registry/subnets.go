@@ -27,7 +27,7 @@ func (r *Registry) AllocateSubnet(ctx context.Context, clusterID, nodeID string)
 		return r.store.CreateSubnet(ctx, out)
 	})
 	if err != nil {
-		return store.Subnet{}, fmt.Errorf("allocate worker subnet for node %s: %w", nodeID, err)
+		return store.Subnet{}, wrap(err, "allocate worker subnet for node %s", nodeID)
 	}
 	r.log.Info("worker subnet allocated", "cluster", clusterID, "node", nodeID, "subnet_v4", out.V4, "subnet_v6", out.V6)
 	return out, nil

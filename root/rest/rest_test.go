@@ -131,7 +131,14 @@ func TestServiceLifecycleOverREST(t *testing.T) {
 	if d := e.Instances[0].DistanceKM; d == nil || *d < 400 || *d > 600 {
 		t.Errorf("Munich-Berlin distance %v, want about 500 km", d)
 	}
-	c.expectProblem("DELETE", "/services/"+s.ID, "", 409, "still has 1 instance")
+	c.expectProblem("DELETE", "/services/"+s.ID, "", 409, "still has 1 instance(s); delete them first or pass force=true")
+	// Details are the operator's words, not a chain of internal wrappers.
+	var p problem
+	c.do("DELETE", "/services/"+s.ID, "", &p)
+	if strings.Contains(p.Detail, "bolt") || strings.HasSuffix(p.Detail, "has instances") {
+		t.Errorf("detail leaks internals: %q", p.Detail)
+	}
+	c.expectProblem("POST", "/services", `{"app":"x","app_ns":"n","service":"s","service_ns":"n","rr_ip":"10.30.5.5"}`, 409, "address 10.30.5.5 is already used by service "+s.ID)
 	if st, _ := c.do("DELETE", "/services/"+s.ID+"?force=true", "", nil); st != 204 {
 		t.Fatalf("force delete: %d", st)
 	}
