@@ -15,6 +15,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -34,15 +35,29 @@ func main() {
 		rootURL  = flag.String("root", "", "drive this root (http://host:port) instead of starting one")
 		token    = flag.String("token", os.Getenv("SEMNET_TOKEN"), "bearer token for -root")
 		mongoURI = flag.String("mongo-uri", "", "start root on this MongoDB instead of the embedded store")
+		rate     = flag.Float64("rate", 0, "open loop: start services at this many per second (latency then includes no queueing in the client); 0 = closed loop, as fast as -c clients go")
+		cpuProf  = flag.String("cpuprofile", "", "write a CPU profile of the whole run (client and in-process root) to this file")
 	)
 	flag.Parse()
-	if err := run(*n, *conc, *inst, *rootURL, *token, *mongoURI); err != nil {
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "rootload:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "rootload:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(*n, *conc, *inst, *rate, *rootURL, *token, *mongoURI); err != nil {
 		fmt.Fprintln(os.Stderr, "rootload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n, conc, inst int, rootURL, token, mongoURI string) error {
+func run(n, conc, inst int, rate float64, rootURL, token, mongoURI string) error {
 	ctx := context.Background()
 	storeName := "remote"
 	if rootURL == "" {
@@ -94,6 +109,23 @@ func run(n, conc, inst int, rootURL, token, mongoURI string) error {
 		firstErr error
 		errOnce  sync.Once
 	)
+	// In open-loop mode a pacer hands out start times at the offered rate; a worker
+	// measures from the scheduled start, so time spent waiting for a free worker counts
+	// (no coordinated omission).
+	var tickets chan time.Time
+	if rate > 0 {
+		tickets = make(chan time.Time, conc)
+		go func() {
+			defer close(tickets)
+			t0 := time.Now()
+			for i := 0; i < n; i++ {
+				due := t0.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+				time.Sleep(time.Until(due))
+				tickets <- due
+			}
+		}()
+		conc = max(conc, int(rate/100)) // enough workers that the pacer is not starved
+	}
 	start := time.Now()
 	for range conc {
 		wg.Add(1)
@@ -105,12 +137,22 @@ func run(n, conc, inst int, rootURL, token, mongoURI string) error {
 				if i > int64(n) {
 					break
 				}
+				var due time.Time
+				if tickets != nil {
+					var ok bool
+					if due, ok = <-tickets; !ok {
+						break
+					}
+				}
 				var s api.Service
 				d, err := post("/services", fmt.Sprintf(`{"app":"load%d","app_ns":"ns","service":"s%d","service_ns":"x"}`, runID, i), &s)
 				if err != nil {
 					failures.Add(1)
 					errOnce.Do(func() { firstErr = err })
 					continue
+				}
+				if !due.IsZero() {
+					d = time.Since(due)
 				}
 				ls = append(ls, d)
 				for range inst {
@@ -131,8 +173,12 @@ func run(n, conc, inst int, rootURL, token, mongoURI string) error {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	fmt.Printf("rootload: store=%s services=%d instances/service=%d clients=%d elapsed=%s failures=%d\n",
-		storeName, n, inst, conc, elapsed.Round(time.Millisecond), failures.Load())
+	mode := "closed loop"
+	if rate > 0 {
+		mode = fmt.Sprintf("open loop at %.0f services/s", rate)
+	}
+	fmt.Printf("rootload: store=%s %s services=%d instances/service=%d clients=%d elapsed=%s failures=%d\n",
+		storeName, mode, n, inst, conc, elapsed.Round(time.Millisecond), failures.Load())
 	fmt.Printf("  all requests     %7d ok %8.0f/s\n", len(svcLat)+len(instLat), float64(len(svcLat)+len(instLat))/elapsed.Seconds())
 	report("service create", svcLat, elapsed)
 	report("instance create", instLat, elapsed)
