@@ -8,15 +8,14 @@
 // either all of it or none of it. Commits are fsynced (bbolt's default), so an
 // acknowledged write survives a power cut.
 //
-// Writes go through db.Batch when other writes are in flight: bbolt commits one
-// transaction at a time and each commit costs an fsync, so grouping concurrent writers
-// into one commit is what makes thousands of creates per second possible. A writer that
-// finds the store idle commits alone (db.Update), so a lone request does not wait for the
-// batch timer. Batch may run a function more than once (when another function in its
-// batch fails, the batch is retried), so every transaction function here starts from
-// scratch on each run, and domain errors (not found, address taken, …) are not returned
-// to bbolt — that would roll back everyone else in the batch — but passed out through a
-// captured variable after every check has been made and before anything was written.
+// Writes are group-committed (see committer): bbolt commits one transaction at a time
+// and each commit costs two fsyncs, so grouping concurrent writers into one commit is
+// what makes thousands of creates per second possible. A write function may run more
+// than once (when another function in its group fails, the group is retried without
+// it), so every transaction function here starts from scratch on each run, and domain
+// errors (not found, address taken, …) are not returned to the committer — that would
+// roll back everyone else in the group — but passed out through a captured variable
+// after every check has been made and before anything was written.
 //
 // The file is locked by the process that opens it: one root process per file. Use the
 // mongo store to run several.
@@ -29,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -63,33 +61,22 @@ func allBuckets() []string {
 // bk returns a bucket Open created.
 func bk(tx *bbolt.Tx, name string) *bbolt.Bucket { return tx.Bucket([]byte(name)) }
 
-// batchDelay is how long a write batch waits for more writers (see Open).
-const batchDelay = 2 * time.Millisecond
-
 // Store is the bbolt-backed store.Store. It is safe for concurrent use.
 type Store struct {
 	db         *bbolt.DB
 	now        func() time.Time
 	quarantine time.Duration
-	// writers counts write transactions in flight; the first one commits alone, the
-	// others join a batch.
-	writers atomic.Int64
+	commits    *committer
 }
 
 // Open opens (creating if needed) the store file at path. It fails after a second if
 // another process holds the file.
 func Open(path string, opt store.Options) (*Store, error) {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
 	}
-	// bbolt starts a batch on its first call and commits it when MaxBatchSize calls
-	// joined or MaxBatchDelay passed. With tens of concurrent requests a batch never
-	// fills up (1000), so the delay sets the pace: at the default 10 ms creates top out
-	// near 5,000/s; at 2 ms a commit (one fsync) carries enough calls for ~10,000/s on a
-	// 2-core VM, and a lone writer does not wait at all (see update).
-	db.MaxBatchDelay = batchDelay
-	s := &Store{db: db, now: opt.Now, quarantine: opt.Quarantine}
+	s := &Store{db: db, now: opt.Now, quarantine: opt.Quarantine, commits: newCommitter(db)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -124,6 +111,7 @@ func Open(path string, opt store.Options) (*Store, error) {
 		return nil
 	})
 	if err != nil {
+		s.commits.close()
 		db.Close()
 		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
 	}
@@ -138,8 +126,9 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the file; in-flight batches are committed first.
+// Close closes the file; queued writes are committed first.
 func (s *Store) Close() error {
+	s.commits.close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("bolt: close: %w", err)
 	}
@@ -157,8 +146,7 @@ func (e *domainError) Error() string { return e.err.Error() }
 // commits.
 func fail(err error) error { return &domainError{err: err} }
 
-// update runs fn in a read-write transaction, alone when no other write is in flight,
-// else batched with the others. fn may run more than once and must start from scratch
+// update runs fn in a read-write transaction, group-committed with concurrent writes. fn may run more than once and must start from scratch
 // each time. Errors wrapped with fail come back unchanged after a commit; any other
 // error from fn rolls back and is returned.
 func (s *Store) update(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
@@ -176,14 +164,7 @@ func (s *Store) update(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
 		}
 		return err
 	}
-	var err error
-	if s.writers.Add(1) == 1 {
-		err = s.db.Update(txfn)
-	} else {
-		err = s.db.Batch(txfn)
-	}
-	s.writers.Add(-1)
-	if err != nil {
+	if err := s.commits.do(txfn); err != nil {
 		return err
 	}
 	return outcome

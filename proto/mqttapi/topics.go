@@ -1,0 +1,75 @@
+// Package mqttapi is the MQTT contract between a cluster and its worker nodes
+// (CONTRACT.md "Cluster MQTT"): the topic names and the JSON payloads, exactly as the
+// reference worker node speaks them, plus semnet's additions (fields only, never
+// renames: reference nodes ignore unknown fields).
+//
+// This is the one place that knows the topic names; the broker's ACL, the cluster's
+// handlers and the node's client all build and parse topics here.
+package mqttapi
+
+import "strings"
+
+// Topic suffixes a node publishes under NodePrefix(id) (node -> cluster).
+const (
+	SuffixDeployed       = "service/deployed"
+	SuffixUndeployed     = "service/undeployed"
+	SuffixAddressChanged = "service/address-changed"
+	SuffixTableQuery     = "tablequery/request"
+	SuffixSubnet         = "subnet"
+	SuffixInterestRemove = "interest/remove"
+)
+
+// Topic suffixes the cluster publishes under NodePrefix(id) (cluster -> one node).
+const (
+	SuffixTableQueryResult = "tablequery/result"
+	SuffixSubnetResult     = "subnetwork/result"
+)
+
+// ClusterSubscription is the filter the cluster subscribes to for every node request.
+const ClusterSubscription = "nodes/+/net/#"
+
+// UpdatesFilter is the filter matching every job's update topic; nodes may subscribe to
+// it (or to single jobs' topics), only the cluster may publish there.
+const UpdatesFilter = "jobs/+/updates_available"
+
+// NodePrefix returns "nodes/<id>/", the subtree a node owns: it may publish and subscribe
+// only below it (besides subscribing to job updates).
+func NodePrefix(nodeID string) string { return "nodes/" + nodeID + "/" }
+
+// NodeTopic returns the topic "nodes/<id>/net/<suffix>".
+func NodeTopic(nodeID, suffix string) string { return "nodes/" + nodeID + "/net/" + suffix }
+
+// UpdatesTopic returns "jobs/<key>/updates_available"; key is a job name or, for nodes
+// that queried by address, a Service or Instance IP.
+func UpdatesTopic(key string) string { return "jobs/" + key + "/updates_available" }
+
+// ParseNodeTopic splits "nodes/<id>/net/<suffix>" into its node id and suffix; ok is false
+// for any other shape (including an empty id or suffix).
+func ParseNodeTopic(topic string) (nodeID, suffix string, ok bool) {
+	rest, found := strings.CutPrefix(topic, "nodes/")
+	if !found {
+		return "", "", false
+	}
+	nodeID, rest, found = strings.Cut(rest, "/")
+	if !found || nodeID == "" {
+		return "", "", false
+	}
+	suffix, found = strings.CutPrefix(rest, "net/")
+	if !found || suffix == "" {
+		return "", "", false
+	}
+	return nodeID, suffix, true
+}
+
+// ParseUpdatesTopic returns the key of "jobs/<key>/updates_available".
+func ParseUpdatesTopic(topic string) (key string, ok bool) {
+	rest, found := strings.CutPrefix(topic, "jobs/")
+	if !found {
+		return "", false
+	}
+	key, found = strings.CutSuffix(rest, "/updates_available")
+	if !found || key == "" || strings.Contains(key, "/") {
+		return "", false
+	}
+	return key, true
+}
