@@ -84,7 +84,7 @@ type Placement struct {
 	HostIP        netip.Addr `json:"host_ip"`
 	HostPort      int        `json:"host_port"`
 	Location      *geo.Point `json:"location,omitempty"`
-	Status        string     `json:"status"` // running | failed
+	Status        string     `json:"status"` // running | failed | stopped
 }
 
 // Instance is one replica with its Instance IPs and, once placed, its placement.
@@ -112,6 +112,9 @@ type TableEntry struct {
 	Instances []Instance `json:"instances"`
 	// MatchedInstance is set when the entry was resolved by an Instance IP.
 	MatchedInstance *int `json:"matched_instance,omitempty"`
+	// Revision is root's revision read before the entry: it reflects every change up to
+	// it. A cache keeps the entry with the highest Revision.
+	Revision uint64 `json:"revision"`
 }
 
 // SubnetRequest asks for a worker subnet pair for one node of a cluster.

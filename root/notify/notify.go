@@ -289,7 +289,7 @@ func (n *Notifier) dispatch(ctx context.Context, c store.Change) {
 		switch in.Status {
 		case store.StatusRunning:
 			u.Type = refapi.UpdateDeployment
-		case store.StatusFailed:
+		case store.StatusFailed, store.StatusStopped:
 			u.Type = refapi.UpdateUndeployment
 		default:
 			return

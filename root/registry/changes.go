@@ -56,6 +56,19 @@ func (r *Registry) Changes(ctx context.Context, clusterID string, since uint64, 
 	}
 }
 
+// Revision returns the current revision of the change stream, for a cluster that starts
+// following it with nothing cached.
+func (r *Registry) Revision(ctx context.Context, clusterID string) (uint64, error) {
+	if _, err := r.Cluster(ctx, clusterID); err != nil {
+		return 0, err
+	}
+	rev, err := r.store.Revision(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("revision: %w", err)
+	}
+	return rev, nil
+}
+
 func (r *Registry) changesOnce(ctx context.Context, clusterID string, since uint64, limit int) (ChangeBatch, error) {
 	interests, err := r.store.Interests(ctx, clusterID)
 	if err != nil {
@@ -71,6 +84,17 @@ func (r *Registry) changesOnce(ctx context.Context, clusterID string, since uint
 	}
 	if err != nil {
 		return ChangeBatch{}, fmt.Errorf("changes since %d: %w", since, err)
+	}
+	if len(cs) == 0 {
+		// A reader ahead of the store followed another database (root's was replaced
+		// or restored from a backup): what it cached may not exist here.
+		rev, err := r.store.Revision(ctx)
+		if err != nil {
+			return ChangeBatch{}, fmt.Errorf("revision: %w", err)
+		}
+		if since > rev {
+			return ChangeBatch{Revision: rev, Resync: true}, nil
+		}
 	}
 	b := ChangeBatch{Revision: since}
 	for _, c := range cs {

@@ -92,9 +92,9 @@ func (r *Registry) validatePlacement(p api.Placement) error {
 		if !p.NamespaceIP.IsValid() || !p.HostIP.IsValid() {
 			return invalidf("a running instance needs namespace_ip and host_ip")
 		}
-	case store.StatusFailed:
+	case store.StatusFailed, store.StatusStopped:
 	default:
-		return invalidf("status %q must be %q or %q", p.Status, store.StatusRunning, store.StatusFailed)
+		return invalidf("status %q must be %q, %q or %q", p.Status, store.StatusRunning, store.StatusFailed, store.StatusStopped)
 	}
 	if p.NamespaceIP.IsValid() && !r.plan.SubnetV4.Contains(p.NamespaceIP) {
 		return invalidf("namespace_ip %s is outside the worker subnets %s", p.NamespaceIP, r.plan.SubnetV4)

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/shared/geo"
@@ -17,6 +18,10 @@ type Entry struct {
 	// DistanceKM holds each instance's distance from the caller when resolved with a
 	// location (same order as Instances), else nil.
 	DistanceKM []float64
+	// Revision is the store's revision read before the entry: the entry reflects every
+	// change up to it (and maybe later ones), so a cache keeping the entry with the
+	// highest Revision never goes back in time.
+	Revision uint64
 }
 
 // Resolve returns the table entry for a Service IP, Instance IP, job name or service ID.
@@ -24,6 +29,10 @@ type Entry struct {
 // ordered nearest first (the Closest policy: great-circle distance, stable tie-break);
 // instances without a location come last, in number order.
 func (r *Registry) Resolve(ctx context.Context, key string, from *geo.Point) (Entry, error) {
+	rev, err := r.store.Revision(ctx)
+	if err != nil {
+		return Entry{}, fmt.Errorf("revision: %w", err)
+	}
 	s, matched, err := r.lookup(ctx, key)
 	if err != nil {
 		return Entry{}, err
@@ -32,7 +41,7 @@ func (r *Registry) Resolve(ctx context.Context, key string, from *geo.Point) (En
 	if err != nil {
 		return Entry{}, err
 	}
-	e := Entry{Service: s, Matched: matched, Instances: all[:0:0]}
+	e := Entry{Service: s, Matched: matched, Instances: all[:0:0], Revision: rev}
 	for _, in := range all {
 		if isLive(in) {
 			e.Instances = append(e.Instances, in)

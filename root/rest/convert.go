@@ -30,7 +30,7 @@ func toInstance(in store.Instance) api.Instance {
 }
 
 func toEntry(e registry.Entry) api.TableEntry {
-	out := api.TableEntry{Service: toService(e.Service), Instances: make([]api.Instance, len(e.Instances))}
+	out := api.TableEntry{Service: toService(e.Service), Instances: make([]api.Instance, len(e.Instances)), Revision: e.Revision}
 	for i, in := range e.Instances {
 		out.Instances[i] = toInstance(in)
 		if e.DistanceKM != nil && e.DistanceKM[i] >= 0 {

@@ -131,6 +131,32 @@ func TestServiceLifecycleOverREST(t *testing.T) {
 	if d := e.Instances[0].DistanceKM; d == nil || *d < 400 || *d > 600 {
 		t.Errorf("Munich-Berlin distance %v, want about 500 km", d)
 	}
+	// A cluster filling its cache registers its interest in the same call.
+	var ids []string
+	if c.do("GET", "/clusters/munich/interests", "", &ids); len(ids) != 0 {
+		t.Fatalf("interests before resolve with cluster_id: %v", ids)
+	}
+	if st, _ := c.do("GET", "/resolve/"+s.JobName+"?cluster_id=munich", "", &e); st != 200 || e.Service.ID != s.ID {
+		t.Fatalf("resolve with cluster_id: %d %+v", st, e)
+	}
+	if c.do("GET", "/clusters/munich/interests", "", &ids); len(ids) != 1 || ids[0] != s.ID {
+		t.Errorf("interests after resolve with cluster_id: %v, want [%s]", ids, s.ID)
+	}
+	c.expectProblem("GET", "/resolve/"+s.JobName+"?cluster_id=nowhere", "", 404, "nowhere")
+	if e.Revision == 0 {
+		t.Errorf("resolve answered revision 0; want the store's revision")
+	}
+
+	// A cluster with nothing cached starts following at the current revision; one ahead
+	// of root (root's database was replaced) is told to resync.
+	var b api.ChangeBatch
+	if st, _ := c.do("GET", "/clusters/munich/changes?since=now", "", &b); st != 200 || b.Revision < e.Revision || len(b.Changes) != 0 || b.Resync {
+		t.Errorf("changes since=now: %d %+v, want no changes at revision >= %d", st, b, e.Revision)
+	}
+	now := b.Revision
+	if st, _ := c.do("GET", fmt.Sprintf("/clusters/munich/changes?since=%d", now+100), "", &b); st != 200 || !b.Resync || b.Revision != now {
+		t.Errorf("changes since a revision ahead of root: %d %+v, want resync at %d", st, b, now)
+	}
 	c.expectProblem("DELETE", "/services/"+s.ID, "", 409, "still has 1 instance(s); delete them first or pass force=true")
 	// Details are the operator's words, not a chain of internal wrappers.
 	var p problem

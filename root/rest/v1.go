@@ -140,12 +140,22 @@ func (s *server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 
 func (s *server) changes(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
+	if q.Get("since") == "now" {
+		// A reader with nothing cached has nothing to catch up on: it only needs the
+		// revision to follow from.
+		rev, err := s.reg.Revision(r.Context(), param(r, "id"))
+		if err != nil {
+			return err
+		}
+		httpapi.WriteJSON(w, http.StatusOK, api.ChangeBatch{Changes: []api.Change{}, Revision: rev})
+		return nil
+	}
 	since, err := strconv.ParseUint(q.Get("since"), 10, 64)
 	if q.Get("since") == "" {
 		since, err = 0, nil
 	}
 	if err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "query parameter since=%q must be a revision (an unsigned integer)", q.Get("since"))
+		return httpapi.Errorf(http.StatusBadRequest, "query parameter since=%q must be a revision (an unsigned integer) or now", q.Get("since"))
 	}
 	limit, err := queryInt(r, "limit", 1000, 1, 10000)
 	if err != nil {
@@ -335,8 +345,10 @@ func (s *server) deleteInstance(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// resolve answers GET /resolve/{key}?lat=&lon=: the table entry, nearest first when the
-// caller gives its location.
+// resolve answers GET /resolve/{key}?lat=&lon=&cluster_id=: the table entry, nearest
+// first when the caller gives its location. With cluster_id the cluster's interest in the
+// service is registered first, so a cluster filling its cache on a miss needs one round
+// trip and misses no change made after the answer (the change stream carries them).
 func (s *server) resolve(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	var from *geo.Point
@@ -351,6 +363,11 @@ func (s *server) resolve(w http.ResponseWriter, r *http.Request) error {
 			return httpapi.Errorf(http.StatusBadRequest, "caller location: %v", err)
 		}
 		from = &p
+	}
+	if cid := q.Get("cluster_id"); cid != "" {
+		if _, err := s.reg.AddInterest(r.Context(), cid, param(r, "key")); err != nil {
+			return err
+		}
 	}
 	e, err := s.reg.Resolve(r.Context(), param(r, "key"), from)
 	if err != nil {

@@ -127,6 +127,7 @@ const (
 	StatusScheduled = "scheduled" // addresses allocated, not placed yet
 	StatusRunning   = "running"
 	StatusFailed    = "failed"
+	StatusStopped   = "stopped" // its node reported it undeployed; the record stays until deleted
 )
 
 // Instance is one replica of a service.

@@ -1,0 +1,231 @@
+// Package client is a Go client for root's REST API /api/v1 (proto/openapi.yaml), used by
+// cluster services and by tests and tools. Every call takes a context; failures the server
+// answered carry its problem detail as an *Error, which errors.Is matches against
+// ErrNotFound, ErrConflict and ErrUnavailable so callers need not know status codes.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/semnet/semnet/proto/api"
+)
+
+// Sentinels an *Error matches with errors.Is.
+var (
+	ErrNotFound    = errors.New("not found")              // 404
+	ErrConflict    = errors.New("conflict")               // 409
+	ErrUnavailable = errors.New("root unavailable")       // 502, 503, 504 or no answer at all
+	ErrRejected    = errors.New("request rejected")       // any other 4xx: retrying won't help
+	ErrExhausted   = errors.New("address pool exhausted") // 507
+)
+
+// Error is a failure root answered with a problem detail.
+type Error struct {
+	Method, Path string
+	Status       int
+	Detail       string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("root %s %s: %d %s", e.Method, e.Path, e.Status, e.Detail)
+}
+
+// Is maps the status onto the package's sentinels.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.Status == http.StatusNotFound
+	case ErrConflict:
+		return e.Status == http.StatusConflict
+	case ErrExhausted:
+		return e.Status == http.StatusInsufficientStorage
+	case ErrUnavailable:
+		return e.Status == http.StatusBadGateway || e.Status == http.StatusServiceUnavailable || e.Status == http.StatusGatewayTimeout
+	case ErrRejected:
+		return e.Status >= 400 && e.Status < 500 && e.Status != http.StatusNotFound && e.Status != http.StatusConflict
+	}
+	return false
+}
+
+// Temporary reports whether err is worth retrying later: root did not answer, or
+// answered that it is unavailable.
+func Temporary(err error) bool {
+	return errors.Is(err, ErrUnavailable)
+}
+
+// Client talks to one root.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// New returns a client for the root at baseURL (e.g. http://127.0.0.1:10099) sending
+// token as a bearer token (none when empty). hc may be nil for a default client with no
+// overall timeout: set deadlines per call through the context (long polls last long).
+func New(baseURL, token string, hc *http.Client) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("root URL %q must look like http://host:port", baseURL)
+	}
+	if hc == nil {
+		hc = &http.Client{Transport: &http.Transport{
+			Proxy:               nil, // root is reached directly; never through an environment proxy
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+		}}
+	}
+	return &Client{base: u.Scheme + "://" + u.Host + u.Path, token: token, http: hc}, nil
+}
+
+// do sends a JSON request to /api/v1+path and decodes a JSON answer into out (if not
+// nil). A transport failure is wrapped so that errors.Is(err, ErrUnavailable) holds.
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("root %s %s: encode request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+"/api/v1"+path, body)
+	if err != nil {
+		return fmt.Errorf("root %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("root %s %s: %w", method, path, ctx.Err())
+		}
+		return fmt.Errorf("root %s %s: %w: %w", method, path, ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var p struct {
+			Title  string `json:"title"`
+			Detail string `json:"detail"`
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(b, &p) != nil || (p.Detail == "" && p.Title == "") {
+			p.Detail = http.StatusText(resp.StatusCode)
+		} else if p.Detail == "" {
+			p.Detail = p.Title
+		}
+		return &Error{Method: method, Path: path, Status: resp.StatusCode, Detail: p.Detail}
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body) // keep the connection reusable
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("root %s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// RegisterCluster registers (or re-registers) a cluster.
+func (c *Client) RegisterCluster(ctx context.Context, req api.ClusterRequest) (api.Cluster, error) {
+	var out api.Cluster
+	return out, c.do(ctx, http.MethodPost, "/clusters", req, &out)
+}
+
+// Heartbeat reports a cluster alive with a status ("ok", "degraded").
+func (c *Client) Heartbeat(ctx context.Context, clusterID, status string) (api.Cluster, error) {
+	var out api.Cluster
+	return out, c.do(ctx, http.MethodPut, "/clusters/"+esc(clusterID)+"/heartbeat", api.Heartbeat{Status: status}, &out)
+}
+
+// Changes reads the cluster's change stream after revision since, long-polling up to
+// wait when there is nothing yet.
+func (c *Client) Changes(ctx context.Context, clusterID string, since uint64, wait time.Duration) (api.ChangeBatch, error) {
+	var out api.ChangeBatch
+	q := url.Values{"since": {strconv.FormatUint(since, 10)}}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	return out, c.do(ctx, http.MethodGet, "/clusters/"+esc(clusterID)+"/changes?"+q.Encode(), nil, &out)
+}
+
+// Interests lists the service IDs the cluster is interested in.
+func (c *Client) Interests(ctx context.Context, clusterID string) ([]string, error) {
+	var out []string
+	return out, c.do(ctx, http.MethodGet, "/clusters/"+esc(clusterID)+"/interests", nil, &out)
+}
+
+// AddInterest registers the cluster's interest in a service (job name, ID or IP).
+func (c *Client) AddInterest(ctx context.Context, clusterID, service string) (api.Service, error) {
+	var out api.Service
+	return out, c.do(ctx, http.MethodPost, "/clusters/"+esc(clusterID)+"/interests", api.Interest{Service: service}, &out)
+}
+
+// RemoveInterest drops the cluster's interest in a service.
+func (c *Client) RemoveInterest(ctx context.Context, clusterID, service string) error {
+	return c.do(ctx, http.MethodDelete, "/clusters/"+esc(clusterID)+"/interests/"+esc(service), nil, nil)
+}
+
+// Resolve returns the table entry for a job name, service ID, Service IP or Instance IP.
+// A non-empty clusterID registers that cluster's interest in the same call.
+func (c *Client) Resolve(ctx context.Context, key, clusterID string) (api.TableEntry, error) {
+	var out api.TableEntry
+	path := "/resolve/" + esc(key)
+	if clusterID != "" {
+		path += "?cluster_id=" + url.QueryEscape(clusterID)
+	}
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// CreateService deploys a service.
+func (c *Client) CreateService(ctx context.Context, req api.ServiceRequest) (api.Service, error) {
+	var out api.Service
+	return out, c.do(ctx, http.MethodPost, "/services", req, &out)
+}
+
+// DeleteService undeploys a service; force also undeploys its instances.
+func (c *Client) DeleteService(ctx context.Context, service string, force bool) error {
+	path := "/services/" + esc(service)
+	if force {
+		path += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, path, nil, nil)
+}
+
+// CreateInstance creates an instance of a service (job name, ID or IP).
+func (c *Client) CreateInstance(ctx context.Context, service string, req api.InstanceRequest) (api.Instance, error) {
+	var out api.Instance
+	return out, c.do(ctx, http.MethodPost, "/services/"+esc(service)+"/instances", req, &out)
+}
+
+// PlaceInstance reports where instance n of a service runs and its status.
+func (c *Client) PlaceInstance(ctx context.Context, service string, n int, p api.Placement) (api.Instance, error) {
+	var out api.Instance
+	return out, c.do(ctx, http.MethodPut, "/services/"+esc(service)+"/instances/"+strconv.Itoa(n)+"/placement", p, &out)
+}
+
+// DeleteInstance undeploys instance n of a service.
+func (c *Client) DeleteInstance(ctx context.Context, service string, n int) error {
+	return c.do(ctx, http.MethodDelete, "/services/"+esc(service)+"/instances/"+strconv.Itoa(n), nil, nil)
+}
+
+// AllocateSubnet allocates a worker subnet pair for a node of a cluster.
+func (c *Client) AllocateSubnet(ctx context.Context, clusterID, nodeID string) (api.Subnet, error) {
+	var out api.Subnet
+	return out, c.do(ctx, http.MethodPost, "/subnets", api.SubnetRequest{ClusterID: clusterID, NodeID: nodeID}, &out)
+}
