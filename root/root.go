@@ -143,7 +143,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 	notif.SetRegistry(reg)
 	metrics.watchPools(promReg, reg)
+	closing, stopPolls := context.WithCancel(context.Background())
 	h := rest.Handler(reg, rest.Config{
+		Closing: closing,
 		Tokens: c.Tokens, Logger: log.With("component", "rest"),
 		Registerer: promReg, Gatherer: promReg,
 		Ready: reg.Ping,
@@ -151,11 +153,13 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
+		stopPolls()
 		st.Close()
 		return nil, fmt.Errorf("listen on %s: %w", c.Listen, err)
 	}
 	s := &Server{Addr: ln.Addr(), ln: ln, store: st, notif: notif, log: log,
 		http: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}}
+	s.http.RegisterOnShutdown(stopPolls)
 	go notif.Run(context.WithoutCancel(ctx))
 	go func() {
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -34,6 +34,9 @@ type Config struct {
 	Mount func(r chi.Router)
 	// MaxWait bounds change-stream long polls.
 	MaxWait time.Duration
+	// Closing, when done, ends long polls at once (with what they have) so a shutdown
+	// does not wait for them.
+	Closing context.Context
 }
 
 type server struct {

@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -168,7 +169,15 @@ func (s *server) changes(w http.ResponseWriter, r *http.Request) error {
 		}
 		wait = min(wait, s.cfg.MaxWait)
 	}
-	b, err := s.reg.Changes(r.Context(), param(r, "id"), since, limit, wait)
+	ctx := r.Context()
+	if s.cfg.Closing != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		stop := context.AfterFunc(s.cfg.Closing, cancel)
+		defer stop()
+	}
+	b, err := s.reg.Changes(ctx, param(r, "id"), since, limit, wait)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"time"
@@ -228,4 +229,17 @@ func (c *Client) DeleteInstance(ctx context.Context, service string, n int) erro
 func (c *Client) AllocateSubnet(ctx context.Context, clusterID, nodeID string) (api.Subnet, error) {
 	var out api.Subnet
 	return out, c.do(ctx, http.MethodPost, "/subnets", api.SubnetRequest{ClusterID: clusterID, NodeID: nodeID}, &out)
+}
+
+// CurrentRevision returns the change stream's current revision: where a cluster with
+// nothing cached starts following.
+func (c *Client) CurrentRevision(ctx context.Context, clusterID string) (uint64, error) {
+	var out api.ChangeBatch
+	err := c.do(ctx, http.MethodGet, "/clusters/"+esc(clusterID)+"/changes?since=now", nil, &out)
+	return out.Revision, err
+}
+
+// ReleaseSubnet releases a worker subnet pair (named by its IPv4 prefix) into quarantine.
+func (c *Client) ReleaseSubnet(ctx context.Context, subnetV4 netip.Prefix) error {
+	return c.do(ctx, http.MethodDelete, "/subnets/"+subnetV4.Addr().String(), nil, nil)
 }

@@ -1,0 +1,276 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/semnet/semnet/cluster/cache"
+	"github.com/semnet/semnet/cluster/report"
+	"github.com/semnet/semnet/cluster/table"
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/api/client"
+	"github.com/semnet/semnet/proto/mqttapi"
+	"github.com/semnet/semnet/shared/geo"
+)
+
+func (s *Server) tableQuery(nodeID string, payload []byte) error {
+	var q mqttapi.TableQuery
+	resultTopic := mqttapi.NodeTopic(nodeID, mqttapi.SuffixTableQueryResult)
+	if err := decode(payload, &q); err != nil {
+		s.publishJSON(resultTopic, mqttapi.TableQueryResult{InstanceList: []mqttapi.TableInstance{}, Error: err.Error()})
+		return err
+	}
+	key := q.Key()
+	if key == "" {
+		err := invalidf("sname or sip is required")
+		s.publishJSON(resultTopic, mqttapi.TableQueryResult{InstanceList: []mqttapi.TableInstance{}, Error: err.Error()})
+		return err
+	}
+	if e, ok := s.table.Cached(s.ctx, key); ok {
+		s.m.queries.WithLabelValues("hit").Inc()
+		s.answer(nodeID, resultTopic, key, e)
+		return nil
+	}
+	// A miss waits for root, in a goroutine of its own so the node's other messages
+	// (and its later queries that hit) are not held up behind it.
+	select {
+	case s.misses <- struct{}{}:
+	default:
+		s.m.queries.WithLabelValues("error").Inc()
+		err := fmt.Errorf("cluster busy: %d table queries already wait for root", cap(s.misses))
+		s.publishJSON(resultTopic, errorResult(q, key, err))
+		return err
+	}
+	go func() {
+		defer func() { <-s.misses }()
+		e, err := s.table.Lookup(s.ctx, key)
+		switch {
+		case err == nil:
+			s.m.queries.WithLabelValues("miss").Inc()
+			s.answer(nodeID, resultTopic, key, e)
+		case errors.Is(err, table.ErrUnknown):
+			s.m.queries.WithLabelValues("unknown").Inc()
+			s.publishJSON(resultTopic, errorResult(q, key, err))
+		default:
+			s.m.queries.WithLabelValues("error").Inc()
+			if client.Temporary(err) || errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("root is unreachable and %q is not cached: %w", key, err)
+			}
+			s.publishJSON(resultTopic, errorResult(q, key, err))
+			s.log.Warn("table query failed", "node", nodeID, "key", key, "err", err)
+		}
+	}()
+	return nil
+}
+
+func errorResult(q mqttapi.TableQuery, key string, err error) mqttapi.TableQueryResult {
+	return mqttapi.TableQueryResult{AppName: q.SName, QueryKey: key, InstanceList: []mqttapi.TableInstance{}, Error: err.Error()}
+}
+
+// answer sends the entry and records the node's interest under the key it used.
+func (s *Server) answer(nodeID, topic, key string, e *cache.Entry) {
+	job := e.JobName()
+	s.in.query(nodeID, key, job)
+	s.publishJSON(topic, s.render(e, key))
+}
+
+// render turns a cached entry into the contract's result for a query by key.
+func (s *Server) render(e *cache.Entry, key string) mqttapi.TableQueryResult {
+	sv := e.Table.Service
+	out := mqttapi.TableQueryResult{
+		AppName: sv.JobName, QueryKey: key, Revision: e.Revision, Stale: s.table.Stale(),
+		InstanceList: make([]mqttapi.TableInstance, 0, len(e.Table.Instances)),
+	}
+	for _, in := range e.Table.Instances {
+		if in.Status != "running" || !in.NamespaceIP.IsValid() {
+			continue
+		}
+		ti := mqttapi.TableInstance{
+			InstanceNumber: in.Number, InstanceIP: in.InstanceIP, InstanceIPv6: in.InstanceIPv6,
+			ClusterID: in.ClusterID, NamespaceIP: in.NamespaceIP, NamespaceIPv6: in.NamespaceIPv6,
+			HostIP: in.HostIP, HostPort: in.HostPort, Status: in.Status,
+			ServiceIP: []mqttapi.ServiceIP{
+				{IPType: mqttapi.IPTypeRR, Address: sv.RRIP, AddressV6: sv.RRIPv6},
+				{IPType: mqttapi.IPTypeClosest, Address: sv.ClosestIP, AddressV6: sv.ClosestIPv6},
+				{IPType: mqttapi.IPTypeInstanceIP, Address: in.InstanceIP, AddressV6: in.InstanceIPv6},
+			},
+		}
+		if in.Location != nil {
+			lat, lon := in.Location.Lat, in.Location.Lon
+			ti.Lat, ti.Lon = &lat, &lon
+		}
+		out.InstanceList = append(out.InstanceList, ti)
+	}
+	return out
+}
+
+// Changed pushes a job's change to the nodes interested in it: on the job's own updates
+// topic and on every key (IP) nodes queried it by, each with the fresh entry as a query
+// by that key would answer it. e is nil when the job was deleted.
+func (s *Server) Changed(job string, e *cache.Entry) {
+	keys := s.in.keys(job)
+	if !contains(keys, job) {
+		keys = append(keys, job) // nodes running the job listen on its own topic
+	}
+	for _, key := range keys {
+		msg := mqttapi.UpdatesAvailable{Type: mqttapi.UpdateDeleted}
+		if e != nil {
+			r := s.render(e, key)
+			msg = mqttapi.UpdatesAvailable{Type: mqttapi.UpdateChanged, Table: &r}
+		}
+		s.publishJSON(mqttapi.UpdatesTopic(key), msg)
+		s.m.pushes.Inc()
+	}
+	if e == nil {
+		s.in.forgetJob(job)
+	}
+}
+
+func contains(xs []string, x string) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) subnet(nodeID string, payload []byte) error {
+	topic := mqttapi.NodeTopic(nodeID, mqttapi.SuffixSubnetResult)
+	var req mqttapi.SubnetRequest
+	if err := decode(payload, &req); err != nil {
+		s.publishJSON(topic, mqttapi.SubnetResult{Error: err.Error()})
+		return err
+	}
+	if req.Method != mqttapi.SubnetMethodGet {
+		err := invalidf("METHOD %q: only %q is served (subnets are released by root)", req.Method, mqttapi.SubnetMethodGet)
+		s.publishJSON(topic, mqttapi.SubnetResult{Error: err.Error()})
+		return err
+	}
+	// Allocation may wait for root (bounded by the pool's timeout); the reference node
+	// waits for it before doing anything else, so holding its queue is fine.
+	sn, err := s.subnets.Get(s.ctx, nodeID)
+	if err != nil {
+		s.publishJSON(topic, mqttapi.SubnetResult{Error: "no subnet: " + err.Error()})
+		return fmt.Errorf("subnet for %s: %w", nodeID, err)
+	}
+	s.publishJSON(topic, mqttapi.SubnetResult{Address: sn.SubnetV4.Addr(), AddressV6: sn.SubnetV6.Addr()})
+	return nil
+}
+
+func (s *Server) location(lat, lon *float64) (*geo.Point, error) {
+	if lat == nil && lon == nil {
+		return s.opt.Location, nil
+	}
+	if lat == nil || lon == nil {
+		return nil, invalidf("lat and lon go together")
+	}
+	p := geo.Point{Lat: *lat, Lon: *lon}
+	if err := p.Validate(); err != nil {
+		return nil, invalidf("location: %v", err)
+	}
+	return &p, nil
+}
+
+func (s *Server) deployed(nodeID string, payload []byte) error {
+	var d mqttapi.Deployed
+	if err := decode(payload, &d); err != nil {
+		return err
+	}
+	if err := validJob(d.AppName); err != nil {
+		return err
+	}
+	if d.InstanceNumber < 0 {
+		return invalidf("instance_number %d must not be negative", d.InstanceNumber)
+	}
+	p := api.Placement{Status: "running"}
+	if d.Status == "failed" || d.Status == "FAILED" {
+		p.Status = "failed"
+	}
+	var err error
+	if p.NamespaceIP, err = parseAddr("nsip", d.NSIP, p.Status == "running"); err != nil {
+		return err
+	}
+	if p.NamespaceIPv6, err = parseAddr("nsipv6", d.NSIPv6, false); err != nil {
+		return err
+	}
+	if p.HostIP, err = parseAddr("host_ip", d.HostIP, p.Status == "running"); err != nil {
+		return err
+	}
+	if p.HostIP.IsValid() && (d.HostPort < 1 || d.HostPort > 65535) {
+		return invalidf("host_port %d must be between 1 and 65535", d.HostPort)
+	}
+	p.HostPort = int(d.HostPort)
+	if p.Location, err = s.location(d.Lat, d.Lon); err != nil {
+		return err
+	}
+	if p.Status == "running" {
+		s.in.deploy(nodeID, d.AppName)
+	}
+	s.reports.Enqueue(report.Report{Node: nodeID, Job: d.AppName, Instance: int(d.InstanceNumber), Placement: p})
+	return nil
+}
+
+func (s *Server) undeployed(nodeID string, payload []byte) error {
+	var u mqttapi.Undeployed
+	if err := decode(payload, &u); err != nil {
+		return err
+	}
+	if err := validJob(u.AppName); err != nil {
+		return err
+	}
+	if u.InstanceNumber < 0 {
+		return invalidf("instance_number %d must not be negative", u.InstanceNumber)
+	}
+	s.reports.Enqueue(report.Report{Node: nodeID, Job: u.AppName, Instance: int(u.InstanceNumber), Placement: api.Placement{Status: "stopped"}})
+	if s.in.undeploy(nodeID, u.AppName) {
+		s.forget(u.AppName)
+	}
+	return nil
+}
+
+func (s *Server) addressChanged(nodeID string, payload []byte) error {
+	var a mqttapi.AddressChanged
+	if err := decode(payload, &a); err != nil {
+		return err
+	}
+	if err := validJob(a.AppName); err != nil {
+		return err
+	}
+	hostIP, err := parseAddr("host_ip", a.HostIP, true)
+	if err != nil {
+		return err
+	}
+	if a.HostPort < 1 || a.HostPort > 65535 {
+		return invalidf("host_port %d must be between 1 and 65535", a.HostPort)
+	}
+	// Root takes a whole placement: the namespace addresses come from the entry.
+	e, err := s.table.Lookup(s.ctx, a.AppName)
+	if err != nil {
+		return fmt.Errorf("address change of %s instance %d: %w", a.AppName, a.InstanceNumber, err)
+	}
+	for _, in := range e.Table.Instances {
+		if in.Number == int(a.InstanceNumber) {
+			p := api.Placement{Status: "running", NamespaceIP: in.NamespaceIP, NamespaceIPv6: in.NamespaceIPv6,
+				HostIP: hostIP, HostPort: int(a.HostPort), Location: in.Location}
+			s.reports.Enqueue(report.Report{Node: nodeID, Job: a.AppName, Instance: int(a.InstanceNumber), Placement: p})
+			return nil
+		}
+	}
+	return invalidf("%s has no running instance %d", a.AppName, a.InstanceNumber)
+}
+
+func (s *Server) interestRemove(nodeID string, payload []byte) error {
+	var r mqttapi.InterestRemove
+	if err := decode(payload, &r); err != nil {
+		return err
+	}
+	if r.AppName == "" {
+		return invalidf("appname is required")
+	}
+	if job, unused := s.in.remove(nodeID, r.AppName); unused {
+		s.forget(job)
+	}
+	return nil
+}

@@ -1,0 +1,249 @@
+// Package nodes serves the worker-node contract over MQTT (CONTRACT.md "Cluster MQTT";
+// topics and payloads in proto/mqttapi): table queries, subnets, instance status reports
+// and interest bookkeeping, and the pushes that tell interested nodes a job changed.
+//
+// Handlers run in the broker's goroutine of the node that published, so one node's
+// messages are handled in order and a slow node only slows itself. Table queries that
+// miss the cache wait for root in a goroutine of their own (bounded), so a miss does not
+// hold up the node's other messages. Every bad message (malformed JSON, wrong types,
+// missing fields, unknown topics) is logged with the node id and counted; where the
+// contract has a result topic the node gets an error reply there.
+package nodes
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/semnet/semnet/cluster/cache"
+	"github.com/semnet/semnet/cluster/report"
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/mqttapi"
+	"github.com/semnet/semnet/shared/geo"
+)
+
+// Publisher publishes a message to the nodes (the broker's inline client, QoS 1).
+type Publisher interface {
+	Publish(topic string, payload []byte) error
+}
+
+// Table answers lookups and follows jobs (a *table.Table).
+type Table interface {
+	// Cached answers from the cache only, without waiting for root.
+	Cached(ctx context.Context, key string) (*cache.Entry, bool)
+	Lookup(ctx context.Context, key string) (*cache.Entry, error)
+	Forget(ctx context.Context, job string) error
+	Stale() bool
+}
+
+// Reporter queues instance status reports for root (a *report.Reporter).
+type Reporter interface {
+	Enqueue(report.Report)
+}
+
+// Subnets hands out worker subnets (a *subnets.Pool).
+type Subnets interface {
+	Get(ctx context.Context, nodeID string) (api.Subnet, error)
+}
+
+// Options configure a Server.
+type Options struct {
+	// Location is the cluster's; an instance whose node reports no location of its own
+	// is placed here for the Closest policy.
+	Location *geo.Point
+	// MaxPendingMisses bounds table queries waiting for root at once (default 1024);
+	// beyond it queries are answered with an error at once.
+	MaxPendingMisses int
+	Logger           *slog.Logger
+	Registerer       prometheus.Registerer
+}
+
+// Server handles node messages.
+type Server struct {
+	table   Table
+	pub     Publisher
+	reports Reporter
+	subnets Subnets
+	opt     Options
+	log     *slog.Logger
+	in      *interests
+	misses  chan struct{} // semaphore of queries waiting for root
+	ctx     context.Context
+	m       serverMetrics
+}
+
+type serverMetrics struct {
+	messages *prometheus.CounterVec // topic suffix, result
+	pushes   prometheus.Counter
+	queries  *prometheus.CounterVec // hit, miss, unknown, error
+}
+
+// New returns a server. ctx bounds the work it starts in the background (cache misses).
+func New(ctx context.Context, t Table, pub Publisher, r Reporter, s Subnets, opt Options) *Server {
+	if opt.MaxPendingMisses <= 0 {
+		opt.MaxPendingMisses = 1024
+	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	srv := &Server{table: t, pub: pub, reports: r, subnets: s, opt: opt, log: log, in: newInterests(),
+		misses: make(chan struct{}, opt.MaxPendingMisses), ctx: ctx}
+	srv.m = serverMetrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "node_messages_total",
+			Help: "Messages from worker nodes by topic suffix and result (ok, malformed, invalid, unknown_topic, error)."}, []string{"topic", "result"}),
+		pushes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "pushes_total",
+			Help: "Update messages published on jobs/<key>/updates_available."}),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "table_queries_total",
+			Help: "Table queries by outcome (hit, miss, unknown, error)."}, []string{"outcome"}),
+	}
+	if opt.Registerer != nil {
+		opt.Registerer.MustRegister(srv.m.messages, srv.m.pushes, srv.m.queries)
+	}
+	return srv
+}
+
+// errInvalid marks a message that decoded but says something impossible.
+var errInvalid = errors.New("invalid")
+
+// Handle processes one message a node published. nodeID is the sender's authenticated
+// identity (the broker's ACL makes it match the topic).
+func (s *Server) Handle(nodeID, topic string, payload []byte) {
+	id, suffix, ok := mqttapi.ParseNodeTopic(topic)
+	if !ok || id != nodeID {
+		s.bad(nodeID, topic, "unknown_topic", errors.New("not a nodes/<id>/net/<suffix> topic of this node"))
+		return
+	}
+	var err error
+	switch suffix {
+	case mqttapi.SuffixTableQuery:
+		err = s.tableQuery(nodeID, payload)
+	case mqttapi.SuffixSubnet:
+		err = s.subnet(nodeID, payload)
+	case mqttapi.SuffixDeployed:
+		err = s.deployed(nodeID, payload)
+	case mqttapi.SuffixUndeployed:
+		err = s.undeployed(nodeID, payload)
+	case mqttapi.SuffixAddressChanged:
+		err = s.addressChanged(nodeID, payload)
+	case mqttapi.SuffixInterestRemove:
+		err = s.interestRemove(nodeID, payload)
+	case mqttapi.SuffixTableQueryResult, mqttapi.SuffixSubnetResult:
+		return // our own answers, echoed by the subscription
+	default:
+		s.bad(nodeID, topic, "unknown_topic", errors.New("no such request"))
+		return
+	}
+	switch {
+	case err == nil:
+		s.m.messages.WithLabelValues(suffix, "ok").Inc()
+	case errors.Is(err, errInvalid):
+		s.bad(nodeID, suffix, "invalid", err)
+	case isDecodeError(err):
+		s.bad(nodeID, suffix, "malformed", err)
+	default:
+		s.bad(nodeID, suffix, "error", err)
+	}
+}
+
+func (s *Server) bad(nodeID, topic, result string, err error) {
+	s.m.messages.WithLabelValues(labelOf(topic, result), result).Inc()
+	s.log.Warn("bad message from node", "node", nodeID, "topic", topic, "result", result, "err", err)
+}
+
+// labelOf keeps metric label values bounded: unknown topics are one label.
+func labelOf(topic, result string) string {
+	if result == "unknown_topic" {
+		return "other"
+	}
+	return topic
+}
+
+// decodeError marks a payload that is not the JSON the contract says.
+type decodeError struct{ err error }
+
+func (e *decodeError) Error() string { return "malformed payload: " + e.err.Error() }
+func (e *decodeError) Unwrap() error { return e.err }
+
+func isDecodeError(err error) bool {
+	var d *decodeError
+	return errors.As(err, &d)
+}
+
+func decode(payload []byte, v any) error {
+	if err := json.Unmarshal(payload, v); err != nil {
+		return &decodeError{err}
+	}
+	return nil
+}
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errInvalid, fmt.Sprintf(format, args...))
+}
+
+func (s *Server) publishJSON(topic string, v any) {
+	b, err := json.Marshal(v)
+	if err == nil {
+		err = s.pub.Publish(topic, b)
+	}
+	if err != nil {
+		s.log.Error("publish failed", "topic", topic, "err", err)
+	}
+}
+
+// NodeGone forgets the query interests of a node that disconnected; jobs no node needs
+// any more are dropped at root. Its deployed instances keep their jobs interesting.
+func (s *Server) NodeGone(nodeID string) {
+	for _, job := range s.in.dropNode(nodeID) {
+		s.forget(job)
+	}
+}
+
+// Release drops the cluster's interest in a job the orchestrator no longer needs, unless
+// a node still queries it or runs one of its instances.
+func (s *Server) Release(ctx context.Context, job string) error {
+	if !s.in.unused(job) {
+		return nil
+	}
+	return s.table.Forget(ctx, job)
+}
+
+func (s *Server) forget(job string) {
+	if err := s.table.Forget(s.ctx, job); err != nil {
+		s.log.Warn("could not drop the cluster's interest at root", "job", job, "err", err)
+	}
+}
+
+// validJob checks a job name has the four dot-separated parts of the contract.
+func validJob(job string) error {
+	parts := strings.Split(job, ".")
+	if len(parts) != 4 {
+		return invalidf("appname %q must be a job name app.app_ns.service.service_ns", job)
+	}
+	for _, p := range parts {
+		if p == "" {
+			return invalidf("appname %q has an empty part", job)
+		}
+	}
+	return nil
+}
+
+func parseAddr(field, v string, need bool) (netip.Addr, error) {
+	if v == "" {
+		if need {
+			return netip.Addr{}, invalidf("%s is required", field)
+		}
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return netip.Addr{}, invalidf("%s %q is not an IP address", field, v)
+	}
+	return a.Unmap(), nil
+}

@@ -1,0 +1,183 @@
+package table_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/semnet/semnet/cluster/cache"
+	"github.com/semnet/semnet/cluster/table"
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/api/client"
+	"github.com/semnet/semnet/root"
+	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/geo"
+)
+
+// startRoot runs a real root (embedded store) on a loopback port.
+func startRoot(t *testing.T, dir string) (*root.Server, *client.Client) {
+	t.Helper()
+	srv, err := root.Start(t.Context(), root.Config{Listen: "127.0.0.1:0", DataDir: dir, Insecure: true, Plan: addrplan.Default()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := client.New("http://"+srv.Addr.String(), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, rc
+}
+
+type changes struct {
+	mu   sync.Mutex
+	seen []string // "job" or "job:deleted"
+	ch   chan struct{}
+}
+
+func (c *changes) record(job string, e *cache.Entry) {
+	c.mu.Lock()
+	if e == nil {
+		job += ":deleted"
+	}
+	c.seen = append(c.seen, job)
+	c.mu.Unlock()
+	select {
+	case c.ch <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor waits until cond holds, re-checking after each change.
+func (c *changes) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for !cond() {
+		select {
+		case <-c.ch:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			t.Fatalf("timed out waiting for %s; changes seen: %v", what, c.seen)
+		}
+	}
+}
+
+func TestLookupFollowAndResync(t *testing.T) {
+	ctx := t.Context()
+	srv, rc := startRoot(t, t.TempDir())
+	defer srv.Close()
+	if _, err := rc.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Name: "c1", Address: "127.0.0.1", Port: 10110, Location: geo.Point{Lat: 48, Lon: 11}}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: "web", ServiceNS: "eu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cache.NewMemory(cache.Options{})
+	ch := &changes{ch: make(chan struct{}, 1)}
+	tb := table.New(rc, c, table.Options{ClusterID: "c1", Wait: time.Second, OnChange: ch.record})
+
+	// A miss asks root (registering interest); the next lookup by another key hits.
+	if _, ok := tb.Cached(ctx, svc.JobName); ok {
+		t.Fatal("cached before any lookup")
+	}
+	e, err := tb.Lookup(ctx, svc.RRIP.String())
+	if err != nil || e.JobName() != svc.JobName || e.Revision == 0 {
+		t.Fatalf("lookup by RR IP: %+v, %v", e, err)
+	}
+	if got, ok := tb.Cached(ctx, svc.ClosestIPv6.String()); !ok || got.JobName() != svc.JobName {
+		t.Fatalf("cached by closest v6 after the miss: %v %v", got, ok)
+	}
+	if ids, err := rc.Interests(ctx, "c1"); err != nil || len(ids) != 1 || ids[0] != svc.ID {
+		t.Fatalf("interests after miss: %v %v", ids, err)
+	}
+	if _, err := tb.Lookup(ctx, "no.such.job.here"); !errors.Is(err, table.ErrUnknown) {
+		t.Fatalf("unknown job: %v, want ErrUnknown", err)
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- tb.Run(runCtx) }()
+
+	// An instance placed at root reaches the cache through the change stream.
+	in, err := rc.CreateInstance(ctx, svc.ID, api.InstanceRequest{ClusterID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rc.PlaceInstance(ctx, svc.ID, in.Number, api.Placement{Status: "running", NamespaceIP: mustAddr("10.18.0.2"), HostIP: mustAddr("127.0.0.1"), HostPort: 50103}); err != nil {
+		t.Fatal(err)
+	}
+	ch.waitFor(t, "the placed instance in the cache", func() bool {
+		e, ok := tb.Cached(ctx, in.InstanceIP.String())
+		return ok && len(e.Table.Instances) == 1 && e.Table.Instances[0].Status == "running"
+	})
+	// Deleting the service drops it and reports the deletion.
+	if err := rc.DeleteService(ctx, svc.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	ch.waitFor(t, "the deletion", func() bool {
+		_, ok := tb.Cached(ctx, svc.JobName)
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		return !ok && len(ch.seen) > 0 && ch.seen[len(ch.seen)-1] == svc.JobName+":deleted"
+	})
+	stop()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run returned %v, want context.Canceled", err)
+	}
+	if cur, _ := c.Cursor(ctx); cur == 0 {
+		t.Error("cursor not recorded")
+	}
+}
+
+// TestRootReplaced: a root whose database was replaced is behind the cluster's cursor; the
+// cluster re-reads what it caches (dropping what the new root does not know) and
+// re-registers its interest.
+func TestRootReplaced(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	srv, rc := startRoot(t, dir)
+	if _, err := rc.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := rc.CreateService(ctx, api.ServiceRequest{App: "a", AppNS: "b", Service: "c", ServiceNS: "d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"s1", "s2", "s3"} { // move the revision ahead of the new root's
+		if _, err := rc.CreateService(ctx, api.ServiceRequest{App: "x", AppNS: "b", Service: name, ServiceNS: "d"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := cache.NewMemory(cache.Options{})
+	ch := &changes{ch: make(chan struct{}, 1)}
+	tb := table.New(rc, c, table.Options{ClusterID: "c1", Wait: 200 * time.Millisecond, OnChange: ch.record})
+	if _, err := tb.Lookup(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go tb.Run(runCtx)
+	ch.waitFor(t, "the follower to record its cursor", func() bool { cur, _ := c.Cursor(ctx); return cur > 0 })
+	srv.Close()
+
+	// A new, empty root on the same address.
+	srv2, err := root.Start(ctx, root.Config{Listen: srv.Addr.String(), DataDir: t.TempDir(), Insecure: true, Plan: addrplan.Default()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv2.Close()
+	if _, err := rc.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}); err != nil {
+		t.Fatal(err)
+	}
+	ch.waitFor(t, "the unknown job dropped after resync", func() bool {
+		_, ok := tb.Cached(ctx, svc.JobName)
+		return !ok
+	})
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
