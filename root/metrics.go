@@ -31,28 +31,30 @@ func (m *metrics) Changed(c store.Change) { m.changes.WithLabelValues(c.Kind, c.
 
 // watchPools exports pool fill levels, read at scrape time so they are never stale.
 func (m *metrics) watchPools(reg prometheus.Registerer, r *registry.Registry) {
-	reg.MustRegister(poolCollector{r: r})
+	labels := []string{"pool", "prefix"}
+	reg.MustRegister(&poolCollector{r: r,
+		size:        prometheus.NewDesc("semnet_root_pool_size", "Allocatable addresses (or subnets) in a pool.", labels, nil),
+		used:        prometheus.NewDesc("semnet_root_pool_used", "Addresses (or subnets) in use.", labels, nil),
+		quarantined: prometheus.NewDesc("semnet_root_pool_quarantined", "Released addresses waiting out their quarantine.", labels, nil),
+	})
 }
 
-var (
-	poolSizeDesc = prometheus.NewDesc("semnet_root_pool_size", "Allocatable addresses (or subnets) in a pool.", []string{"pool", "prefix"}, nil)
-	poolUsedDesc = prometheus.NewDesc("semnet_root_pool_used", "Addresses (or subnets) in use.", []string{"pool", "prefix"}, nil)
-	poolQuarDesc = prometheus.NewDesc("semnet_root_pool_quarantined", "Released addresses waiting out their quarantine.", []string{"pool", "prefix"}, nil)
-)
-
-type poolCollector struct{ r *registry.Registry }
-
-func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- poolSizeDesc
-	ch <- poolUsedDesc
-	ch <- poolQuarDesc
+type poolCollector struct {
+	r                       *registry.Registry
+	size, used, quarantined *prometheus.Desc
 }
 
-func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.size
+	ch <- c.used
+	ch <- c.quarantined
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, u := range c.r.PoolUsage() {
 		p := u.Prefix.String()
-		ch <- prometheus.MustNewConstMetric(poolSizeDesc, prometheus.GaugeValue, float64(u.Size), u.Name, p)
-		ch <- prometheus.MustNewConstMetric(poolUsedDesc, prometheus.GaugeValue, float64(u.Used), u.Name, p)
-		ch <- prometheus.MustNewConstMetric(poolQuarDesc, prometheus.GaugeValue, float64(u.Quarantined), u.Name, p)
+		ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(u.Size), u.Name, p)
+		ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(u.Used), u.Name, p)
+		ch <- prometheus.MustNewConstMetric(c.quarantined, prometheus.GaugeValue, float64(u.Quarantined), u.Name, p)
 	}
 }

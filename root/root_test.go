@@ -1,0 +1,42 @@
+package root_test
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/api/client"
+	"github.com/semnet/semnet/root"
+	"github.com/semnet/semnet/shared/addrplan"
+)
+
+// TestMetricsReportPools: /metrics shows allocations and pool fill levels as they change.
+func TestMetricsReportPools(t *testing.T) {
+	srv, err := root.Start(t.Context(), root.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Insecure: true, Plan: addrplan.Default()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	rc, _ := client.New("http://"+srv.Addr.String(), "", nil)
+	if _, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "a", AppNS: "b", Service: "c", ServiceNS: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + srv.Addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	// The RR and Closest IPv4 Service IPs share one pool: two used.
+	for _, want := range []string{
+		`semnet_root_pool_used{pool="service_v4",prefix="10.30.0.0/16"} 2`,
+		`semnet_root_allocations_total{pool="service_v4"} 2`,
+		`semnet_root_changes_total{kind="service",op="put"} 1`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
