@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -171,5 +172,27 @@ func TestComposeCommandsParse(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no semnet service in docker-compose.yml")
+	}
+}
+
+// TestMigrateAppliesSchema runs `semnet root migrate` against a real MongoDB-wire server
+// twice: the second run finds the schema current.
+func TestMigrateAppliesSchema(t *testing.T) {
+	uri := os.Getenv("SEMNET_TEST_MONGO_URI")
+	if uri == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("SEMNET_TEST_MONGO_URI is not set in CI: .ci/run must start FerretDB (see .ci/with-servers)")
+		}
+		t.Skip("SEMNET_TEST_MONGO_URI not set: the migrate command needs a MongoDB-wire server (make test starts FerretDB)")
+	}
+	db := fmt.Sprintf("semnet_migrate_%d", time.Now().UnixNano())
+	for range 2 {
+		out, err := execute(t, "root", "migrate", "--mongo-uri", uri, "--mongo-db", db)
+		if err != nil || !strings.HasPrefix(out, "schema at version ") {
+			t.Fatalf("migrate: %q, %v", out, err)
+		}
+	}
+	if _, err := execute(t, "root", "migrate"); err == nil || !strings.Contains(err.Error(), "--mongo-uri is required") {
+		t.Errorf("migrate without a URI: %v", err)
 	}
 }

@@ -27,6 +27,9 @@ func testURI(t testing.TB) string {
 	t.Helper()
 	uri := os.Getenv("SEMNET_TEST_MONGO_URI")
 	if uri == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("SEMNET_TEST_MONGO_URI is not set in CI: .ci/run must start FerretDB (see .ci/with-servers)")
+		}
 		t.Skip("SEMNET_TEST_MONGO_URI not set: MongoDB store tests need a MongoDB-wire server (.ci/run starts FerretDB)")
 	}
 	return uri
