@@ -27,6 +27,7 @@ import (
 	"github.com/semnet/semnet/root/store/bolt"
 	"github.com/semnet/semnet/root/store/mongo"
 	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/listenaddr"
 )
 
 // Config configures a root service.
@@ -54,8 +55,8 @@ func (c Config) Validate() error {
 		if !c.Insecure {
 			return errors.New("no API token: set --token (or SEMNET_TOKEN), or pass --insecure for a local demo on a loopback address")
 		}
-		if !isLoopback(c.Listen) {
-			return fmt.Errorf("--insecure serves the API without authentication, so it only listens on loopback; %q is not a loopback address (try 127.0.0.1%s)", c.Listen, portOf(c.Listen))
+		if !listenaddr.IsLoopback(c.Listen) {
+			return fmt.Errorf("--insecure serves the API without authentication, so it only listens on loopback; %q is not a loopback address (try 127.0.0.1%s)", c.Listen, listenaddr.Port(c.Listen, ":10099"))
 		}
 	}
 	for _, t := range c.Tokens {
@@ -67,25 +68,6 @@ func (c Config) Validate() error {
 		return errors.New("no store: set --data-dir for the embedded store or --mongo-uri for MongoDB")
 	}
 	return nil
-}
-
-func isLoopback(listen string) bool {
-	host, _, err := net.SplitHostPort(listen)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
-func portOf(listen string) string {
-	if _, p, err := net.SplitHostPort(listen); err == nil {
-		return ":" + p
-	}
-	return ":10099"
 }
 
 // OpenStore opens the configured backend.
@@ -146,7 +128,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	closing, stopPolls := context.WithCancel(context.Background())
 	h := rest.Handler(reg, rest.Config{
 		Closing: closing,
-		Tokens: c.Tokens, Logger: log.With("component", "rest"),
+		Tokens:  c.Tokens, Logger: log.With("component", "rest"),
 		Registerer: promReg, Gatherer: promReg,
 		Ready: reg.Ping,
 		Mount: func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },

@@ -2,8 +2,10 @@ package nodes
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/semnet/semnet/cluster/cache"
 	"github.com/semnet/semnet/cluster/report"
@@ -70,9 +72,43 @@ func errorResult(q mqttapi.TableQuery, key string, err error) mqttapi.TableQuery
 
 // answer sends the entry and records the node's interest under the key it used.
 func (s *Server) answer(nodeID, topic, key string, e *cache.Entry) {
-	job := e.JobName()
-	s.in.query(nodeID, key, job)
-	s.publishJSON(topic, s.render(e, key))
+	s.in.query(nodeID, key, e.JobName())
+	b, err := s.encoded(e, key)
+	if err == nil {
+		err = s.pub.Publish(topic, b)
+	}
+	if err != nil {
+		s.log.Error("publish failed", "topic", topic, "err", err)
+	}
+}
+
+// encodedResult is a rendered answer kept for the next query by the same key.
+type encodedResult struct {
+	entry   *cache.Entry
+	rev     uint64
+	fetched time.Time
+	stale   bool
+	b       []byte
+}
+
+// encoded returns the JSON answer to a query by key, rendering it only when the entry
+// (or staleness) changed since the last query by that key: hits, the bulk of the
+// cluster's work, then cost no encoding. The memo holds one answer per key in use; keys
+// of deleted jobs are dropped with them.
+func (s *Server) encoded(e *cache.Entry, key string) ([]byte, error) {
+	stale := s.table.Stale()
+	if v, ok := s.memo.Load(key); ok {
+		r := v.(*encodedResult)
+		if r.stale == stale && (r.entry == e || r.rev == e.Revision && r.fetched.Equal(e.Fetched)) {
+			return r.b, nil
+		}
+	}
+	b, err := json.Marshal(s.render(e, key))
+	if err != nil {
+		return nil, fmt.Errorf("encode answer for %s: %w", key, err)
+	}
+	s.memo.Store(key, &encodedResult{entry: e, rev: e.Revision, fetched: e.Fetched, stale: stale, b: b})
+	return b, nil
 }
 
 // render turns a cached entry into the contract's result for a query by key.
@@ -123,6 +159,9 @@ func (s *Server) Changed(job string, e *cache.Entry) {
 		s.m.pushes.Inc()
 	}
 	if e == nil {
+		for _, key := range keys {
+			s.memo.Delete(key)
+		}
 		s.in.forgetJob(job)
 	}
 }

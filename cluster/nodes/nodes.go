@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -74,6 +75,8 @@ type Server struct {
 	log     *slog.Logger
 	in      *interests
 	misses  chan struct{} // semaphore of queries waiting for root
+	forgets chan string   // jobs to drop at root, by the forgetter goroutine
+	memo    sync.Map      // query key -> *encodedResult
 	ctx     context.Context
 	m       serverMetrics
 }
@@ -94,7 +97,8 @@ func New(ctx context.Context, t Table, pub Publisher, r Reporter, s Subnets, opt
 		log = slog.New(slog.DiscardHandler)
 	}
 	srv := &Server{table: t, pub: pub, reports: r, subnets: s, opt: opt, log: log, in: newInterests(),
-		misses: make(chan struct{}, opt.MaxPendingMisses), ctx: ctx}
+		misses: make(chan struct{}, opt.MaxPendingMisses), forgets: make(chan string, 4096), ctx: ctx}
+	go srv.forgetter()
 	srv.m = serverMetrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "node_messages_total",
 			Help: "Messages from worker nodes by topic suffix and result (ok, malformed, invalid, unknown_topic, error)."}, []string{"topic", "result"}),
@@ -214,9 +218,33 @@ func (s *Server) Release(ctx context.Context, job string) error {
 	return s.table.Forget(ctx, job)
 }
 
+// forget queues a job no node needs for the forgetter: dropping an interest at root is a
+// round trip, and it is asked for from the broker's goroutines (a node going away) that
+// must not wait for root.
 func (s *Server) forget(job string) {
-	if err := s.table.Forget(s.ctx, job); err != nil {
-		s.log.Warn("could not drop the cluster's interest at root", "job", job, "err", err)
+	select {
+	case s.forgets <- job:
+	default:
+		// Full (root is slow or away): keeping an interest costs only some pushes.
+		s.log.Warn("too many interests to drop at root; keeping this one", "job", job)
+	}
+}
+
+// forgetter drops the cluster's interest at root for queued jobs, re-checking each: a
+// node may have asked for it again since.
+func (s *Server) forgetter() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case job := <-s.forgets:
+			if !s.in.unused(job) {
+				continue
+			}
+			if err := s.table.Forget(s.ctx, job); err != nil && s.ctx.Err() == nil {
+				s.log.Warn("could not drop the cluster's interest at root", "job", job, "err", err)
+			}
+		}
 	}
 }
 

@@ -3,21 +3,31 @@ package main
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/semnet/semnet/cluster"
 	"github.com/semnet/semnet/root"
+	"github.com/semnet/semnet/shared/geo"
 )
 
 func newUpCommand() *cobra.Command {
-	var f rootFlags
+	var (
+		f                              rootFlags
+		clusterListen, mqttListen, cid string
+		lat, lon                       float64
+	)
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run every tier on this machine with embedded defaults (a local platform to try)",
-		Long: `up runs semnet on one machine with no external services: today the root service with
-its embedded store in --data-dir. It generates an API token unless --token (SEMNET_TOKEN)
-is given, and prints it with commands to try.`,
+		Long: `up runs semnet on one machine with no external services: the root service with its
+embedded store in --data-dir, and one cluster service (in-memory cache, MQTT broker on
+loopback admitting workers by client id). It generates an API token unless --token
+(SEMNET_TOKEN) is given, and prints it with commands to try.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.token == "" && !f.insecure {
@@ -33,17 +43,38 @@ is given, and prints it with commands to try.`,
 			if err != nil {
 				return err
 			}
+			cl, err := cluster.Start(cmd.Context(), cluster.Config{
+				ID: cid, Name: cid, RootURL: "http://" + srv.Addr.String(), RootToken: f.token,
+				Listen: clusterListen, MQTTListen: mqttListen, Insecure: true,
+				Location: geo.Point{Lat: lat, Lon: lon}, StaleAfter: 30 * time.Second, Spares: 2,
+				Logger: c.Logger.With("tier", "cluster"),
+			})
+			if err != nil {
+				return errors.Join(err, srv.Close())
+			}
+			select {
+			case <-cl.Registered():
+			case <-time.After(10 * time.Second):
+				fmt.Fprintln(os.Stderr, "warning: the cluster has not registered with root yet (see the log)")
+			case <-cmd.Context().Done():
+			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "semnet is up.\n  root API: http://%s  (store: %s)\n", srv.Addr, f.dataDir)
+			fmt.Fprintf(out, "semnet is up.\n  root API:     http://%s  (store: %s)\n", srv.Addr, f.dataDir)
+			fmt.Fprintf(out, "  cluster %q:  REST http://%s, MQTT for worker nodes at %s (client id = worker id)\n", cid, cl.Addr, cl.MQTTAddr)
 			if f.token != "" {
-				fmt.Fprintf(out, "  token:    %s\n\nTry:\n  export SEMNET_TOKEN=%s\n", f.token, f.token)
+				fmt.Fprintf(out, "  token:        %s\n\nTry:\n  export SEMNET_TOKEN=%s\n", f.token, f.token)
 			}
 			fmt.Fprintf(out, "  curl -s -H \"Authorization: Bearer $SEMNET_TOKEN\" http://%s/api/v1/pools\n\nStop with Ctrl-C.\n", srv.Addr)
 			<-cmd.Context().Done()
-			return srv.Close()
+			return errors.Join(cl.Close(), srv.Close())
 		},
 	}
 	f.register(cmd.Flags(), "127.0.0.1:10099")
+	cmd.Flags().StringVar(&cid, "cluster-id", "local", "id of the cluster up runs")
+	cmd.Flags().StringVar(&clusterListen, "cluster-listen", "127.0.0.1:10110", "address the cluster's REST API listens on")
+	cmd.Flags().StringVar(&mqttListen, "mqtt-listen", "127.0.0.1:10003", "address the cluster's MQTT broker listens on (loopback: workers are admitted by client id)")
+	cmd.Flags().Float64Var(&lat, "lat", 48.14, "the cluster's latitude")
+	cmd.Flags().Float64Var(&lon, "lon", 11.58, "the cluster's longitude")
 	bindEnv(cmd)
 	return cmd
 }

@@ -1,0 +1,182 @@
+package broker
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/semnet/semnet/proto/mqttapi"
+)
+
+func TestOversizedPacket(t *testing.T) {
+	const max = 1024
+	b := startBroker(t, Config{AllowAnonymous: true, MaxPacketSize: max})
+	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	other := mustDial(t, b, clientOpts{id: "other"})
+	otherOwn := mustSubscribe(t, other, "nodes/other/net/+/result")
+
+	// A packet of exactly the maximum size passes (QoS 1 PUBLISH: header byte, 2 length
+	// bytes, topic length and topic, packet id, payload).
+	lost := make(chan error, 1)
+	big := mustDial(t, b, clientOpts{id: "big", lost: lost})
+	topic := mqttapi.NodeTopic("big", mqttapi.SuffixDeployed)
+	publish(t, big, 1, topic, strings.Repeat("x", max-1-2-2-len(topic)-2))
+	if m := receive(t, cluster, "the largest allowed message"); m.client != "big" || len(m.payload) != max-7-len(topic) {
+		t.Errorf("cluster got %d bytes from %s", len(m.payload), m.client)
+	}
+
+	// One byte more: the client is disconnected, counted; nothing reaches the cluster.
+	big.Publish(topic, 1, false, strings.Repeat("x", max-6-len(topic)))
+	receive(t, lost, "the client sending a too large packet to be disconnected")
+	eventually(t, "the oversized packet to be counted", func() bool { return counter(b.m.oversized) == 1 })
+
+	// Other clients are unaffected.
+	publish(t, other, 1, mqttapi.NodeTopic("other", mqttapi.SuffixSubnet), "fine")
+	if m := receive(t, cluster, "the other client's message"); m.client != "other" || m.payload != "fine" {
+		t.Errorf("cluster got %+v, want the other client's message (not the oversized one)", m)
+	}
+	if err := b.Publish(mqttapi.NodeTopic("other", mqttapi.SuffixSubnetResult), []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	if m := receive(t, otherOwn, "the reply"); string(m.Payload()) != "ok" {
+		t.Errorf("other got %q", m.Payload())
+	}
+
+	// MQTT 5: told why, with reason code Packet Too Large.
+	v5, ack := rawDial(t, b.Addr().String(), 5, "big5", "", 30)
+	if ack.Properties.MaximumPacketSize != max {
+		t.Errorf("CONNACK maximum packet size %d, want %d", ack.Properties.MaximumPacketSize, max)
+	}
+	v5.send(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName: mqttapi.NodeTopic("big5", "x"), Payload: bytes.Repeat([]byte{'x'}, 4*max)})
+	pk, err := v5.read()
+	if err != nil || pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != packets.ErrPacketTooLarge.Code {
+		t.Errorf("MQTT 5 client got %+v, %v; want DISCONNECT 0x95", pk.FixedHeader, err)
+	}
+	if _, err := v5.read(); err == nil {
+		t.Error("connection still open after DISCONNECT")
+	}
+	eventually(t, "the second oversized packet to be counted", func() bool { return counter(b.m.oversized) == 2 })
+
+	// The cluster cannot publish more than clients may.
+	if err := b.Publish(mqttapi.UpdatesTopic("x"), make([]byte, max)); err == nil {
+		t.Error("Publish of an oversized message succeeded")
+	}
+}
+
+// TestSlowClientDoesNotStallOthers: a client subscribes and then stops reading its
+// socket. With plain mochi the cluster's Publish would block, once the kernel's buffers
+// are full, until the write timed out at 1.5 times that client's keepalive, and with it
+// every other delivery. Here every Publish returns at once, the healthy client gets each
+// message and the cluster's handlers keep answering, until the slow client is
+// disconnected.
+func TestSlowClientDoesNotStallOthers(t *testing.T) {
+	b := startBroker(t, Config{AllowAnonymous: true, MaxPendingBytes: 512 << 10, WriteTimeout: time.Minute})
+	// The cluster answers every request, as its table query handler does.
+	if err := b.Subscribe(mqttapi.ClusterSubscription, func(id, topic string, payload []byte) {
+		if err := b.Publish(mqttapi.NodeTopic(id, mqttapi.SuffixTableQueryResult), payload); err != nil {
+			t.Error(err)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	slow, _ := rawDial(t, b.Addr().String(), 4, "slow", "", 60)
+	slow.subscribe(t, mqttapi.UpdatesFilter, 1) // and never reads again
+	healthy := mustDial(t, b, clientOpts{id: "healthy"})
+	updates := mustSubscribe(t, healthy, mqttapi.UpdatesFilter)
+	results := mustSubscribe(t, healthy, mqttapi.NodeTopic("healthy", mqttapi.SuffixTableQueryResult))
+
+	payload := bytes.Repeat([]byte{'u'}, 200<<10)
+	for i := 0; b.Connected("slow"); i++ {
+		if i == 1000 {
+			t.Fatal("slow client still connected after 1000 messages of 200 KiB")
+		}
+		copy(payload, fmt.Sprintf("%06d", i))
+		done := make(chan error, 1)
+		go func() { done <- b.Publish(mqttapi.UpdatesTopic("job"), payload) }()
+		if err := receive(t, done, fmt.Sprintf("Publish of message %d to return", i)); err != nil {
+			t.Fatal(err)
+		}
+		if m := receive(t, updates, fmt.Sprintf("message %d at the healthy client", i)); string(m.Payload()[:6]) != fmt.Sprintf("%06d", i) {
+			t.Fatalf("healthy client got message %q, want %06d", m.Payload()[:6], i)
+		}
+		req := fmt.Sprintf("query %d", i)
+		publish(t, healthy, 1, mqttapi.NodeTopic("healthy", mqttapi.SuffixTableQuery), req)
+		if m := receive(t, results, "the cluster's answer"); string(m.Payload()) != req {
+			t.Fatalf("answer %q, want %q", m.Payload(), req)
+		}
+	}
+	if got := counter(b.m.slowDisconnects.WithLabelValues(string(dropWriteBuffer))); got != 1 {
+		t.Errorf("slow client disconnects (write_buffer) = %v, want 1", got)
+	}
+}
+
+// TestUnacknowledgingClientDisconnected: a client that reads but never acknowledges its
+// QoS 1 messages is disconnected when MaxInflight of them are outstanding.
+func TestUnacknowledgingClientDisconnected(t *testing.T) {
+	b := startBroker(t, Config{AllowAnonymous: true, MaxInflight: 8})
+	lost := make(chan error, 1)
+	lazy := mustDial(t, b, clientOpts{id: "lazy", noAutoAck: true, lost: lost})
+	mustSubscribe(t, lazy, mqttapi.UpdatesFilter)
+	healthy := mustDial(t, b, clientOpts{id: "healthy"})
+	updates := mustSubscribe(t, healthy, mqttapi.UpdatesFilter)
+	for i := 0; b.Connected("lazy"); i++ {
+		if i == 100 {
+			t.Fatal("client not acknowledging still connected after 100 messages")
+		}
+		if err := b.Publish(mqttapi.UpdatesTopic("job"), []byte("update")); err != nil {
+			t.Fatal(err)
+		}
+		receive(t, updates, "the update at the healthy client")
+	}
+	receive(t, lost, "the lazy client to lose its connection")
+	if got := counter(b.m.slowDisconnects.WithLabelValues(string(dropInflight))); got != 1 {
+		t.Errorf("slow client disconnects (inflight) = %v, want 1", got)
+	}
+	if counter(b.m.dropped) < 1 {
+		t.Error("no dropped message counted")
+	}
+}
+
+func TestKeepAliveBounds(t *testing.T) {
+	b := startBroker(t, Config{AllowAnonymous: true, KeepAliveMin: 2 * time.Second, KeepAliveMax: 2 * time.Second})
+	// MQTT 5 clients are told the keepalive to use.
+	for _, asked := range []uint16{0, 1, 600} {
+		_, ack := rawDial(t, b.Addr().String(), 5, fmt.Sprintf("v5-%d", asked), "", asked)
+		if !ack.Properties.ServerKeepAliveFlag || ack.Properties.ServerKeepAlive != 2 {
+			t.Errorf("asked for %d s: CONNACK server keepalive %v %d, want 2", asked, ack.Properties.ServerKeepAliveFlag, ack.Properties.ServerKeepAlive)
+		}
+	}
+	// An MQTT 3 client asking for no keepalive that then stays silent is disconnected
+	// after 1.5 times the maximum (not never).
+	silent, _ := rawDial(t, b.Addr().String(), 4, "silent", "", 0)
+	if _, err := silent.read(); err == nil {
+		t.Error("silent client got a packet, want its connection closed")
+	}
+	if b.Connected("silent") {
+		eventually(t, "the silent client to be gone", func() bool { return !b.Connected("silent") })
+	}
+}
+
+func TestConnectTimeout(t *testing.T) {
+	b := startBroker(t, Config{AllowAnonymous: true, ConnectTimeout: 200 * time.Millisecond})
+	nc, err := net.DialTimeout("tcp", b.Addr().String(), waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := nc.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Errorf("connection without CONNECT: read %v, want it closed by the broker", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}

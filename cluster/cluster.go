@@ -1,0 +1,318 @@
+// Package cluster runs semnet's cluster service: it registers the cluster with root,
+// runs the embedded MQTT broker its worker nodes connect to, keeps the table entries
+// they need in a cache (memory, or Redis shared by replicas) fresh from root's change
+// stream, answers their queries, hands out subnets, relays instance status up to root
+// and pushes changes down to the nodes that care.
+//
+// The pieces live in subpackages, in the order data flows through them: broker (MQTT
+// with authentication, ACLs and limits), nodes (the worker-node contract over MQTT),
+// table (cache + root + change stream), cache (memory and Redis), report (status reports
+// to root, in order, through outages), subnets (worker subnets with spares), refapi (the
+// reference cluster REST API and health endpoints).
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/semnet/semnet/cluster/broker"
+	"github.com/semnet/semnet/cluster/cache"
+	redicache "github.com/semnet/semnet/cluster/cache/redis"
+	"github.com/semnet/semnet/cluster/nodes"
+	"github.com/semnet/semnet/cluster/refapi"
+	"github.com/semnet/semnet/cluster/report"
+	"github.com/semnet/semnet/cluster/subnets"
+	"github.com/semnet/semnet/cluster/table"
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/api/client"
+	"github.com/semnet/semnet/proto/mqttapi"
+	"github.com/semnet/semnet/shared/geo"
+	"github.com/semnet/semnet/shared/listenaddr"
+)
+
+// Config configures a cluster service.
+type Config struct {
+	ID   string // cluster id, as registered at root
+	Name string
+	// Address is where root reaches this cluster's REST API (registered at root); empty
+	// means the host of Listen.
+	Address string
+
+	RootURL   string
+	RootToken string
+
+	Listen     string // REST API, host:port
+	MQTTListen string // MQTT broker, host:port
+	// Broker configures authentication, TLS and limits of the MQTT broker; its listen
+	// address is MQTTListen.
+	Broker broker.Config
+	// Tokens, when set, are required on the cluster's /api (reference callers send none).
+	Tokens []string
+	// Insecure lets any worker connect with just its client id (no password or
+	// certificate); allowed only when the broker listens on loopback.
+	Insecure bool
+
+	Location geo.Point
+	RadiusKM float64
+
+	RedisURL string // empty: in-memory cache
+
+	StaleAfter time.Duration // answers are marked stale after this long without root
+	Spares     int           // spare worker subnets kept for root outages
+	Logger     *slog.Logger
+}
+
+// Validate refuses configurations that cannot work.
+func (c Config) Validate() error {
+	if c.ID == "" {
+		return errors.New("cluster id is required (--id)")
+	}
+	if c.RootURL == "" {
+		return errors.New("root URL is required (--root), e.g. http://root.example:10099")
+	}
+	if err := c.Location.Validate(); err != nil {
+		return fmt.Errorf("cluster location: %w", err)
+	}
+	if c.RadiusKM < 0 {
+		return fmt.Errorf("radius %v km must not be negative", c.RadiusKM)
+	}
+	if c.Insecure && !listenaddr.IsLoopback(c.MQTTListen) {
+		return fmt.Errorf("--insecure lets workers connect without credentials, so the broker only listens on loopback; %q is not a loopback address (try 127.0.0.1%s)", c.MQTTListen, listenaddr.Port(c.MQTTListen, ":10003"))
+	}
+	if !c.Insecure && !c.Broker.AllowAnonymous && c.Broker.CredentialsFile == "" && c.Broker.ClientCAFile == "" {
+		return errors.New("workers have no way to authenticate: give --mqtt-auth (a credentials file), --mqtt-client-ca (mutual TLS), --mqtt-anonymous (trusted networks only) or, on loopback, --insecure")
+	}
+	return nil
+}
+
+// Server is a running cluster service.
+type Server struct {
+	Addr     net.Addr // REST API
+	MQTTAddr net.Addr // broker
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	http    *http.Server
+	broker  *broker.Broker
+	cache   cache.Cache
+	spares  *subnets.Pool
+	table   *table.Table
+	reports *report.Reporter
+	log     *slog.Logger
+
+	registered chan struct{} // closed once root accepted the registration
+}
+
+// Start starts the cluster service. It serves at once from whatever the cache holds,
+// registering with root (and following its changes) in the background until root
+// answers. Stop it with Close.
+func Start(ctx context.Context, c Config) (*Server, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	rc, err := client.New(c.RootURL, c.RootToken, nil)
+	if err != nil {
+		return nil, err
+	}
+	var ch cache.Cache
+	if c.RedisURL != "" {
+		ch, err = redicache.New(ctx, c.RedisURL, "semnet:"+c.ID+":", cache.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("open Redis cache: %w", err)
+		}
+	} else {
+		ch = cache.NewMemory(cache.Options{})
+	}
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Server{cancel: cancel, cache: ch, log: log, registered: make(chan struct{})}
+	fail := func(err error) (*Server, error) {
+		s.Close()
+		return nil, err
+	}
+
+	var nodeSrv *nodes.Server
+	s.table = table.New(rc, ch, table.Options{
+		ClusterID: c.ID, StaleAfter: c.StaleAfter, Logger: log.With("component", "table"),
+		OnChange: func(job string, e *cache.Entry) { nodeSrv.Changed(job, e) },
+	})
+	s.reports = report.New(rc, log.With("component", "report"), promReg)
+	s.spares = subnets.New(rc, c.ID, c.Spares, log.With("component", "subnets"))
+	loc := c.Location
+	bc := c.Broker
+	bc.Listen = c.MQTTListen
+	bc.AllowAnonymous = bc.AllowAnonymous || c.Insecure
+	s.broker, err = broker.New(bc, log.With("component", "broker"), promReg)
+	if err != nil {
+		return fail(err)
+	}
+	nodeSrv = nodes.New(runCtx, s.table, s.broker, s.reports, s.spares, nodes.Options{
+		Location: &loc, Logger: log.With("component", "nodes"), Registerer: promReg,
+	})
+	s.broker.OnDisconnect(nodeSrv.NodeGone)
+	if err := s.broker.Subscribe(mqttapi.ClusterSubscription, nodeSrv.Handle); err != nil {
+		return fail(err)
+	}
+	if err := s.broker.Start(); err != nil {
+		return fail(err)
+	}
+	s.MQTTAddr = s.broker.Addr()
+
+	ln, err := net.Listen("tcp", c.Listen)
+	if err != nil {
+		return fail(fmt.Errorf("listen on %s: %w", c.Listen, err))
+	}
+	s.Addr = ln.Addr()
+	h := refapi.Handler(s.table, refapi.Config{
+		Tokens: c.Tokens, Logger: log.With("component", "rest"), Registerer: promReg, Gatherer: promReg,
+		Forget: nodeSrv.Release,
+		Ready:  func(context.Context) error { return nil },
+	})
+	s.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("REST server stopped", "err", err)
+		}
+	}()
+
+	address := c.Address
+	if address == "" {
+		address, _, _ = net.SplitHostPort(s.Addr.String())
+	}
+	port := s.Addr.(*net.TCPAddr).Port
+	reg := api.ClusterRequest{ID: c.ID, Name: c.Name, Address: address, Port: port, Location: c.Location, RadiusKM: c.RadiusKM}
+	s.goRun(runCtx, func(ctx context.Context) error { return s.reports.Run(ctx) })
+	s.goRun(runCtx, func(ctx context.Context) error {
+		if err := s.register(ctx, rc, reg); err != nil {
+			return err
+		}
+		s.goRun(ctx, s.table.Run)
+		s.goRun(ctx, s.spares.Run)
+		return s.heartbeat(ctx, rc, reg)
+	})
+	log.Info("cluster service started", "id", c.ID, "rest", s.Addr, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
+	return s, nil
+}
+
+func cacheKind(redisURL string) string {
+	if redisURL != "" {
+		return "redis"
+	}
+	return "memory"
+}
+
+func (s *Server) goRun(ctx context.Context, fn func(context.Context) error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("cluster task stopped", "err", err)
+		}
+	}()
+}
+
+// register registers the cluster with root, retrying with backoff until root answers.
+func (s *Server) register(ctx context.Context, rc *client.Client, req api.ClusterRequest) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 200*time.Millisecond, 10*time.Second, 0
+	op := func() error {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := rc.RegisterCluster(cctx, req)
+		if err != nil && !client.Temporary(err) && cctx.Err() == nil {
+			return backoff.Permanent(err)
+		}
+		if err != nil {
+			s.log.Warn("root unreachable; will retry registering", "err", err)
+		}
+		return err
+	}
+	if err := backoff.Retry(op, backoff.WithContext(bo, ctx)); err != nil {
+		return fmt.Errorf("register cluster %s at root: %w", req.ID, err)
+	}
+	close(s.registered)
+	s.log.Info("registered with root", "id", req.ID)
+	return nil
+}
+
+// heartbeat tells root the cluster is alive every 10 s, re-registering when root forgot
+// it (its database was replaced).
+func (s *Server) heartbeat(ctx context.Context, rc *client.Client, req api.ClusterRequest) error {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		status := "ok"
+		if s.table.Stale() {
+			status = "degraded"
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := rc.Heartbeat(cctx, req.ID, status)
+		if errors.Is(err, client.ErrNotFound) {
+			_, err = rc.RegisterCluster(cctx, req)
+		}
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("heartbeat to root failed", "err", err)
+		}
+	}
+}
+
+// ReloadCredentials re-reads the worker credentials file (logged on failure; the old
+// credentials stay in force).
+func (s *Server) ReloadCredentials() {
+	if err := s.broker.Reload(); err != nil {
+		s.log.Error("reloading worker credentials failed; keeping the previous ones", "err", err)
+		return
+	}
+	s.log.Info("worker credentials reloaded")
+}
+
+// Registered is closed once root accepted the cluster's registration.
+func (s *Server) Registered() <-chan struct{} { return s.registered }
+
+// Close stops serving, gives spare subnets back to root and closes the cache.
+func (s *Server) Close() error {
+	s.cancel()
+	var errs []error
+	if s.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, s.http.Shutdown(ctx))
+		cancel()
+	}
+	if s.broker != nil {
+		errs = append(errs, s.broker.Close())
+	}
+	s.wg.Wait()
+	if s.spares != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		s.spares.Release(ctx)
+		cancel()
+	}
+	if s.cache != nil {
+		errs = append(errs, s.cache.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/semnet/semnet/cluster"
+	"github.com/semnet/semnet/cluster/broker"
+	"github.com/semnet/semnet/shared/geo"
+)
+
+// clusterFlags are the flags of `semnet cluster`; `semnet up` reuses some.
+type clusterFlags struct {
+	id, name, address, rootURL, rootToken, listen, mqttListen  string
+	mqttAuth, mqttCert, mqttKey, mqttClientCA, redisURL, token string
+	lat, lon, radiusKM                                         float64
+	insecure, mqttAnonymous                                    bool
+	staleAfter                                                 time.Duration
+	spares, maxPacket                                          int
+	log                                                        logFlags
+}
+
+func (f *clusterFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.id, "id", "", "cluster id, as registered at root (required)")
+	fs.StringVar(&f.name, "name", "", "cluster name (default: the id)")
+	fs.StringVar(&f.address, "address", "", "address root reaches this cluster's REST API at (default: the --listen host)")
+	fs.StringVar(&f.rootURL, "root", "", "root's URL, e.g. http://root.example:10099 (required)")
+	fs.StringVar(&f.rootToken, "root-token", "", "bearer token for root's API")
+	fs.StringVar(&f.listen, "listen", ":10110", "address the cluster's REST API listens on")
+	fs.StringVar(&f.mqttListen, "mqtt-listen", broker.DefaultListen, "address the MQTT broker for worker nodes listens on")
+	fs.StringVar(&f.mqttAuth, "mqtt-auth", "", "worker credentials file (YAML or JSON; see cluster/broker); reloaded when it changes or on SIGHUP")
+	fs.StringVar(&f.mqttCert, "mqtt-cert", "", "TLS certificate (PEM) of the broker; with --mqtt-key the broker speaks only TLS")
+	fs.StringVar(&f.mqttKey, "mqtt-key", "", "TLS key (PEM) of the broker")
+	fs.StringVar(&f.mqttClientCA, "mqtt-client-ca", "", "CA (PEM) for worker client certificates: mutual TLS, certificate name = worker id")
+	fs.BoolVar(&f.mqttAnonymous, "mqtt-anonymous", false, "admit workers without credentials, identified by their client id (trusted networks only; ACLs still apply)")
+	fs.BoolVar(&f.insecure, "insecure", false, "like --mqtt-anonymous, for local demos: allowed only when the broker listens on loopback")
+	fs.IntVar(&f.maxPacket, "mqtt-max-packet", broker.DefaultMaxPacketSize, "largest MQTT packet a worker may send, in bytes; larger ones disconnect it")
+	fs.StringVar(&f.token, "token", "", "bearer token the cluster's /api requires (reference callers send none: leave empty and restrict --listen instead)")
+	fs.Float64Var(&f.lat, "lat", 0, "cluster location: latitude in degrees")
+	fs.Float64Var(&f.lon, "lon", 0, "cluster location: longitude in degrees")
+	fs.Float64Var(&f.radiusKM, "radius-km", 0, "radius of the area the cluster serves, in km")
+	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (redis://host:6379/0) for a cache shared by cluster replicas; default in memory")
+	fs.DurationVar(&f.staleAfter, "stale-after", 30*time.Second, "answers are marked stale after this long without hearing from root")
+	fs.IntVar(&f.spares, "spare-subnets", 2, "worker subnets kept ahead for nodes that start while root is unreachable")
+	f.log.register(fs)
+}
+
+func (f *clusterFlags) config() (cluster.Config, error) {
+	log, err := f.log.logger(os.Stderr)
+	if err != nil {
+		return cluster.Config{}, err
+	}
+	name := f.name
+	if name == "" {
+		name = f.id
+	}
+	c := cluster.Config{
+		ID: f.id, Name: name, Address: f.address, RootURL: f.rootURL, RootToken: f.rootToken,
+		Listen: f.listen, MQTTListen: f.mqttListen, Insecure: f.insecure,
+		Broker: broker.Config{
+			CertFile: f.mqttCert, KeyFile: f.mqttKey, ClientCAFile: f.mqttClientCA,
+			CredentialsFile: f.mqttAuth, AllowAnonymous: f.mqttAnonymous, MaxPacketSize: f.maxPacket,
+		},
+		Location: geo.Point{Lat: f.lat, Lon: f.lon}, RadiusKM: f.radiusKM,
+		RedisURL: f.redisURL, StaleAfter: f.staleAfter, Spares: f.spares, Logger: log,
+	}
+	if f.token != "" {
+		c.Tokens = []string{f.token}
+	}
+	return c, nil
+}
+
+func newClusterCommand() *cobra.Command {
+	var f clusterFlags
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Run a cluster service: MQTT broker for worker nodes, table cache, relay to root",
+		Long: `The cluster service registers the cluster with root, runs the embedded MQTT broker its
+worker nodes connect to, caches the table entries they need (in memory, or in Redis shared
+by replicas) and keeps them fresh from root's change stream, answers table queries, hands
+out worker subnets, relays instance status to root and pushes changes to interested nodes.
+
+Workers authenticate with a password from --mqtt-auth (username = worker id = client id),
+a client certificate (--mqtt-client-ca; certificate name = worker id), or, on trusted
+networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-auth.
+
+It answers /readyz with 200 once it serves.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.config()
+			if err != nil {
+				return err
+			}
+			srv, err := cluster.Start(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			reloadOnHangup(cmd.Context(), srv)
+			<-cmd.Context().Done()
+			return srv.Close()
+		},
+	}
+	f.register(cmd.Flags())
+	bindEnv(cmd)
+	return cmd
+}
+
+// reloadOnHangup reloads the worker credentials on SIGHUP until ctx ends.
+func reloadOnHangup(ctx context.Context, srv *cluster.Server) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				srv.ReloadCredentials()
+			}
+		}
+	}()
+}
