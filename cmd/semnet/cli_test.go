@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/semnet/semnet/cluster/broker"
 )
 
 // execute runs the CLI in-process with args and returns its output and error. The
@@ -195,4 +197,14 @@ func TestMigrateAppliesSchema(t *testing.T) {
 	if _, err := execute(t, "root", "migrate"); err == nil || !strings.Contains(err.Error(), "--mongo-uri is required") {
 		t.Errorf("migrate without a URI: %v", err)
 	}
+}
+
+// TestComposeWorkerCredentialsLoad: the credentials file the compose clusters mount is
+// one the broker accepts.
+func TestComposeWorkerCredentialsLoad(t *testing.T) {
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", CredentialsFile: "../../docker/workers.yaml"}, nil, nil)
+	if err != nil {
+		t.Fatalf("docker/workers.yaml: %v", err)
+	}
+	b.Close()
 }
