@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -373,5 +374,46 @@ func TestReferenceClusterREST(t *testing.T) {
 		if st, _ := call("GET", path, ""); st != 200 {
 			t.Errorf("GET %s: %d", path, st)
 		}
+	}
+}
+
+// TestReplicasShareRedis: a second replica of the cluster, sharing the first one's Redis
+// cache, answers from it even while root is down.
+func TestReplicasShareRedis(t *testing.T) {
+	url := os.Getenv("SEMNET_TEST_REDIS_URL")
+	if url == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("SEMNET_TEST_REDIS_URL is not set in CI: .ci/run must start redis-server (see .ci/with-servers)")
+		}
+		t.Skip("SEMNET_TEST_REDIS_URL not set: needs a redis-server (make test starts one)")
+	}
+	rsrv := startRoot(t, "127.0.0.1:0", t.TempDir())
+	defer rsrv.Close()
+	rc, _ := client.New("http://"+rsrv.Addr.String(), "", nil)
+	id := fmt.Sprintf("redis%d", time.Now().UnixNano()%1e9) // the key prefix: runs don't share
+	start := func() *platform {
+		cl, err := cluster.Start(t.Context(), cluster.Config{
+			ID: id, RootURL: "http://" + rsrv.Addr.String(), Listen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0",
+			Insecure: true, RedisURL: url, StaleAfter: time.Minute,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		<-cl.Registered()
+		return &platform{root: rsrv, cluster: cl, rc: rc}
+	}
+	a := start()
+	svc, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "r", AppNS: "b", Service: "c", ServiceNS: "d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := connectNode(t, a, "w1").query(svc.JobName, ""); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	b := start()
+	rsrv.Close()
+	if r := connectNode(t, b, "w2").query("", svc.RRIPv6.String()); r.Error != "" || r.AppName != svc.JobName {
+		t.Fatalf("replica b with root down: %+v", r)
 	}
 }
