@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -22,6 +21,7 @@ import (
 	"github.com/semnet/semnet/root"
 	"github.com/semnet/semnet/shared/addrplan"
 	"github.com/semnet/semnet/shared/geo"
+	"github.com/semnet/semnet/shared/testservers"
 )
 
 // platform is a real root and a real cluster on loopback ports.
@@ -380,13 +380,7 @@ func TestReferenceClusterREST(t *testing.T) {
 // TestReplicasShareRedis: a second replica of the cluster, sharing the first one's Redis
 // cache, answers from it even while root is down.
 func TestReplicasShareRedis(t *testing.T) {
-	url := os.Getenv("SEMNET_TEST_REDIS_URL")
-	if url == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("SEMNET_TEST_REDIS_URL is not set in CI: .ci/run must start redis-server (see .ci/with-servers)")
-		}
-		t.Skip("SEMNET_TEST_REDIS_URL not set: needs a redis-server (make test starts one)")
-	}
+	url := testservers.RedisURL(t)
 	rsrv := startRoot(t, "127.0.0.1:0", t.TempDir())
 	defer rsrv.Close()
 	rc, _ := client.New("http://"+rsrv.Addr.String(), "", nil)

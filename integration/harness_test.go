@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/semnet/semnet/shared/testservers"
 )
 
 const token = "integration-token-0123456789"
@@ -141,13 +143,7 @@ func call(ctx context.Context, method, url, body string, out any) (int, error) {
 
 func mongoURI(t *testing.T) string {
 	t.Helper()
-	uri := os.Getenv("SEMNET_TEST_MONGO_URI")
-	if uri == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("SEMNET_TEST_MONGO_URI is not set in CI: .ci/run must start FerretDB (see .ci/with-servers)")
-		}
-		t.Skip("SEMNET_TEST_MONGO_URI not set: MongoDB-backed tests need a MongoDB-wire server (make test starts FerretDB)")
-	}
+	uri := testservers.MongoURI(t)
 	return uri
 }
 

@@ -19,9 +19,7 @@ import (
 	"strings"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/semnet/semnet/cluster/cache"
 	"github.com/semnet/semnet/cluster/table"
@@ -61,24 +59,11 @@ func Handler(t Table, cfg Config) http.Handler {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &server{table: t, cfg: cfg, log: cfg.Logger}
-	r := chi.NewRouter()
-	r.Use(middleware.RequestID, middleware.Recoverer, httpapi.Logger(cfg.Logger))
+	var m *httpapi.Metrics
 	if cfg.Registerer != nil {
-		r.Use(httpapi.NewMetrics(cfg.Registerer, "semnet_cluster").Middleware)
+		m = httpapi.NewMetrics(cfg.Registerer, "semnet_cluster")
 	}
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusNotFound, "no such endpoint %s %s", r.Method, r.URL.Path), nil)
-	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusMethodNotAllowed, "method %s is not allowed on %s", r.Method, r.URL.Path), nil)
-	})
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	r.Get("/readyz", s.readyz)
-	if cfg.Gatherer != nil {
-		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
-	}
+	r := httpapi.NewRouter(httpapi.RouterConfig{Logger: cfg.Logger, Metrics: m, Gatherer: cfg.Gatherer, Ready: cfg.Ready})
 	r.Route("/api/net", func(r chi.Router) {
 		if len(cfg.Tokens) > 0 {
 			r.Use(httpapi.BearerAuth(cfg.Tokens...))
@@ -111,16 +96,6 @@ func classify(err error) *httpapi.Problem {
 		return httpapi.Errorf(http.StatusServiceUnavailable, "root is unreachable: %v", err)
 	}
 	return nil
-}
-
-func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.Ready != nil {
-		if err := s.cfg.Ready(r.Context()); err != nil {
-			httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusServiceUnavailable, "not ready: %v", err), nil)
-			return
-		}
-	}
-	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 // deployment is the body of POST /api/net/deployment.

@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/semnet/semnet/cluster/broker"
+	"github.com/semnet/semnet/shared/testservers"
 )
 
 // execute runs the CLI in-process with args and returns its output and error. The
@@ -180,13 +181,7 @@ func TestComposeCommandsParse(t *testing.T) {
 // TestMigrateAppliesSchema runs `semnet root migrate` against a real MongoDB-wire server
 // twice: the second run finds the schema current.
 func TestMigrateAppliesSchema(t *testing.T) {
-	uri := os.Getenv("SEMNET_TEST_MONGO_URI")
-	if uri == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("SEMNET_TEST_MONGO_URI is not set in CI: .ci/run must start FerretDB (see .ci/with-servers)")
-		}
-		t.Skip("SEMNET_TEST_MONGO_URI not set: the migrate command needs a MongoDB-wire server (make test starts FerretDB)")
-	}
+	uri := testservers.MongoURI(t)
 	db := fmt.Sprintf("semnet_migrate_%d", time.Now().UnixNano())
 	for range 2 {
 		out, err := execute(t, "root", "migrate", "--mongo-uri", uri, "--mongo-db", db)

@@ -13,7 +13,6 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/semnet/semnet/root/registry"
 	"github.com/semnet/semnet/shared/httpapi"
@@ -56,21 +55,8 @@ func Handler(reg *registry.Registry, cfg Config) http.Handler {
 	s := &server{reg: reg, cfg: cfg, log: cfg.Logger}
 	m := httpapi.NewMetrics(cfg.Registerer, "semnet_root")
 
-	r := chi.NewRouter()
-	r.Use(middleware.RequestID, middleware.Recoverer, httpapi.Logger(cfg.Logger), m.Middleware)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusNotFound, "no such endpoint %s %s (see proto/openapi.yaml)", r.Method, r.URL.Path), nil)
-	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusMethodNotAllowed, "method %s is not allowed on %s", r.Method, r.URL.Path), nil)
-	})
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	r.Get("/readyz", s.readyz)
-	if cfg.Gatherer != nil {
-		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
-	}
+	r := httpapi.NewRouter(httpapi.RouterConfig{Logger: cfg.Logger, Metrics: m, Gatherer: cfg.Gatherer,
+		Ready: cfg.Ready, Hint: " (see proto/openapi.yaml)"})
 	r.Route("/api", func(r chi.Router) {
 		r.Use(httpapi.BearerAuth(cfg.Tokens...))
 		r.Route("/v1", s.routesV1)
@@ -79,18 +65,6 @@ func Handler(reg *registry.Registry, cfg Config) http.Handler {
 		}
 	})
 	return r
-}
-
-func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.Ready != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.cfg.Ready(ctx); err != nil {
-			httpapi.WriteProblem(w, r, httpapi.Errorf(http.StatusServiceUnavailable, "not ready: %v", err), nil)
-			return
-		}
-	}
-	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 // handle adapts a handler that returns an error to http.HandlerFunc, writing the error

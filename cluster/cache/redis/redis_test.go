@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,18 +13,13 @@ import (
 
 	"github.com/semnet/semnet/cluster/cache"
 	"github.com/semnet/semnet/cluster/cache/cachetest"
+	"github.com/semnet/semnet/shared/testservers"
 )
 
 // testURL returns the test server's URL, or skips (fails in CI, where it must be set).
 func testURL(t testing.TB) string {
 	t.Helper()
-	url := os.Getenv("SEMNET_TEST_REDIS_URL")
-	if url == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("SEMNET_TEST_REDIS_URL is not set in CI: .ci/run must start redis-server (see .ci/with-servers)")
-		}
-		t.Skip("SEMNET_TEST_REDIS_URL not set: Redis cache tests need a redis-server (run them through .ci/with-servers)")
-	}
+	url := testservers.RedisURL(t)
 	return url
 }
 

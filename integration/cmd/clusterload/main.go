@@ -380,7 +380,15 @@ func run(o options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	rsrv, err := root.Start(ctx, root.Config{Listen: "127.0.0.1:0", DataDir: dir, Insecure: true, Plan: addrplan.Default()})
+	plan := addrplan.Default()
+	if o.fill > 0 {
+		// The default plan's 10.30.0.0/16 holds about 65,000 Service and Instance IPs;
+		// filling the cache with more instances needs a larger (test-only) pool.
+		plan.ServiceV4 = netip.MustParsePrefix("10.0.0.0/12")
+		plan.ReservedV4 = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/32"), netip.MustParsePrefix("10.15.255.0/24")}
+		plan.GatewayV4 = netip.MustParseAddr("10.15.255.253")
+	}
+	rsrv, err := root.Start(ctx, root.Config{Listen: "127.0.0.1:0", DataDir: dir, Insecure: true, Plan: plan})
 	if err != nil {
 		return err
 	}

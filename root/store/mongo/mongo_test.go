@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -20,18 +19,13 @@ import (
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/root/store/mongo"
 	"github.com/semnet/semnet/root/store/storetest"
+	"github.com/semnet/semnet/shared/testservers"
 )
 
 // testURI returns the test server's URI or skips.
 func testURI(t testing.TB) string {
 	t.Helper()
-	uri := os.Getenv("SEMNET_TEST_MONGO_URI")
-	if uri == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("SEMNET_TEST_MONGO_URI is not set in CI: .ci/run must start FerretDB (see .ci/with-servers)")
-		}
-		t.Skip("SEMNET_TEST_MONGO_URI not set: MongoDB store tests need a MongoDB-wire server (.ci/run starts FerretDB)")
-	}
+	uri := testservers.MongoURI(t)
 	return uri
 }
 
