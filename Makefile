@@ -19,6 +19,7 @@ vet:
 # Each fuzz target for a few seconds: catches regressions on the committed corpora.
 fuzz-smoke:
 	$(GO) test -run='^$$' -fuzz=FuzzParseRequested -fuzztime=10s ./shared/addrplan/
+	$(GO) test -run='^$$' -fuzz=FuzzRewrite -fuzztime=10s ./node/packet/
 
 bench:
-	./.ci/with-servers $(GO) test -run='^$$' -bench=. -benchmem ./shared/... ./root/...
+	./.ci/with-servers $(GO) test -run='^$$' -bench=. -benchmem ./shared/... ./root/... ./cluster/... ./node/...
