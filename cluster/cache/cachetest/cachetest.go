@@ -11,39 +11,14 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/semnet/semnet/cluster/cache"
 	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/shared/fakeclock"
 	"github.com/semnet/semnet/shared/geo"
 )
-
-// Clock is a test clock that only moves when told to.
-type Clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-// NewClock returns a clock set to a fixed date.
-func NewClock() *Clock {
-	return &Clock{t: time.Date(2030, 1, 2, 3, 4, 5, 6e6, time.UTC)}
-}
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-// Advance moves the clock forward by d.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // Run runs the conformance suite. open returns a fresh, empty cache for each subtest, set
 // up with opt (whose Now is a Clock the subtest controls); Run closes it when the subtest
@@ -70,7 +45,7 @@ func Run(t *testing.T, open func(t *testing.T, opt cache.Options) cache.Cache) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := NewClock()
+			clock := fakeclock.New()
 			opt := tc.opt
 			opt.Now = clock.Now
 			c := open(t, opt)
@@ -87,7 +62,7 @@ func Run(t *testing.T, open func(t *testing.T, opt cache.Options) cache.Cache) {
 // harness bundles what a test needs.
 type harness struct {
 	cache.Cache
-	clock *Clock
+	clock *fakeclock.Clock
 	ctx   context.Context
 }
 

@@ -31,7 +31,7 @@ type leaseReq struct {
 
 // maxClaimAttempts bounds the re-reads when a lease changes under a claim (dropped or
 // taken over by someone else between our insert and our read).
-const maxClaimAttempts = 5
+const maxClaimAttempts = 16
 
 // takeoverTicket names the one-shot right to replace (or drop) the expired lease of
 // addr whose claim token is claim.
@@ -118,7 +118,8 @@ func (s *Store) takeOver(ctx context.Context, want leaseDoc) error {
 		if err != nil {
 			return fmt.Errorf("claim %s: %w", want.Addr, dbErr(err))
 		}
-		if _, err := s.leases.DeleteOne(ctx, bson.D{{Key: "_id", Value: want.Addr}}); err != nil {
+		// Only the expired lease we hold the ticket for: never one inserted since.
+		if _, err := s.leases.DeleteOne(ctx, bson.D{{Key: "_id", Value: want.Addr}, {Key: "claim", Value: cur.Claim}}); err != nil {
 			return fmt.Errorf("claim %s: drop expired lease: %w", want.Addr, dbErr(err))
 		}
 	}

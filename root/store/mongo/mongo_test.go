@@ -19,6 +19,7 @@ import (
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/root/store/mongo"
 	"github.com/semnet/semnet/root/store/storetest"
+	"github.com/semnet/semnet/shared/fakeclock"
 	"github.com/semnet/semnet/shared/testservers"
 )
 
@@ -291,7 +292,7 @@ func TestReconcile(t *testing.T) {
 	uri := testURI(t)
 	db := freshDB(t, uri)
 	ctx := t.Context()
-	clock := storetest.NewClock()
+	clock := fakeclock.New()
 	opt := mongo.Options{Options: store.Options{Quarantine: time.Hour, Now: clock.Now}, OrphanGrace: time.Minute}
 	s := open(t, uri, db, opt)
 	sv, err := s.CreateService(ctx, store.Service{ID: "a", App: "a", AppNS: "a", Name: "a", NS: "a",

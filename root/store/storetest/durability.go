@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/semnet/semnet/root/store"
+	"github.com/semnet/semnet/shared/fakeclock"
 )
 
 // Durability checks that everything written survives a close and reopen: records,
@@ -12,7 +13,7 @@ import (
 // revision counter. open must open the same, initially empty, backing store each time;
 // Durability closes what it opens.
 func Durability(t *testing.T, open func(opt store.Options) store.Store) {
-	clock := NewClock()
+	clock := fakeclock.New()
 	opt := store.Options{Quarantine: Quarantine, Now: clock.Now}
 	h := &harness{Store: open(opt), clock: clock, ctx: t.Context()}
 

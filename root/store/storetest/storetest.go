@@ -11,42 +11,16 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/semnet/semnet/root/store"
+	"github.com/semnet/semnet/shared/fakeclock"
 )
 
 // Quarantine is the quarantine the suite opens stores with.
 const Quarantine = time.Hour
-
-// Clock is a test clock that only moves when told to. Its times are whole milliseconds
-// in UTC, which every backend stores exactly.
-type Clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-// NewClock returns a clock set to a fixed date.
-func NewClock() *Clock {
-	return &Clock{t: time.Date(2030, 1, 2, 3, 4, 5, 6e6, time.UTC)}
-}
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-// Advance moves the clock forward by d.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // Run runs the conformance suite. open returns a fresh, empty store for each subtest,
 // opened with opt, and closes it in t.Cleanup.
@@ -77,7 +51,7 @@ func Run(t *testing.T, open func(t *testing.T, opt store.Options) store.Store) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := NewClock()
+			clock := fakeclock.New()
 			s := open(t, store.Options{Quarantine: Quarantine, Now: clock.Now})
 			tc.fn(t, &harness{Store: s, clock: clock, ctx: t.Context()})
 		})
@@ -87,7 +61,7 @@ func Run(t *testing.T, open func(t *testing.T, opt store.Options) store.Store) {
 // harness bundles what a test needs; its address generator hands out unique addresses.
 type harness struct {
 	store.Store
-	clock *Clock
+	clock *fakeclock.Clock
 	ctx   context.Context
 	n     atomic.Uint32
 }
