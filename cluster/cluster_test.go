@@ -271,7 +271,24 @@ func TestRootOutage(t *testing.T) {
 		t.Fatal(r.Error)
 	}
 	addr := p.root.Addr.String()
+	waitFor(t, "the cluster to hold a spare subnet", func() bool {
+		resp, err := http.Get("http://" + addr + "/api/v1/subnets")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var sns []api.Subnet
+		return json.NewDecoder(resp.Body).Decode(&sns) == nil && len(sns) == 1 && sns[0].NodeID == "_spare"
+	})
 	p.root.Close()
+
+	// A node starting now still gets a subnet: the spare.
+	w.publish(mqttapi.SuffixSubnet, `{"METHOD":"GET"}`)
+	var sn mqttapi.SubnetResult
+	w.next(mqttapi.NodeTopic("w1", mqttapi.SuffixSubnetResult), &sn)
+	if sn.Error != "" || !sn.Address.IsValid() {
+		t.Fatalf("subnet during the outage: %+v", sn)
+	}
 
 	// Reports while root is down: each instance placed, then instance 0 moved.
 	for i := range n {
