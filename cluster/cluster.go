@@ -182,7 +182,6 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	h := refapi.Handler(s.table, refapi.Config{
 		Tokens: c.Tokens, Logger: log.With("component", "rest"), Registerer: promReg, Gatherer: promReg,
 		Forget: nodeSrv.Release,
-		Ready:  func(context.Context) error { return nil },
 	})
 	s.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	s.wg.Add(1)

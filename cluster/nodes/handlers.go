@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/semnet/semnet/cluster/cache"
@@ -146,7 +147,7 @@ func (s *Server) render(e *cache.Entry, key string) mqttapi.TableQueryResult {
 // by that key would answer it. e is nil when the job was deleted.
 func (s *Server) Changed(job string, e *cache.Entry) {
 	keys := s.in.keys(job)
-	if !contains(keys, job) {
+	if !slices.Contains(keys, job) {
 		keys = append(keys, job) // nodes running the job listen on its own topic
 	}
 	for _, key := range keys {
@@ -164,15 +165,6 @@ func (s *Server) Changed(job string, e *cache.Entry) {
 		}
 		s.in.forgetJob(job)
 	}
-}
-
-func contains(xs []string, x string) bool {
-	for _, v := range xs {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Server) subnet(nodeID string, payload []byte) error {

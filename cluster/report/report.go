@@ -39,7 +39,6 @@ type Reporter struct {
 	mu      sync.Mutex
 	queue   []Report
 	wake    chan struct{} // signalled (non-blocking) when the queue grows
-	idle    chan struct{} // closed while the queue is empty; replaced when it fills
 	metrics metrics
 }
 
@@ -53,8 +52,7 @@ func New(root Root, log *slog.Logger, reg prometheus.Registerer) *Reporter {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Reporter{root: root, log: log, timeout: 5 * time.Second, wake: make(chan struct{}, 1), idle: make(chan struct{})}
-	close(r.idle)
+	r := &Reporter{root: root, log: log, timeout: 5 * time.Second, wake: make(chan struct{}, 1)}
 	r.metrics = metrics{
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "reports_delivered_total", Help: "Instance status reports root accepted."}),
 		rejected:  prometheus.NewCounter(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "reports_rejected_total", Help: "Instance status reports root refused for good (dropped)."}),
@@ -71,9 +69,6 @@ func New(root Root, log *slog.Logger, reg prometheus.Registerer) *Reporter {
 // Enqueue queues a report behind the ones before it.
 func (r *Reporter) Enqueue(rep Report) {
 	r.mu.Lock()
-	if len(r.queue) == 0 {
-		r.idle = make(chan struct{})
-	}
 	r.queue = append(r.queue, rep)
 	r.mu.Unlock()
 	select {
@@ -87,13 +82,6 @@ func (r *Reporter) Pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.queue)
-}
-
-// Idle returns a channel closed once every queued report was delivered (or rejected).
-func (r *Reporter) Idle() <-chan struct{} {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.idle
 }
 
 func (r *Reporter) head() (Report, bool) {
@@ -112,7 +100,6 @@ func (r *Reporter) pop() {
 	r.queue = r.queue[1:]
 	if len(r.queue) == 0 {
 		r.queue = nil // let the backing array go after a burst
-		close(r.idle)
 	}
 }
 

@@ -191,8 +191,8 @@ type loadNode struct {
 	mu   sync.Mutex
 	sent []time.Time
 	lat  *latencies
-	// onPush receives updates_available messages (propagation phase).
-	onPush func(n *loadNode, b []byte)
+	// answered is signalled after each answer (the closed loop waits on it).
+	answered chan struct{}
 }
 
 type latencies struct {
@@ -216,7 +216,7 @@ func (l *latencies) take() []time.Duration {
 }
 
 func connect(addr, id string, lat *latencies) (*loadNode, error) {
-	n := &loadNode{id: id, lat: lat}
+	n := &loadNode{id: id, lat: lat, answered: make(chan struct{}, 1)}
 	opts := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(true).
 		SetKeepAlive(30 * time.Second).SetAutoReconnect(false).SetProtocolVersion(4).SetOrderMatters(false)
 	n.c = paho.NewClient(opts)
@@ -237,6 +237,10 @@ func connect(addr, id string, lat *latencies) (*loadNode, error) {
 			n.lat.bad.Add(1)
 		}
 		n.lat.add(now.Sub(t0))
+		select {
+		case n.answered <- struct{}{}:
+		default:
+		}
 	})
 	if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
 		return nil, fmt.Errorf("subscribe %s: %v", id, tok.Error())
@@ -298,20 +302,13 @@ func closedLoop(nodes []*loadNode, keys []string, d time.Duration) float64 {
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(stop) {
-				before := len(n.lat.d)
-				_ = before
 				n.query(keys[rand.IntN(len(keys))], time.Now())
-				// Wait for this node's answer.
-				for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-					n.mu.Lock()
-					pending := len(n.sent)
-					n.mu.Unlock()
-					if pending == 0 {
-						break
-					}
-					time.Sleep(20 * time.Microsecond)
+				select {
+				case <-n.answered:
+					total.Add(1)
+				case <-time.After(5 * time.Second):
+					return // unanswered: waitAnswers reports it
 				}
-				total.Add(1)
 			}
 		}()
 	}
