@@ -15,57 +15,22 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/semnet/semnet/cluster"
+	"github.com/semnet/semnet/cluster/clustertest"
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/proto/mqttapi"
 	"github.com/semnet/semnet/root"
-	"github.com/semnet/semnet/shared/addrplan"
-	"github.com/semnet/semnet/shared/geo"
 	"github.com/semnet/semnet/shared/testservers"
 )
 
-// platform is a real root and a real cluster on loopback ports.
-type platform struct {
-	root    *root.Server
-	rootDir string
-	cluster *cluster.Server
-	rc      *client.Client
-}
+type platform = clustertest.Platform
 
 func startRoot(t *testing.T, listen, dir string) *root.Server {
-	t.Helper()
-	srv, err := root.Start(t.Context(), root.Config{Listen: listen, DataDir: dir, Insecure: true, Plan: addrplan.Default()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv
+	return clustertest.StartRoot(t, listen, dir)
 }
 
 func startPlatform(t *testing.T, staleAfter time.Duration) *platform {
-	t.Helper()
-	p := &platform{rootDir: t.TempDir()}
-	p.root = startRoot(t, "127.0.0.1:0", p.rootDir)
-	t.Cleanup(func() { p.root.Close() })
-	var err error
-	p.rc, err = client.New("http://"+p.root.Addr.String(), "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cluster, err = cluster.Start(t.Context(), cluster.Config{
-		ID: "c1", Name: "c1", RootURL: "http://" + p.root.Addr.String(),
-		Listen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Insecure: true,
-		Location: geo.Point{Lat: 48.14, Lon: 11.58}, StaleAfter: staleAfter, Spares: 1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.cluster.Close() })
-	select {
-	case <-p.cluster.Registered():
-	case <-time.After(10 * time.Second):
-		t.Fatal("cluster did not register with root")
-	}
-	return p
+	return clustertest.Start(t, staleAfter)
 }
 
 // node is a worker node's MQTT client (paho, MQTT 3.1.1, QoS 1, like the reference node).
@@ -80,7 +45,7 @@ type node struct {
 func connectNode(t *testing.T, p *platform, id string) *node {
 	t.Helper()
 	n := &node{t: t, id: id, got: map[string]chan []byte{}}
-	opts := paho.NewClientOptions().AddBroker("tcp://" + p.cluster.MQTTAddr.String()).SetClientID(id).
+	opts := paho.NewClientOptions().AddBroker("tcp://" + p.Cluster.MQTTAddr.String()).SetClientID(id).
 		SetCleanSession(true).SetKeepAlive(30 * time.Second).SetAutoReconnect(false).SetProtocolVersion(4)
 	opts.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { n.inbox(m.Topic()) <- m.Payload() })
 	n.c = paho.NewClient(opts)
@@ -142,12 +107,12 @@ func (n *node) query(sname, sip string) mqttapi.TableQueryResult {
 
 func deploy(t *testing.T, p *platform, app string, instances int) api.Service {
 	t.Helper()
-	svc, err := p.rc.CreateService(t.Context(), api.ServiceRequest{App: app, AppNS: "prod", Service: "web", ServiceNS: "eu"})
+	svc, err := p.RC.CreateService(t.Context(), api.ServiceRequest{App: app, AppNS: "prod", Service: "web", ServiceNS: "eu"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range instances {
-		if _, err := p.rc.CreateInstance(t.Context(), svc.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+		if _, err := p.RC.CreateInstance(t.Context(), svc.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -174,7 +139,7 @@ func TestWorkerContract(t *testing.T) {
 			t.Errorf("query by %s: %+v", ip, r)
 		}
 	}
-	if ids, err := p.rc.Interests(ctx, "c1"); err != nil || len(ids) != 1 || ids[0] != svc.ID {
+	if ids, err := p.RC.Interests(ctx, "c1"); err != nil || len(ids) != 1 || ids[0] != svc.ID {
 		t.Fatalf("cluster interests at root: %v %v", ids, err)
 	}
 	if r := w1.query("no.such.service.here", ""); !strings.Contains(r.Error, "unknown service") || r.QueryKey != "no.such.service.here" {
@@ -225,16 +190,16 @@ func TestWorkerContract(t *testing.T) {
 		w2.publish(mqttapi.SuffixInterestRemove, fmt.Sprintf(`{"appname":%q}`, ip))
 	}
 	time.Sleep(200 * time.Millisecond) // let the messages land (asserting nothing changed)
-	if ids, _ := p.rc.Interests(ctx, "c1"); len(ids) != 1 {
+	if ids, _ := p.RC.Interests(ctx, "c1"); len(ids) != 1 {
 		t.Fatalf("interest dropped while w1 runs an instance: %v", ids)
 	}
 	w1.publish(mqttapi.SuffixUndeployed, fmt.Sprintf(`{"appname":%q,"instance_number":0}`, svc.JobName))
 	waitFor(t, "root to drop the cluster's interest", func() bool {
-		ids, err := p.rc.Interests(ctx, "c1")
+		ids, err := p.RC.Interests(ctx, "c1")
 		return err == nil && len(ids) == 0
 	})
 	waitFor(t, "root to record the instance stopped", func() bool {
-		e, err := p.rc.Resolve(ctx, svc.JobName, "")
+		e, err := p.RC.Resolve(ctx, svc.JobName, "")
 		return err == nil && len(e.Instances) == 0
 	})
 }
@@ -270,7 +235,7 @@ func TestRootOutage(t *testing.T) {
 	if r := w.query(svc.JobName, ""); r.Error != "" {
 		t.Fatal(r.Error)
 	}
-	addr := p.root.Addr.String()
+	addr := p.Root.Addr.String()
 	waitFor(t, "the cluster to hold a spare subnet", func() bool {
 		resp, err := http.Get("http://" + addr + "/api/v1/subnets")
 		if err != nil {
@@ -280,7 +245,7 @@ func TestRootOutage(t *testing.T) {
 		var sns []api.Subnet
 		return json.NewDecoder(resp.Body).Decode(&sns) == nil && len(sns) == 1 && sns[0].NodeID == "_spare"
 	})
-	p.root.Close()
+	p.Root.Close()
 
 	// A node starting now still gets a subnet: the spare.
 	w.publish(mqttapi.SuffixSubnet, `{"METHOD":"GET"}`)
@@ -297,9 +262,9 @@ func TestRootOutage(t *testing.T) {
 	w.publish(mqttapi.SuffixDeployed, fmt.Sprintf(`{"appname":%q,"status":"DEPLOYED","instance_number":0,"nsip":"10.18.0.60","host_ip":"127.0.0.2","host_port":"50104"}`, svc.JobName))
 	waitFor(t, "answers marked stale", func() bool { return w.query(svc.JobName, "").Stale })
 
-	p.root = startRoot(t, addr, p.rootDir)
+	p.Root = startRoot(t, addr, p.RootDir)
 	waitFor(t, "every report delivered in order", func() bool {
-		e, err := p.rc.Resolve(ctx, svc.JobName, "")
+		e, err := p.RC.Resolve(ctx, svc.JobName, "")
 		if err != nil || len(e.Instances) != n {
 			return false
 		}
@@ -324,7 +289,7 @@ func TestMosquittoClientQueries(t *testing.T) {
 	}
 	p := startPlatform(t, time.Minute)
 	svc := deploy(t, p, "shop", 0)
-	host, port, _ := strings.Cut(p.cluster.MQTTAddr.String(), ":")
+	host, port, _ := strings.Cut(p.Cluster.MQTTAddr.String(), ":")
 	out, err := exec.CommandContext(t.Context(), bin, "-h", host, "-p", port, "-V", "mqttv311", "-q", "1", "-i", "wm", "-W", "10",
 		"-t", mqttapi.NodeTopic("wm", mqttapi.SuffixTableQuery), "-e", mqttapi.NodeTopic("wm", mqttapi.SuffixTableQueryResult),
 		"-m", fmt.Sprintf(`{"sname":"","sip":%q}`, svc.ClosestIP)).CombinedOutput()
@@ -341,7 +306,7 @@ func TestMosquittoClientQueries(t *testing.T) {
 func TestReferenceClusterREST(t *testing.T) {
 	p := startPlatform(t, time.Minute)
 	svc := deploy(t, p, "shop", 1)
-	base := "http://" + p.cluster.Addr.String()
+	base := "http://" + p.Cluster.Addr.String()
 	call := func(method, path, body string) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(t.Context(), method, base+path, strings.NewReader(body))
@@ -357,7 +322,7 @@ func TestReferenceClusterREST(t *testing.T) {
 	if st, body := call("POST", "/api/net/deployment", fmt.Sprintf(`{"job_name":%q}`, svc.JobName)); st != 200 || !strings.Contains(body, svc.RRIP.String()) {
 		t.Fatalf("prefetch: %d %s", st, body)
 	}
-	if ids, _ := p.rc.Interests(t.Context(), "c1"); len(ids) != 1 {
+	if ids, _ := p.RC.Interests(t.Context(), "c1"); len(ids) != 1 {
 		t.Errorf("prefetch did not register the cluster's interest: %v", ids)
 	}
 	if st, body := call("POST", "/api/net/deployment", `{"job_name":"no.such.job.here"}`); st != 404 || !strings.Contains(body, "unknown service") {
@@ -384,7 +349,7 @@ func TestReferenceClusterREST(t *testing.T) {
 	if st, body := call("DELETE", "/api/net/deployment/"+svc.JobName, ""); st != 200 {
 		t.Fatalf("drop: %d %s", st, body)
 	}
-	if ids, _ := p.rc.Interests(t.Context(), "c1"); len(ids) != 0 {
+	if ids, _ := p.RC.Interests(t.Context(), "c1"); len(ids) != 0 {
 		t.Errorf("interest kept after the orchestrator dropped the job: %v", ids)
 	}
 	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
@@ -412,7 +377,7 @@ func TestReplicasShareRedis(t *testing.T) {
 		}
 		t.Cleanup(func() { cl.Close() })
 		<-cl.Registered()
-		return &platform{root: rsrv, cluster: cl, rc: rc}
+		return &platform{Root: rsrv, Cluster: cl, RC: rc}
 	}
 	a := start()
 	svc, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "r", AppNS: "b", Service: "c", ServiceNS: "d"})

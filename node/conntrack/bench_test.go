@@ -26,7 +26,7 @@ func benchTable(b *testing.B, n int) (*conntrack.Table, []conntrack.Tuple) {
 			Src: netip.AddrFrom4([4]byte{10, 18, byte(i >> 8), byte(i)}), Dst: ip("10.30.0.1")}
 		r := conntrack.Tuple{Proto: udp, SrcPort: uint16(i), DstPort: 53,
 			Src: netip.AddrFrom4([4]byte{10, 30, 100 + byte(i>>8), byte(i)}), Dst: netip.AddrFrom4([4]byte{10, 18, 30, byte(2 + i%61)})}
-		if _, err := tb.Add(keys[i], r, now); err != nil {
+		if _, err := tb.Add(keys[i], r, r.Reverse(), now); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -94,7 +94,7 @@ func BenchmarkAdd(b *testing.B) {
 		binary.BigEndian.PutUint32(a[:], uint32(i))
 		o := conntrack.Tuple{Proto: udp, Src: netip.AddrFrom4(a), SrcPort: 1, Dst: ip("10.30.0.1"), DstPort: 53}
 		r := conntrack.Tuple{Proto: udp, Src: netip.AddrFrom4(a), SrcPort: 1, Dst: ip("10.18.30.65"), DstPort: 53}
-		if _, err := tb.Add(o, r, now); err != nil {
+		if _, err := tb.Add(o, r, r.Reverse(), now); err != nil {
 			b.Fatal(err)
 		}
 		i++

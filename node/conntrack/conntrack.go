@@ -5,7 +5,7 @@
 // A flow is recorded as two tuples: orig, the 5-tuple the local sender produced
 // (NamespaceIP:port -> ServiceIP:port), and rewritten, what went on the wire
 // (InstanceIP:port -> chosen NamespaceIP:port). [Table.Outbound] finds rewritten from
-// orig; [Table.Reply] finds, from a reply's tuple (rewritten reversed), the addresses to
+// orig; [Table.Reply] finds, from a reply's tuple (see [Table.Add]), the addresses to
 // restore (orig reversed). Keys are full 5-tuples: the reference keyed by source port
 // alone, so two callers using the same port collided.
 //
@@ -190,13 +190,12 @@ type shardWriter struct {
 // treat it as absent.
 type entry struct {
 	key                [2]Tuple // byOrig, byReply
+	rewritten          Tuple
 	timeout, unreplied int64
 	lastSeen           atomic.Int64
 	replied            atomic.Bool
 	dead               atomic.Bool
 }
-
-func (e *entry) rewritten() Tuple { return e.key[byReply].Reverse() }
 
 func (e *entry) live(n int64) bool {
 	if e.dead.Load() {
@@ -218,8 +217,8 @@ func (e *entry) touch(n int64) {
 }
 
 func (e *entry) involves(a netip.Addr) bool {
-	o, r := &e.key[byOrig], &e.key[byReply]
-	return o.Src == a || o.Dst == a || r.Src == a || r.Dst == a
+	o, r, w := &e.key[byOrig], &e.key[byReply], &e.rewritten
+	return o.Src == a || o.Dst == a || r.Src == a || r.Dst == a || w.Src == a || w.Dst == a
 }
 
 // New returns an empty table; zero fields of cfg take DefaultConfig's values.
@@ -320,13 +319,12 @@ func (t *Table) Outbound(orig Tuple, now time.Time) (rewritten Tuple, ok bool) {
 		return Tuple{}, false
 	}
 	e.touch(n)
-	return e.rewritten(), true
+	return e.rewritten, true
 }
 
-// Reply looks up a flow by the tuple of a reply as it arrives (the rewritten tuple
-// reversed: chosen NamespaceIP:port -> InstanceIP:port) and returns the tuple to give the
-// reply (orig reversed: ServiceIP:port -> sender's NamespaceIP:port), so the sender sees
-// the Service IP it dialled. A hit counts as activity and marks the flow answered.
+// Reply looks up a flow by the tuple of a reply as it arrives (the reply tuple given to
+// Add) and returns the tuple to give the reply (orig reversed: ServiceIP:port -> sender's
+// NamespaceIP:port), so the sender sees the Service IP it dialled. A hit counts as activity and marks the flow answered.
 func (t *Table) Reply(reply Tuple, now time.Time) (restored Tuple, ok bool) {
 	h := t.hash(&reply)
 	e := get(t.shardOf(h).idx[byReply].Load(), &reply, h, byReply, t.tomb)
@@ -341,23 +339,30 @@ func (t *Table) Reply(reply Tuple, now time.Time) (restored Tuple, ok bool) {
 	return e.key[byOrig].Reverse(), true
 }
 
-// Add records that packets of orig are rewritten to rewritten, and returns the tuple in
-// effect: rewritten, or, when a live flow for orig already exists (another goroutine
-// added it first), that flow's tuple, which the caller must use so the flow sticks to one
-// instance. It refuses with ErrConflict when another live flow already owns
-// rewritten.Reverse(), and with ErrTableFull when MaxFlows live flows are held (counted
+// Add records that packets of orig are rewritten to rewritten and that their replies
+// arrive as reply, and returns the tuple in effect: rewritten, or, when a live flow for
+// orig already exists (another goroutine added it first), that flow's tuple, which the
+// caller must use so the flow sticks to one instance.
+//
+// reply is not simply rewritten reversed: the answering node rewrites its reply as any
+// outbound packet (source -> the answering instance's Instance IP, destination -> the
+// caller's Namespace IP), so a reply arrives as chosen InstanceIP:port -> sender's
+// NamespaceIP:port.
+//
+// It refuses with ErrConflict when another live flow already owns reply, and with
+// ErrTableFull when MaxFlows live flows are held (counted
 // by Refused). A full table is swept for expired flows before it refuses, at most once
-// per second, so a table full of expired flows heals without waiting for Sweep. The two
-// tuples must have the same protocol and address family.
-func (t *Table) Add(orig, rewritten Tuple, now time.Time) (Tuple, error) {
-	if err := checkPair(orig, rewritten); err != nil {
+// per second, so a table full of expired flows heals without waiting for Sweep. The
+// tuples must have one protocol and one address family.
+func (t *Table) Add(orig, rewritten, reply Tuple, now time.Time) (Tuple, error) {
+	if err := checkTuples(orig, rewritten, reply); err != nil {
 		return Tuple{}, err
 	}
 	n := t.since(now)
-	got, err := t.add(orig, rewritten, n)
+	got, err := t.add(orig, rewritten, reply, n)
 	if err == ErrTableFull && t.sweepDue(n) {
 		t.sweep(n)
-		got, err = t.add(orig, rewritten, n)
+		got, err = t.add(orig, rewritten, reply, n)
 	}
 	if err == ErrTableFull {
 		t.refused.Add(1)
@@ -371,8 +376,7 @@ func (t *Table) sweepDue(n int64) bool {
 	return n >= next && t.nextSweep.CompareAndSwap(next, n+sweepEvery)
 }
 
-func (t *Table) add(orig, rewritten Tuple, n int64) (Tuple, error) {
-	rk := rewritten.Reverse()
+func (t *Table) add(orig, rewritten, rk Tuple, n int64) (Tuple, error) {
 	ho, hr := t.hash(&orig), t.hash(&rk)
 	so, sr := t.shardOf(ho), t.shardOf(hr)
 	lockPair(so, sr)
@@ -381,7 +385,7 @@ func (t *Table) add(orig, rewritten Tuple, n int64) (Tuple, error) {
 	old := get(so.idx[byOrig].Load(), &orig, ho, byOrig, t.tomb)
 	if old != nil && old.live(n) {
 		old.touch(n)
-		return old.rewritten(), nil
+		return old.rewritten, nil
 	}
 	prev := get(sr.idx[byReply].Load(), &rk, hr, byReply, t.tomb)
 	if prev != nil && prev.live(n) {
@@ -400,22 +404,22 @@ func (t *Table) add(orig, rewritten Tuple, n int64) (Tuple, error) {
 	if !t.reserve() {
 		return Tuple{}, ErrTableFull
 	}
-	e := &entry{key: [2]Tuple{orig, rk}, timeout: t.timeout(orig.Proto), unreplied: t.unreplied}
+	e := &entry{key: [2]Tuple{orig, rk}, rewritten: rewritten, timeout: t.timeout(orig.Proto), unreplied: t.unreplied}
 	e.lastSeen.Store(n)
 	t.put(so, byOrig, e, ho)
 	t.put(sr, byReply, e, hr)
 	return rewritten, nil
 }
 
-func checkPair(orig, rewritten Tuple) error {
+func checkTuples(orig, rewritten, reply Tuple) error {
 	is4 := orig.Src.Is4()
-	for _, a := range [...]netip.Addr{orig.Src, orig.Dst, rewritten.Src, rewritten.Dst} {
+	for _, a := range [...]netip.Addr{orig.Src, orig.Dst, rewritten.Src, rewritten.Dst, reply.Src, reply.Dst} {
 		if !a.IsValid() || a.Is4() != is4 || a.Zone() != "" {
-			return fmt.Errorf("conntrack: cannot track %v as %v: every address must be valid, unzoned and of one family", orig, rewritten)
+			return fmt.Errorf("conntrack: cannot track %v as %v (replies %v): every address must be valid, unzoned and of one family", orig, rewritten, reply)
 		}
 	}
-	if orig.Proto != rewritten.Proto {
-		return fmt.Errorf("conntrack: cannot track %v as %v: the protocol cannot change", orig, rewritten)
+	if orig.Proto != rewritten.Proto || orig.Proto != reply.Proto {
+		return fmt.Errorf("conntrack: cannot track %v as %v (replies %v): the protocol cannot change", orig, rewritten, reply)
 	}
 	return nil
 }

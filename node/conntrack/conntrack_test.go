@@ -45,7 +45,7 @@ var (
 
 func mustAdd(t testing.TB, tb *conntrack.Table, orig, rw conntrack.Tuple, now time.Time) {
 	t.Helper()
-	got, err := tb.Add(orig, rw, now)
+	got, err := tb.Add(orig, rw, rw.Reverse(), now)
 	if err != nil {
 		t.Fatalf("Add(%v, %v): %v", orig, rw, err)
 	}
@@ -71,7 +71,7 @@ func TestStickiness(t *testing.T) {
 	}
 	// A second resolution of the same flow (another goroutine raced) keeps the first.
 	other := tuple(tcp, "10.30.0.2", 40000, "10.18.30.66", 80)
-	got, err := tb.Add(orig, other, t0.Add(16*time.Minute))
+	got, err := tb.Add(orig, other, other.Reverse(), t0.Add(16*time.Minute))
 	if err != nil || got != rewritten {
 		t.Fatalf("second Add = %v, %v; want the first flow's %v", got, err, rewritten)
 	}
@@ -145,7 +145,7 @@ func TestConflict(t *testing.T) {
 	// A1 sends from the same port to S's Closest IP, and the node picks B1 again: the
 	// replies of the two flows would be identical, so the second is refused.
 	closest := tuple(tcp, "10.18.0.2", 40000, "10.30.0.9", 80)
-	if _, err := tb.Add(closest, rewritten, t0); !errors.Is(err, conntrack.ErrConflict) {
+	if _, err := tb.Add(closest, rewritten, rewritten.Reverse(), t0); !errors.Is(err, conntrack.ErrConflict) {
 		t.Fatalf("Add = %v, want ErrConflict", err)
 	}
 	if tb.Conflicts() != 1 || tb.Refused() != 0 || tb.Len() != 1 {
@@ -271,7 +271,7 @@ func TestBoundRefusesNewFlows(t *testing.T) {
 	}
 	for i := 4; i < 7; i++ {
 		o, r := flow(i)
-		if _, err := tb.Add(o, r, t0.Add(time.Second)); !errors.Is(err, conntrack.ErrTableFull) {
+		if _, err := tb.Add(o, r, r.Reverse(), t0.Add(time.Second)); !errors.Is(err, conntrack.ErrTableFull) {
 			t.Fatalf("Add #%d = %v, want ErrTableFull", i, err)
 		}
 	}
@@ -285,7 +285,7 @@ func TestBoundRefusesNewFlows(t *testing.T) {
 		}
 	}
 	// An existing flow is still found by Add, full or not.
-	if o, r := flow(0); func() error { _, err := tb.Add(o, r, t0.Add(2*time.Second)); return err }() != nil {
+	if o, r := flow(0); func() error { _, err := tb.Add(o, r, r.Reverse(), t0.Add(2*time.Second)); return err }() != nil {
 		t.Errorf("Add of an existing flow on a full table failed")
 	}
 	// Once they expire, a full table sweeps itself rather than refuse (no Sweep call).
@@ -361,7 +361,7 @@ func TestAddRejectsBadTuples(t *testing.T) {
 		{v6, zoned},
 		{orig, conntrack.Tuple{Proto: tcp, Src: ip("10.30.0.2"), Dst: ip("::ffff:10.18.30.65")}},
 	} {
-		if _, err := tb.Add(tc.o, tc.r, t0); err == nil {
+		if _, err := tb.Add(tc.o, tc.r, tc.r.Reverse(), t0); err == nil {
 			t.Errorf("Add(%v, %v) accepted", tc.o, tc.r)
 		}
 	}
@@ -452,7 +452,7 @@ func TestConcurrent(t *testing.T) {
 					errs <- fmt.Errorf("Outbound(%v) = %v, want %v", o, got, r)
 					return
 				}
-				got, err := tb.Add(o, r, n)
+				got, err := tb.Add(o, r, r.Reverse(), n)
 				if err == nil && got != r {
 					errs <- fmt.Errorf("Add(%v) = %v, want %v", o, got, r)
 					return
@@ -496,7 +496,7 @@ func TestAddRace(t *testing.T) {
 				defer wg.Done()
 				r := rewritten
 				r.Dst = netip.AddrFrom4([4]byte{10, 18, 30, byte(64 + i)})
-				got, err := tb.Add(orig, r, t0)
+				got, err := tb.Add(orig, r, r.Reverse(), t0)
 				if err != nil {
 					t.Error(err)
 				}
@@ -558,7 +558,7 @@ func TestLiveFlowsNeverMissUnderChurn(t *testing.T) {
 		for i := range 500 {
 			o := conntrack.Tuple{Proto: udp, Src: netip.AddrFrom4([4]byte{10, 18, 1, byte(i)}), SrcPort: uint16(i), Dst: ip("10.30.0.1"), DstPort: 53}
 			r := conntrack.Tuple{Proto: udp, Src: netip.AddrFrom4([4]byte{10, 30, 1, byte(i)}), SrcPort: uint16(i), Dst: churnDst[i%2], DstPort: 53}
-			if _, err := tb.Add(o, r, now); err != nil {
+			if _, err := tb.Add(o, r, r.Reverse(), now); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -570,4 +570,27 @@ func TestLiveFlowsNeverMissUnderChurn(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// A reply from another node arrives rewritten by that node: from the answering instance's
+// Instance IP to the caller's Namespace IP, not as the outbound tuple reversed.
+func TestReplyAsRewrittenByTheAnsweringNode(t *testing.T) {
+	tb := newTable(t, conntrack.Config{})
+	reply := tuple(tcp, "10.30.0.9", 80, "10.18.0.2", 40000) // B1's Instance IP -> A1
+	if got, err := tb.Add(orig, rewritten, reply, t0); err != nil || got != rewritten {
+		t.Fatalf("Add = %v, %v", got, err)
+	}
+	if _, ok := tb.Reply(rewritten.Reverse(), t0); ok {
+		t.Error("the reversed outbound tuple matched; only the given reply tuple may")
+	}
+	if got, ok := tb.Reply(reply, t0); !ok || got != orig.Reverse() {
+		t.Errorf("Reply(%v) = %v, %v; want %v", reply, got, ok, orig.Reverse())
+	}
+	other := tuple(tcp, "10.18.0.3", 40000, "10.30.0.1", 80)
+	if _, err := tb.Add(other, rewritten, reply, t0); !errors.Is(err, conntrack.ErrConflict) {
+		t.Errorf("second flow owning the same reply tuple: err = %v, want ErrConflict", err)
+	}
+	if n := tb.Forget(ip("10.18.30.65")); n != 1 { // only in the rewritten tuple
+		t.Errorf("Forget(chosen Namespace IP) removed %d flows, want 1", n)
+	}
 }

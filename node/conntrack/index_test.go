@@ -68,7 +68,7 @@ func TestIndexGrowShrink(t *testing.T) {
 	t0 := time.Unix(1_700_000_000, 0)
 	for i := range 4000 {
 		o, r := flowN(i)
-		if _, err := tb.Add(o, r, t0.Add(time.Duration(i)*time.Millisecond)); err != nil {
+		if _, err := tb.Add(o, r, r.Reverse(), t0.Add(time.Duration(i)*time.Millisecond)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -106,7 +106,7 @@ func TestIndexGrowShrink(t *testing.T) {
 	checkIndexes(t, tb)
 	for i := range 4000 {
 		o, r := flowN(i)
-		if _, err := tb.Add(o, r, now); err != nil {
+		if _, err := tb.Add(o, r, r.Reverse(), now); err != nil {
 			t.Fatal(err)
 		}
 	}

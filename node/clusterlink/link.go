@@ -1,0 +1,363 @@
+// Package clusterlink is the worker node's side of the cluster MQTT contract
+// (CONTRACT.md, "Cluster MQTT"): table queries with their results matched back to the
+// caller, subnet requests, instance status reports, interest bookkeeping and update
+// pushes.
+//
+// It speaks exactly what a reference worker node speaks (MQTT 3.1.1, clean session,
+// QoS 1, client id = worker id), so it works against the reference cluster too; against a
+// semnet cluster it also reads the fresh entry carried in a push and needs no second
+// round trip.
+package clusterlink
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/semnet/semnet/proto/mqttapi"
+)
+
+// ErrUnknown is wrapped by Query when the cluster answers that no job has the key.
+var ErrUnknown = errors.New("clusterlink: unknown service")
+
+// Config configures a Link.
+type Config struct {
+	// Broker is the cluster's MQTT address, host:port.
+	Broker string
+	// NodeID is the worker id: the MQTT client id and username.
+	NodeID string
+	// Password authenticates NodeID; empty with TLS client certificates or an anonymous
+	// (trusted-network) broker.
+	Password string
+	// TLS, when set, connects with TLS (add client certificates for mutual TLS).
+	TLS *tls.Config
+	// QueryTimeout bounds a table query or subnet request (default 5 s, as the reference).
+	QueryTimeout time.Duration
+	// OnUpdate is called for every message on a followed jobs/<key>/updates_available
+	// topic, from the client's goroutine: it must not block on the Link.
+	OnUpdate func(key string, u mqttapi.UpdatesAvailable)
+	// OnConnect is called after every (re)connection once the subscriptions are back, on
+	// a goroutine of its own: the node re-announces its instances there.
+	OnConnect func()
+	Logger    *slog.Logger
+}
+
+// Link is a connected node. It is safe for concurrent use.
+type Link struct {
+	cfg    Config
+	client paho.Client
+	log    *slog.Logger
+
+	queries singleflight.Group
+	mu      sync.Mutex
+	waiting map[string]chan *mqttapi.TableQueryResult // by query key
+	subnet  chan mqttapi.SubnetResult                 // the one subnet request in flight
+	subMu   sync.Mutex                                // one subnet request at a time
+	follow  map[string]bool                           // keys whose updates the node follows
+}
+
+// Dial connects to the broker and subscribes to the node's result topics. It returns
+// once connected; afterwards the client reconnects by itself and restores every
+// subscription.
+func Dial(ctx context.Context, cfg Config) (*Link, error) {
+	if cfg.NodeID == "" || cfg.Broker == "" {
+		return nil, errors.New("clusterlink: a node id and a broker address are required")
+	}
+	if cfg.QueryTimeout <= 0 {
+		cfg.QueryTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	l := &Link{cfg: cfg, log: cfg.Logger, waiting: map[string]chan *mqttapi.TableQueryResult{}, follow: map[string]bool{}}
+	scheme := "tcp://"
+	if cfg.TLS != nil {
+		scheme = "ssl://"
+	}
+	opts := paho.NewClientOptions().
+		AddBroker(scheme+cfg.Broker).
+		SetClientID(cfg.NodeID).
+		SetCleanSession(true).
+		SetProtocolVersion(4).
+		SetKeepAlive(30*time.Second).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(5*time.Second).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(time.Second).
+		// Handlers only hand results over; unordered delivery keeps a slow OnUpdate from
+		// delaying query results.
+		SetOrderMatters(false).
+		SetOnConnectHandler(func(paho.Client) { go l.connected() }).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			l.log.Warn("cluster connection lost; reconnecting", "broker", cfg.Broker, "err", err)
+		})
+	if cfg.Password != "" {
+		opts.SetUsername(cfg.NodeID).SetPassword(cfg.Password)
+	}
+	if cfg.TLS != nil {
+		opts.SetTLSConfig(cfg.TLS)
+	}
+	l.client = paho.NewClient(opts)
+	tok := l.client.Connect()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return nil, fmt.Errorf("clusterlink: connect to %s as %s: %w", cfg.Broker, cfg.NodeID, err)
+		}
+	case <-ctx.Done():
+		l.client.Disconnect(0)
+		return nil, fmt.Errorf("clusterlink: connect to %s as %s: %w", cfg.Broker, cfg.NodeID, ctx.Err())
+	}
+	return l, nil
+}
+
+// connected restores the subscriptions a clean session lost, then tells the node.
+func (l *Link) connected() {
+	subs := map[string]byte{
+		mqttapi.NodeTopic(l.cfg.NodeID, mqttapi.SuffixTableQueryResult): 1,
+		mqttapi.NodeTopic(l.cfg.NodeID, mqttapi.SuffixSubnetResult):     1,
+	}
+	l.mu.Lock()
+	for key := range l.follow {
+		subs[mqttapi.UpdatesTopic(key)] = 1
+	}
+	l.mu.Unlock()
+	tok := l.client.SubscribeMultiple(subs, l.route)
+	if !tok.WaitTimeout(l.cfg.QueryTimeout) || tok.Error() != nil {
+		l.log.Error("cluster subscriptions failed; queries will time out until the next reconnect", "err", tok.Error())
+		return
+	}
+	l.log.Info("connected to cluster", "broker", l.cfg.Broker, "node", l.cfg.NodeID, "followed", len(subs)-2)
+	if l.cfg.OnConnect != nil {
+		l.cfg.OnConnect()
+	}
+}
+
+// route hands a message to whoever waits for it.
+func (l *Link) route(_ paho.Client, m paho.Message) {
+	topic := m.Topic()
+	if key, ok := mqttapi.ParseUpdatesTopic(topic); ok {
+		var u mqttapi.UpdatesAvailable
+		if err := json.Unmarshal(m.Payload(), &u); err != nil {
+			// The reference sends any payload, even {}; a push means "query again".
+			u = mqttapi.UpdatesAvailable{}
+		}
+		if l.cfg.OnUpdate != nil {
+			l.cfg.OnUpdate(key, u)
+		}
+		return
+	}
+	_, suffix, ok := mqttapi.ParseNodeTopic(topic)
+	if !ok {
+		return
+	}
+	switch suffix {
+	case mqttapi.SuffixTableQueryResult:
+		r := new(mqttapi.TableQueryResult)
+		if err := json.Unmarshal(m.Payload(), r); err != nil {
+			l.log.Warn("malformed table query result ignored", "err", err)
+			return
+		}
+		l.deliver(r)
+	case mqttapi.SuffixSubnetResult:
+		var r mqttapi.SubnetResult
+		if err := json.Unmarshal(m.Payload(), &r); err != nil {
+			r = mqttapi.SubnetResult{Error: "malformed subnet result: " + err.Error()}
+		}
+		l.mu.Lock()
+		ch := l.subnet
+		l.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- r:
+			default:
+			}
+		}
+	}
+}
+
+// deliver matches a result to its query as the reference does: by query key, job name,
+// or any service or instance IP in it.
+func (l *Link) deliver(r *mqttapi.TableQueryResult) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var keys []string
+	if r.QueryKey != "" {
+		keys = append(keys, r.QueryKey)
+	}
+	if r.AppName != "" {
+		keys = append(keys, r.AppName)
+	}
+	for _, in := range r.InstanceList {
+		for _, ip := range in.ServiceIP {
+			keys = append(keys, addrKeys(ip.Address, ip.AddressV6)...)
+		}
+	}
+	for _, k := range keys {
+		if ch, ok := l.waiting[k]; ok {
+			delete(l.waiting, k)
+			ch <- r // buffered, one result per waiter
+			return
+		}
+	}
+}
+
+func addrKeys(addrs ...netip.Addr) []string {
+	var out []string
+	for _, a := range addrs {
+		if a.IsValid() {
+			out = append(out, a.String())
+		}
+	}
+	return out
+}
+
+// Query asks the cluster for the entry of key: a job name or a Service or Instance IP.
+// Concurrent queries for one key share one request. An error reply from the cluster
+// wraps ErrUnknown when the key names nothing.
+func (l *Link) Query(ctx context.Context, key string) (*mqttapi.TableQueryResult, error) {
+	v, err, _ := l.queries.Do(key, func() (any, error) { return l.query(ctx, key) })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*mqttapi.TableQueryResult), nil
+}
+
+func (l *Link) query(ctx context.Context, key string) (*mqttapi.TableQueryResult, error) {
+	q := mqttapi.TableQuery{SName: key}
+	if _, err := netip.ParseAddr(key); err == nil {
+		q = mqttapi.TableQuery{SIP: key}
+	}
+	ch := make(chan *mqttapi.TableQueryResult, 1)
+	l.mu.Lock()
+	l.waiting[key] = ch
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		if l.waiting[key] == ch {
+			delete(l.waiting, key)
+		}
+		l.mu.Unlock()
+	}()
+	if err := l.publish(ctx, mqttapi.SuffixTableQuery, q); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.QueryTimeout)
+	defer cancel()
+	select {
+	case r := <-ch:
+		if r.Error != "" {
+			return nil, fmt.Errorf("clusterlink: table query %q: %w: %s", key, ErrUnknown, r.Error)
+		}
+		return r, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("clusterlink: table query %q: no answer: %w", key, ctx.Err())
+	}
+}
+
+// Subnet asks the cluster for the node's worker subnet pair.
+func (l *Link) Subnet(ctx context.Context) (mqttapi.SubnetResult, error) {
+	l.subMu.Lock()
+	defer l.subMu.Unlock()
+	ch := make(chan mqttapi.SubnetResult, 1)
+	l.mu.Lock()
+	l.subnet = ch
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.subnet = nil
+		l.mu.Unlock()
+	}()
+	if err := l.publish(ctx, mqttapi.SuffixSubnet, mqttapi.SubnetRequest{Method: mqttapi.SubnetMethodGet}); err != nil {
+		return mqttapi.SubnetResult{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.QueryTimeout)
+	defer cancel()
+	select {
+	case r := <-ch:
+		if r.Error != "" {
+			return r, fmt.Errorf("clusterlink: subnet request: %s", r.Error)
+		}
+		if !r.Address.Is4() || !r.AddressV6.Is6() {
+			return r, fmt.Errorf("clusterlink: subnet request: the answer lacks an address pair: %+v", r)
+		}
+		return r, nil
+	case <-ctx.Done():
+		return mqttapi.SubnetResult{}, fmt.Errorf("clusterlink: subnet request: no answer: %w", ctx.Err())
+	}
+}
+
+// Follow subscribes to the pushes for key (a job name or an IP) and keeps the
+// subscription across reconnections.
+func (l *Link) Follow(ctx context.Context, key string) error {
+	l.mu.Lock()
+	if l.follow[key] {
+		l.mu.Unlock()
+		return nil
+	}
+	l.follow[key] = true
+	l.mu.Unlock()
+	return l.wait(ctx, l.client.Subscribe(mqttapi.UpdatesTopic(key), 1, l.route), "follow "+key)
+}
+
+// Unfollow drops the subscription for key and tells the cluster the node no longer
+// needs it (interest/remove), so the cluster can drop its own interest at root.
+func (l *Link) Unfollow(ctx context.Context, key string) error {
+	l.mu.Lock()
+	was := l.follow[key]
+	delete(l.follow, key)
+	l.mu.Unlock()
+	if was {
+		if err := l.wait(ctx, l.client.Unsubscribe(mqttapi.UpdatesTopic(key)), "unfollow "+key); err != nil {
+			return err
+		}
+	}
+	return l.publish(ctx, mqttapi.SuffixInterestRemove, mqttapi.InterestRemove{AppName: key})
+}
+
+// Deployed reports that an instance runs on this node.
+func (l *Link) Deployed(ctx context.Context, d mqttapi.Deployed) error {
+	return l.publish(ctx, mqttapi.SuffixDeployed, d)
+}
+
+// Undeployed reports that an instance left this node.
+func (l *Link) Undeployed(ctx context.Context, u mqttapi.Undeployed) error {
+	return l.publish(ctx, mqttapi.SuffixUndeployed, u)
+}
+
+func (l *Link) publish(ctx context.Context, suffix string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("clusterlink: encode %s: %w", suffix, err)
+	}
+	return l.wait(ctx, l.client.Publish(mqttapi.NodeTopic(l.cfg.NodeID, suffix), 1, false, b), "publish "+suffix)
+}
+
+func (l *Link) wait(ctx context.Context, tok paho.Token, what string) error {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.QueryTimeout)
+	defer cancel()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("clusterlink: %s: %w", what, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("clusterlink: %s: %w", what, ctx.Err())
+	}
+}
+
+// Connected reports whether the link is up now.
+func (l *Link) Connected() bool { return l.client.IsConnectionOpen() }
+
+// Close disconnects, letting in-flight publishes finish for up to 250 ms.
+func (l *Link) Close() { l.client.Disconnect(250) }
