@@ -63,6 +63,8 @@ type Link struct {
 	subnet  chan mqttapi.SubnetResult                 // the one subnet request in flight
 	subMu   sync.Mutex                                // one subnet request at a time
 	follow  map[string]bool                           // keys whose updates the node follows
+	ready   chan struct{}                             // closed once the first subscriptions hold
+	once    sync.Once
 }
 
 // Dial connects to the broker and subscribes to the node's result topics. It returns
@@ -78,19 +80,20 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Link{cfg: cfg, log: cfg.Logger, waiting: map[string]chan *mqttapi.TableQueryResult{}, follow: map[string]bool{}}
+	l := &Link{cfg: cfg, log: cfg.Logger, waiting: map[string]chan *mqttapi.TableQueryResult{}, follow: map[string]bool{},
+		ready: make(chan struct{})}
 	scheme := "tcp://"
 	if cfg.TLS != nil {
 		scheme = "ssl://"
 	}
 	opts := paho.NewClientOptions().
-		AddBroker(scheme+cfg.Broker).
+		AddBroker(scheme + cfg.Broker).
 		SetClientID(cfg.NodeID).
 		SetCleanSession(true).
 		SetProtocolVersion(4).
-		SetKeepAlive(30*time.Second).
+		SetKeepAlive(30 * time.Second).
 		SetAutoReconnect(true).
-		SetMaxReconnectInterval(5*time.Second).
+		SetMaxReconnectInterval(5 * time.Second).
 		SetConnectRetry(true).
 		SetConnectRetryInterval(time.Second).
 		// Handlers only hand results over; unordered delivery keeps a slow OnUpdate from
@@ -117,6 +120,14 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 		l.client.Disconnect(0)
 		return nil, fmt.Errorf("clusterlink: connect to %s as %s: %w", cfg.Broker, cfg.NodeID, ctx.Err())
 	}
+	// A result published before its topic is subscribed would be lost: wait for the
+	// subscriptions.
+	select {
+	case <-l.ready:
+	case <-ctx.Done():
+		l.client.Disconnect(0)
+		return nil, fmt.Errorf("clusterlink: subscribe to the result topics as %s: %w", cfg.NodeID, ctx.Err())
+	}
 	return l, nil
 }
 
@@ -137,6 +148,7 @@ func (l *Link) connected() {
 		return
 	}
 	l.log.Info("connected to cluster", "broker", l.cfg.Broker, "node", l.cfg.NodeID, "followed", len(subs)-2)
+	l.once.Do(func() { close(l.ready) })
 	if l.cfg.OnConnect != nil {
 		l.cfg.OnConnect()
 	}

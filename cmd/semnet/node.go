@@ -1,0 +1,104 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/semnet/semnet/node"
+	"github.com/semnet/semnet/shared/geo"
+)
+
+// nodeFlags are the flags of `semnet node`.
+type nodeFlags struct {
+	id, clusterMQTT, password, hostIP, socket, bridge, tunName string
+	tunnelPort, mtu                                            int
+	lat, lon                                                   float64
+	idle                                                       time.Duration
+	log                                                        logFlags
+}
+
+func (f *nodeFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.id, "id", "", "worker id: MQTT client id and username (required)")
+	fs.StringVar(&f.clusterMQTT, "cluster-mqtt", "", "the cluster broker's host:port (required)")
+	fs.StringVar(&f.password, "password", "", "the worker's MQTT password (as in the cluster's --mqtt-auth file)")
+	fs.StringVar(&f.hostIP, "host-ip", "", "this node's address as other nodes reach it: the tunnel destination (required; never discovered)")
+	fs.IntVar(&f.tunnelPort, "tunnel-port", 50103, "UDP port of the tunnel between nodes")
+	fs.Float64Var(&f.lat, "lat", math.NaN(), "node location: latitude in degrees (for Closest)")
+	fs.Float64Var(&f.lon, "lon", math.NaN(), "node location: longitude in degrees (for Closest)")
+	fs.StringVar(&f.socket, "socket", "/run/semnet/node.sock", "unix socket of the local API the node engine attaches instances through")
+	fs.IntVar(&f.mtu, "mtu", 1450, "MTU of the TUN and the instances' interfaces: the underlay MTU minus the tunnel's 28 bytes (48 over IPv6)")
+	fs.StringVar(&f.bridge, "bridge", "semnet0", "name of the bridge instances attach to")
+	fs.StringVar(&f.tunName, "tun", "semnet-tun", "name of the TUN device carrying the Service and Instance ranges")
+	fs.DurationVar(&f.idle, "idle-timeout", 10*time.Second, "drop a table entry no packet used for this long (and tell the cluster)")
+	f.log.register(fs)
+}
+
+func (f *nodeFlags) config() (node.Config, error) {
+	log, err := f.log.logger(os.Stderr)
+	if err != nil {
+		return node.Config{}, err
+	}
+	c := node.Config{
+		ID: f.id, ClusterMQTT: f.clusterMQTT, Password: f.password, Socket: f.socket, MTU: f.mtu,
+		Bridge: f.bridge, TUN: f.tunName, IdleTimeout: f.idle, Logger: log,
+	}
+	if f.hostIP != "" {
+		if c.HostIP, err = netip.ParseAddr(f.hostIP); err != nil {
+			return c, fmt.Errorf("--host-ip: %w", err)
+		}
+	}
+	if f.tunnelPort < 1 || f.tunnelPort > 65535 {
+		return c, fmt.Errorf("--tunnel-port %d is not a UDP port", f.tunnelPort)
+	}
+	c.TunnelPort = uint16(f.tunnelPort)
+	if math.IsNaN(f.lat) != math.IsNaN(f.lon) {
+		return c, fmt.Errorf("give both --lat and --lon, or neither")
+	}
+	if !math.IsNaN(f.lat) {
+		p := geo.Point{Lat: f.lat, Lon: f.lon}
+		if err := p.Validate(); err != nil {
+			return c, fmt.Errorf("--lat/--lon: %w", err)
+		}
+		c.Location = &p
+	}
+	return c, nil
+}
+
+func newNodeCommand() *cobra.Command {
+	var f nodeFlags
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run a worker node: the datapath that resolves, translates and tunnels Service IP traffic",
+		Long: `The node agent joins its cluster's MQTT broker, takes a worker subnet pair, creates a
+bridge for local instances and a TUN device carrying the Service and Instance ranges
+(10.30.0.0/16, fdff::/16), and tunnels translated packets to other nodes over UDP.
+
+The platform's node engine attaches instances through the local API on --socket
+(POST /container/deploy {pid or netns, serviceName, instanceNumber}); /metrics is served
+there too. Run it inside the network namespace it should manage (it needs CAP_NET_ADMIN
+there); it touches nothing outside it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.config()
+			if err != nil {
+				return err
+			}
+			n, err := node.Start(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			n.Close()
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	bindEnv(cmd)
+	return cmd
+}

@@ -1,0 +1,394 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/api/client"
+	"github.com/semnet/semnet/proto/nodeapi"
+	"github.com/semnet/semnet/shared/netnstest"
+)
+
+// The datapath suite builds a small platform out of network namespaces, all created by
+// the test (TESTING.md): an underlay bridge joining a control host (root and cluster) and
+// three worker hosts (semnet node each), plus one namespace per instance, attached to its
+// node through the node's local API. Nothing is configured in the machine's own
+// namespace, and traffic goes only to addresses inside these namespaces.
+
+// Underlay addresses (only inside the test's namespaces).
+var (
+	ctrlIP = netip.MustParseAddr("10.99.0.1")
+	nodeIP = func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 99, 0, byte(10 + i)}) }
+)
+
+// Where the worker hosts are: from node 1 (Munich), Berlin is nearer than Paris.
+var nodeLocations = []struct{ lat, lon float64 }{{48.14, 11.58}, {52.52, 13.40}, {48.86, 2.35}}
+
+// syncBuffer is a log both of a process's output streams write to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startIn runs the semnet binary inside ns until the test ends (SIGTERM, then a grace
+// period); its output is shown when the test fails.
+func startIn(t *testing.T, ns *netnstest.NS, name string, args ...string) {
+	t.Helper()
+	log := &syncBuffer{}
+	cmd := ns.Cmd(context.Background(), semnetBinary(t), args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env = append(os.Environ(), "SEMNET_TOKEN="+token)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("--- %s output:\n%s", name, log)
+		}
+	})
+}
+
+// waitReady polls url (through client) until it answers 200.
+func waitReady(t *testing.T, hc *http.Client, url, what string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := hc.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready at %s: %v", what, url, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// dpNode is a worker host running `semnet node`.
+type dpNode struct {
+	ns     *netnstest.NS
+	socket string
+	api    *http.Client // over the unix socket
+}
+
+func (n *dpNode) call(t *testing.T, path string, body, out any) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := n.api.Post("http://node"+path, "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST %s: %d %s", path, resp.StatusCode, rb)
+	}
+	if out != nil {
+		if err := json.Unmarshal(rb, out); err != nil {
+			t.Fatalf("POST %s: %v: %s", path, err, rb)
+		}
+	}
+}
+
+// dpPlatform is the whole test platform.
+type dpPlatform struct {
+	ctrl  *netnstest.NS
+	rc    *client.Client
+	nodes []*dpNode
+}
+
+func startDatapathPlatform(t *testing.T, nodes int) *dpPlatform {
+	t.Helper()
+	netnstest.Require(t)
+	semnetBinary(t) // build before the namespaces exist
+	u := netnstest.NewUnderlay(t)
+	p := &dpPlatform{ctrl: netnstest.New(t, "ctrl")}
+	u.Attach(t, p.ctrl, "eth0", netip.PrefixFrom(ctrlIP, 24))
+	dir := t.TempDir()
+
+	rootAddr := netip.AddrPortFrom(ctrlIP, 10099).String()
+	startIn(t, p.ctrl, "root", "root", "--listen", rootAddr, "--data-dir", filepath.Join(dir, "root"), "--log-level", "warn")
+	inCtrl := &http.Client{Transport: &http.Transport{DialContext: p.ctrl.DialContext}, Timeout: 30 * time.Second}
+	waitReady(t, inCtrl, "http://"+rootAddr+"/readyz", "root")
+	var err error
+	if p.rc, err = client.New("http://"+rootAddr, token, inCtrl); err != nil {
+		t.Fatal(err)
+	}
+
+	var auth strings.Builder
+	auth.WriteString("auth:\n")
+	for i := range nodes {
+		fmt.Fprintf(&auth, "  - {username: w%d, password: pw-%d, allow: true}\n", i+1, i+1)
+	}
+	authFile := filepath.Join(dir, "workers.yaml")
+	if err := os.WriteFile(authFile, []byte(auth.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clusterREST := netip.AddrPortFrom(ctrlIP, 10110).String()
+	mqtt := netip.AddrPortFrom(ctrlIP, 10003).String()
+	startIn(t, p.ctrl, "cluster", "cluster", "--id", "c1", "--root", "http://"+rootAddr, "--root-token", token,
+		"--listen", clusterREST, "--mqtt-listen", mqtt, "--mqtt-auth", authFile,
+		"--lat", "48.14", "--lon", "11.58", "--log-level", "warn")
+	waitReady(t, inCtrl, "http://"+clusterREST+"/readyz", "cluster")
+
+	for i := range nodes {
+		ns := netnstest.New(t, fmt.Sprintf("node%d", i+1))
+		u.Attach(t, ns, "eth0", netip.PrefixFrom(nodeIP(i+1), 24))
+		socket := filepath.Join(dir, fmt.Sprintf("node%d.sock", i+1))
+		loc := nodeLocations[i%len(nodeLocations)]
+		startIn(t, ns, fmt.Sprintf("node %d", i+1), "node", "--id", fmt.Sprintf("w%d", i+1), "--cluster-mqtt", mqtt,
+			"--password", fmt.Sprintf("pw-%d", i+1), "--host-ip", nodeIP(i+1).String(), "--socket", socket,
+			"--lat", fmt.Sprint(loc.lat), "--lon", fmt.Sprint(loc.lon), "--log-level", "info")
+		n := &dpNode{ns: ns, socket: socket, api: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+		}}}
+		waitReady(t, n.api, "http://node/readyz", fmt.Sprintf("node %d", i+1))
+		p.nodes = append(p.nodes, n)
+	}
+	return p
+}
+
+// deploy creates a service with an instance on each of the given nodes: each instance
+// is a namespace of its own, attached through the node's local API.
+func (p *dpPlatform) deploy(t *testing.T, name string, on ...int) (api.Service, []*netnstest.NS) {
+	t.Helper()
+	ctx := t.Context()
+	svc, err := p.rc.CreateService(ctx, api.ServiceRequest{App: name, AppNS: "test", Service: name, ServiceNS: "dp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var insts []*netnstest.NS
+	for i, node := range on {
+		num := i
+		if _, err := p.rc.CreateInstance(ctx, svc.JobName, api.InstanceRequest{Number: &num, ClusterID: "c1"}); err != nil {
+			t.Fatal(err)
+		}
+		ns := netnstest.New(t, fmt.Sprintf("%s%d", name, i))
+		var resp nodeapi.DeployResponse
+		p.nodes[node].call(t, nodeapi.PathDeploy, nodeapi.DeployRequest{NetNS: ns.Path, ServiceName: svc.JobName, InstanceNumber: num}, &resp)
+		if resp.NsAddress == "" || resp.NsAddressV6 == "" {
+			t.Fatalf("deploy answered %+v", resp)
+		}
+		insts = append(insts, ns)
+	}
+	return svc, insts
+}
+
+// serve runs, inside ns, an HTTP server on port 80 (v4 and v6) answering its name on /
+// and n pseudo-random bytes on /bytes?n=, and a UDP echo on port 7 that prefixes its
+// name.
+func serve(t *testing.T, ns *netnstest.NS, name string) {
+	t.Helper()
+	ln, err := ns.Listen("tcp", "[::]:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) })
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		var n int64
+		fmt.Sscan(r.URL.Query().Get("n"), &n)
+		io.Copy(w, io.LimitReader(&pattern{}, n))
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	pc, err := ns.ListenPacket("udp", "[::]:7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte(name+":"), buf[:n]...), from)
+		}
+	}()
+}
+
+// pattern is a deterministic byte stream that is not all zeros.
+type pattern struct{ i uint32 }
+
+func (p *pattern) Read(b []byte) (int, error) {
+	for i := range b {
+		p.i = p.i*1664525 + 1013904223
+		b[i] = byte(p.i >> 24)
+	}
+	return len(b), nil
+}
+
+// get fetches http://addr/path from inside ns, on a fresh connection.
+func get(ctx context.Context, ns *netnstest.NS, addr netip.Addr, path string) (string, error) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+netip.AddrPortFrom(addr, 80).String()+path, nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// eventually retries get until it answers (the first packets wait for the cluster; a
+// push takes a moment to arrive) and returns the answer.
+func eventually(t *testing.T, ns *netnstest.NS, addr netip.Addr, want func(string) bool) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := get(t.Context(), ns, addr, "/")
+		if err == nil && want(got) {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET http://%s/ from %s: %q, %v", addr, ns, got, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func anyAnswer(string) bool { return true }
+
+func TestDatapath(t *testing.T) {
+	if testing.Short() {
+		t.Skip("datapath suite: -short")
+	}
+	p := startDatapathPlatform(t, 3)
+	_, clients := p.deploy(t, "client", 0)
+	web, servers := p.deploy(t, "web", 1, 2) // web0 in Berlin (node 2), web1 in Paris (node 3)
+	serve(t, servers[0], "web0")
+	serve(t, servers[1], "web1")
+	a := clients[0]
+
+	t.Run("RoundRobin", func(t *testing.T) {
+		for _, ip := range []netip.Addr{web.RRIP, web.RRIPv6} {
+			eventually(t, a, ip, anyAnswer)
+			seen := map[string]int{}
+			for range 20 {
+				got, err := get(t.Context(), a, ip, "/")
+				if err != nil {
+					t.Fatalf("GET via RR %s: %v", ip, err)
+				}
+				seen[got]++
+			}
+			if seen["web0"] == 0 || seen["web1"] == 0 || seen["web0"]+seen["web1"] != 20 {
+				t.Errorf("RR %s spread %v, want both instances", ip, seen)
+			}
+		}
+	})
+	t.Run("Closest", func(t *testing.T) {
+		for _, ip := range []netip.Addr{web.ClosestIP, web.ClosestIPv6} {
+			eventually(t, a, ip, anyAnswer)
+			for range 5 {
+				if got, err := get(t.Context(), a, ip, "/"); err != nil || got != "web0" {
+					t.Errorf("GET via Closest %s = %q, %v; want web0 (Berlin is nearer to Munich than Paris)", ip, got, err)
+				}
+			}
+		}
+	})
+	t.Run("InstanceIP", func(t *testing.T) {
+		e, err := p.rc.Resolve(t.Context(), web.JobName, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, in := range e.Instances {
+			want := fmt.Sprintf("web%d", in.Number)
+			for _, ip := range []netip.Addr{in.InstanceIP, in.InstanceIPv6} {
+				if got := eventually(t, a, ip, anyAnswer); got != want {
+					t.Errorf("GET via Instance IP %s = %q, want %s", ip, got, want)
+				}
+			}
+		}
+	})
+	t.Run("UDPEcho", func(t *testing.T) {
+		for _, ip := range []netip.Addr{web.RRIP, web.ClosestIPv6} {
+			c, err := a.Dial("udp", netip.AddrPortFrom(ip, 7).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// A connected UDP socket accepts only datagrams from the address it dialled:
+			// an answer proves the reply's source was mapped back to the Service IP.
+			buf := make([]byte, 2048)
+			var got string
+			for attempt := 0; attempt < 20 && got == ""; attempt++ {
+				c.Write([]byte("ping"))
+				c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+				if n, err := c.Read(buf); err == nil {
+					got = string(buf[:n])
+				}
+			}
+			if !strings.HasSuffix(got, ":ping") {
+				t.Errorf("UDP echo via %s: %q", ip, got)
+			}
+		}
+	})
+	t.Run("Download", func(t *testing.T) {
+		const size = 32 << 20
+		want := sha256.New()
+		io.Copy(want, io.LimitReader(&pattern{}, size))
+		for _, ip := range []netip.Addr{web.ClosestIP, web.RRIPv6} {
+			body, err := get(t.Context(), a, ip, fmt.Sprintf("/bytes?n=%d", size))
+			if err != nil {
+				t.Fatalf("download via %s: %v", ip, err)
+			}
+			if got := sha256.Sum256([]byte(body)); len(body) != size || !bytes.Equal(got[:], want.Sum(nil)) {
+				t.Errorf("download via %s: %d bytes, checksum differs", ip, len(body))
+			}
+		}
+	})
+	t.Run("ClosestFailover", func(t *testing.T) {
+		zero := 0
+		p.nodes[1].call(t, nodeapi.PathUndeploy, nodeapi.UndeployRequest{ServiceName: web.JobName, InstanceNumber: &zero}, nil)
+		for _, ip := range []netip.Addr{web.ClosestIP, web.ClosestIPv6} {
+			eventually(t, a, ip, func(s string) bool { return s == "web1" })
+		}
+	})
+}

@@ -1,0 +1,390 @@
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/semnet/semnet/node/packet"
+)
+
+const (
+	// offset is the headroom in front of every packet buffer: the TUN device writes its
+	// virtio-net header there (wireguard-go needs at least 10 bytes), so packets move
+	// between the TUN and the tunnel without a copy.
+	offset = 16
+	// maxPacket is the largest datagram read from the tunnel or TUN (the TUN hands out
+	// segments of at most its MTU; a peer may send up to the IP maximum).
+	maxPacket = 65535
+	// Packets held while the cluster resolves their destination (per destination, and
+	// in all): enough for a few connection attempts; more are dropped as Unresolved.
+	maxPendingPerDst = 64
+	maxPending       = 4096
+	sweepEvery       = 5 * time.Second
+)
+
+// Config configures a Datapath.
+type Config struct {
+	// TUN carries the Service and Instance ranges; Run closes it when it returns.
+	TUN tun.Device
+	// Bind is the tunnel socket pair (conn.NewStdNetBind()); Run opens it on Port and
+	// closes it when it returns.
+	Bind conn.Bind
+	Port uint16
+	// Engine translates.
+	Engine *Engine
+	// Resolve is called (on the datapath's goroutine: it must not block) once for a
+	// destination that packets wait for; the node queries the cluster, applies the
+	// answer and calls Datapath.Resolved.
+	Resolve func(dst netip.Addr)
+	Logger  *slog.Logger
+}
+
+// Datapath runs the node's packet loops.
+type Datapath struct {
+	cfg     Config
+	log     *slog.Logger
+	stats   Stats
+	pending pending
+}
+
+// New returns a Datapath; Run starts it.
+func New(cfg Config) *Datapath {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Datapath{cfg: cfg, log: cfg.Logger, pending: pending{m: map[netip.Addr][][]byte{}}}
+}
+
+// Stats are the datapath's counters since start.
+type Stats struct {
+	// Out: packets read from the TUN (local senders); TunnelTx: sent into the tunnel;
+	// TunnelRx: received from it; Delivered: written to the TUN towards local instances.
+	OutPackets, OutBytes           atomic.Uint64
+	TunnelTxPackets, TunnelTxBytes atomic.Uint64
+	TunnelRxPackets, TunnelRxBytes atomic.Uint64
+	DeliveredPackets               atomic.Uint64
+	// Hits: outbound packets resolved from the node's table or flows; Misses: packets
+	// that had to wait for the cluster.
+	Hits, Misses atomic.Uint64
+	SendErrors   atomic.Uint64
+	Drops        [reasonCount]atomic.Uint64
+}
+
+// Stats returns the live counters.
+func (d *Datapath) Stats() *Stats { return &d.stats }
+
+// batchCounts accumulates a batch's counts in plain fields; flush adds them to the
+// shared atomics once per batch instead of once per packet.
+type batchCounts struct {
+	out, outBytes, tx, txBytes, rx, rxBytes, delivered, hits, misses, sendErrs uint64
+	drops                                                                      [reasonCount]uint64
+}
+
+func (c *batchCounts) flush(s *Stats) {
+	add := func(a *atomic.Uint64, v *uint64) {
+		if *v != 0 {
+			a.Add(*v)
+			*v = 0
+		}
+	}
+	add(&s.OutPackets, &c.out)
+	add(&s.OutBytes, &c.outBytes)
+	add(&s.TunnelTxPackets, &c.tx)
+	add(&s.TunnelTxBytes, &c.txBytes)
+	add(&s.TunnelRxPackets, &c.rx)
+	add(&s.TunnelRxBytes, &c.rxBytes)
+	add(&s.DeliveredPackets, &c.delivered)
+	add(&s.Hits, &c.hits)
+	add(&s.Misses, &c.misses)
+	add(&s.SendErrors, &c.sendErrs)
+	for i := range c.drops {
+		add(&s.Drops[i], &c.drops[i])
+	}
+}
+
+// Run opens the tunnel socket and moves packets until ctx ends or a device fails; it
+// closes the TUN and the tunnel socket before returning.
+func (d *Datapath) Run(ctx context.Context) error {
+	fns, port, err := d.cfg.Bind.Open(d.cfg.Port)
+	if err != nil {
+		return fmt.Errorf("datapath: open tunnel socket on UDP port %d: %w", d.cfg.Port, err)
+	}
+	d.log.Info("datapath running", "tunnel_port", port, "batch", d.cfg.TUN.BatchSize())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(fns)+2)
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		wg.Go(func() { errs <- d.receive(fn) })
+	}
+	wg.Go(func() { errs <- d.readTUN() })
+	wg.Go(func() {
+		t := time.NewTicker(sweepEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				d.cfg.Engine.Sweep(now)
+			}
+		}
+	})
+	var first error
+	select {
+	case <-ctx.Done():
+	case first = <-errs:
+	}
+	cancel()
+	d.cfg.Bind.Close()
+	d.cfg.TUN.Close()
+	wg.Wait()
+	if first != nil && !closed(first) {
+		return first
+	}
+	return nil
+}
+
+func closed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed)
+}
+
+func newBufs(n int) [][]byte {
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, offset+maxPacket)
+	}
+	return bufs
+}
+
+// readTUN is the outbound loop: local senders -> translation -> tunnel or local bridge.
+func (d *Datapath) readTUN() error {
+	n := d.cfg.TUN.BatchSize()
+	bufs, sizes := newBufs(n), make([]int, n)
+	o := d.newOutput()
+	var p packet.Parsed
+	for {
+		got, err := d.cfg.TUN.Read(bufs, sizes, offset)
+		if err != nil && !errors.Is(err, tun.ErrTooManySegments) {
+			return fmt.Errorf("datapath: read TUN: %w", err)
+		}
+		now := time.Now()
+		for i := range got {
+			o.c.out++
+			o.c.outBytes += uint64(sizes[i])
+			d.outbound(&p, bufs[i][:offset+sizes[i]], now, o, false)
+		}
+		o.flush()
+	}
+}
+
+// outbound handles one packet from a local sender; buf holds it after offset bytes of
+// headroom. retry is set for packets that already waited for the cluster once.
+func (d *Datapath) outbound(p *packet.Parsed, buf []byte, now time.Time, o *output, retry bool) {
+	if err := p.Decode(buf[offset:]); err != nil {
+		o.c.drops[ReasonMalformed]++
+		return
+	}
+	r := d.cfg.Engine.Outbound(p, now)
+	switch r.Verdict {
+	case Tunnel:
+		o.c.hits++
+		o.tunnel(r.Endpoint, p.Buffer())
+	case Deliver:
+		o.c.hits++
+		if r := d.cfg.Engine.Inbound(p, now); r.Verdict != Deliver {
+			o.c.drops[r.Reason]++
+			return
+		}
+		o.deliver(buf[:offset+len(p.Buffer())])
+	case Resolve:
+		o.c.misses++
+		if retry {
+			o.c.drops[ReasonUnresolved]++
+			return
+		}
+		if !d.hold(p.Dst, p.Buffer()) {
+			o.c.drops[ReasonUnresolved]++
+		}
+	default:
+		o.c.drops[r.Reason]++
+	}
+}
+
+// receive is the inbound loop of one tunnel socket: tunnel -> local instances.
+func (d *Datapath) receive(fn conn.ReceiveFunc) error {
+	n := d.cfg.Bind.BatchSize()
+	bufs, sizes, eps := newBufs(n), make([]int, n), make([]conn.Endpoint, n)
+	views := make([][]byte, n)
+	for i := range bufs {
+		views[i] = bufs[i][offset:]
+	}
+	o := d.newOutput()
+	var p packet.Parsed
+	for {
+		got, err := fn(views, sizes, eps)
+		if err != nil {
+			return fmt.Errorf("datapath: receive from tunnel: %w", err)
+		}
+		now := time.Now()
+		for i := range got {
+			if sizes[i] == 0 {
+				continue
+			}
+			o.c.rx++
+			o.c.rxBytes += uint64(sizes[i])
+			buf := bufs[i][:offset+sizes[i]]
+			if err := p.Decode(buf[offset:]); err != nil {
+				o.c.drops[ReasonMalformed]++
+				continue
+			}
+			if r := d.cfg.Engine.Inbound(&p, now); r.Verdict != Deliver {
+				o.c.drops[r.Reason]++
+				continue
+			}
+			o.deliver(buf[:offset+len(p.Buffer())])
+		}
+		o.flush()
+	}
+}
+
+// output collects one batch's packets by destination and sends them together: one
+// sendmmsg (or one GSO send) per tunnel peer, one TUN write for local deliveries.
+type output struct {
+	d      *Datapath
+	c      batchCounts
+	eps    map[netip.AddrPort]conn.Endpoint // this loop's endpoints: no lock per packet
+	peers  []peerBatch
+	local  [][]byte
+	maxOut int
+}
+
+type peerBatch struct {
+	addr netip.AddrPort
+	ep   conn.Endpoint
+	bufs [][]byte
+}
+
+func (d *Datapath) newOutput() *output {
+	return &output{d: d, eps: map[netip.AddrPort]conn.Endpoint{}, maxOut: d.cfg.Bind.BatchSize()}
+}
+
+func (o *output) tunnel(to netip.AddrPort, pkt []byte) {
+	for i := range o.peers {
+		if o.peers[i].addr == to {
+			o.peers[i].bufs = append(o.peers[i].bufs, pkt)
+			return
+		}
+	}
+	ep, ok := o.eps[to]
+	if !ok {
+		var err error
+		if ep, err = o.d.cfg.Bind.ParseEndpoint(to.String()); err != nil {
+			o.c.sendErrs++
+			return
+		}
+		o.eps[to] = ep
+	}
+	// Reuse the slot's slice from earlier batches: no allocation once warmed up.
+	if len(o.peers) < cap(o.peers) {
+		o.peers = o.peers[:len(o.peers)+1]
+		pb := &o.peers[len(o.peers)-1]
+		pb.addr, pb.ep, pb.bufs = to, ep, append(pb.bufs[:0], pkt)
+		return
+	}
+	o.peers = append(o.peers, peerBatch{addr: to, ep: ep, bufs: [][]byte{pkt}})
+}
+
+func (o *output) deliver(buf []byte) { o.local = append(o.local, buf) }
+
+func (o *output) flush() {
+	for i := range o.peers {
+		pb := &o.peers[i]
+		for len(pb.bufs) > 0 {
+			chunk := pb.bufs[:min(len(pb.bufs), o.maxOut)]
+			pb.bufs = pb.bufs[len(chunk):]
+			var bytes uint64
+			for _, b := range chunk {
+				bytes += uint64(len(b))
+			}
+			if err := o.d.cfg.Bind.Send(chunk, pb.ep); err != nil {
+				o.c.sendErrs += uint64(len(chunk))
+				continue
+			}
+			o.c.tx += uint64(len(chunk))
+			o.c.txBytes += bytes
+		}
+		pb.bufs = pb.bufs[:0]
+	}
+	o.peers = o.peers[:0]
+	if len(o.local) > 0 {
+		if _, err := o.d.cfg.TUN.Write(o.local, offset); err != nil {
+			o.c.sendErrs += uint64(len(o.local))
+		} else {
+			o.c.delivered += uint64(len(o.local))
+		}
+		clear(o.local)
+		o.local = o.local[:0]
+	}
+	o.c.flush(&o.d.stats)
+}
+
+// pending holds packets whose destination the cluster is resolving.
+type pending struct {
+	mu    sync.Mutex
+	m     map[netip.Addr][][]byte
+	total int
+}
+
+// hold copies pkt to wait for dst; the first packet for dst asks the node to resolve
+// it. It reports false when the limits are reached.
+func (d *Datapath) hold(dst netip.Addr, pkt []byte) bool {
+	q := &d.pending
+	q.mu.Lock()
+	waiting, known := q.m[dst]
+	if len(waiting) >= maxPendingPerDst || q.total >= maxPending {
+		q.mu.Unlock()
+		return false
+	}
+	buf := make([]byte, offset+len(pkt))
+	copy(buf[offset:], pkt)
+	q.m[dst] = append(waiting, buf)
+	q.total++
+	q.mu.Unlock()
+	if !known && d.cfg.Resolve != nil {
+		d.cfg.Resolve(dst)
+	}
+	return true
+}
+
+// Resolved hands the packets waiting for dst to the engine again, after the node
+// applied the cluster's answer (or gave up on it: they are then dropped as Unresolved).
+func (d *Datapath) Resolved(dst netip.Addr) {
+	q := &d.pending
+	q.mu.Lock()
+	waiting := q.m[dst]
+	delete(q.m, dst)
+	q.total -= len(waiting)
+	q.mu.Unlock()
+	if len(waiting) == 0 {
+		return
+	}
+	o := d.newOutput()
+	var p packet.Parsed
+	now := time.Now()
+	for _, buf := range waiting {
+		d.outbound(&p, buf, now, o, true)
+	}
+	o.flush()
+}

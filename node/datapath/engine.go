@@ -1,0 +1,239 @@
+// Package datapath moves the node's packets: from the TUN (local instances dialling
+// Service and Instance IPs) through translation to the tunnel or back to the local
+// bridge, and from the tunnel to the local instances (FLOWS.md, service to service).
+//
+// Engine is the pure core: it decides and rewrites one decoded packet at a time, with
+// no I/O, no lock and no allocation on the path of an established flow. Datapath wraps
+// it with the batched TUN and UDP I/O (wireguard-go's tun and conn packages: TUN
+// offloads, sendmmsg/recvmmsg, UDP GSO/GRO where the kernel has them).
+package datapath
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/semnet/semnet/node/conntrack"
+	"github.com/semnet/semnet/node/packet"
+	"github.com/semnet/semnet/node/table"
+)
+
+// Verdict says what to do with a packet the Engine has seen.
+type Verdict uint8
+
+const (
+	// Drop: discard it; Result.Reason says why.
+	Drop Verdict = iota
+	// Tunnel: send it as the UDP payload to Result.Endpoint.
+	Tunnel
+	// Deliver: write it to the TUN; the node's kernel routes it to the instance on the
+	// bridge.
+	Deliver
+	// Resolve: the destination is unknown; hold the packet, query the cluster and hand
+	// it to the Engine again once the answer is applied.
+	Resolve
+)
+
+// Reason is why a packet was dropped.
+type Reason uint8
+
+// Drop reasons, each counted in the node's metrics.
+const (
+	ReasonNone Reason = iota
+	// Malformed: the packet does not parse.
+	ReasonMalformed
+	// NotService: an outbound packet to an address outside the Service/Instance ranges.
+	ReasonNotService
+	// UnknownSender: the sender is not a local instance whose Instance IP is known yet.
+	ReasonUnknownSender
+	// NoInstance: the service is known but has no usable instance (or the Instance IP's
+	// instance is not running).
+	ReasonNoInstance
+	// FlowRefused: connection tracking refused the flow (table full or reply tuple
+	// taken).
+	ReasonFlowRefused
+	// NotLocal: an inbound packet for a namespace IP that is not on this node.
+	ReasonNotLocal
+	// Fragment: a non-first fragment whose first fragment was not seen.
+	ReasonFragment
+	// Unresolved: the cluster did not resolve the destination, or too many packets
+	// waited for it.
+	ReasonUnresolved
+	// Rewrite: the packet could not be rewritten (a truncated transport header).
+	ReasonRewrite
+	reasonCount
+)
+
+var reasonNames = [reasonCount]string{"none", "malformed", "not_service", "unknown_sender", "no_instance",
+	"flow_refused", "not_local", "fragment", "unresolved", "rewrite"}
+
+func (r Reason) String() string {
+	if r < reasonCount {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Result is the Engine's decision on one packet.
+type Result struct {
+	Verdict  Verdict
+	Reason   Reason
+	Endpoint netip.AddrPort // the tunnel destination, for Tunnel
+}
+
+// Engine translates packets. It is safe for concurrent use: each goroutine passes its
+// own packet.Parsed.
+type Engine struct {
+	table    *table.Table
+	flows    *conntrack.Table
+	services []netip.Prefix
+	outFrags *fragments
+	inFrags  *fragments
+}
+
+// NewEngine returns an engine resolving through tbl and tracking flows in flows;
+// services are the ranges routed into the TUN (Service and Instance IPs).
+func NewEngine(tbl *table.Table, flows *conntrack.Table, services []netip.Prefix) *Engine {
+	return &Engine{table: tbl, flows: flows, services: services, outFrags: newFragments(), inFrags: newFragments()}
+}
+
+func (e *Engine) isService(a netip.Addr) bool {
+	for _, p := range e.services {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func drop(r Reason) Result { return Result{Verdict: Drop, Reason: r} }
+
+// Outbound translates a packet a local instance sent into the TUN: its destination is
+// a Service or Instance IP. It picks the instance (an established flow keeps its own),
+// rewrites src -> the sender's Instance IP and dst -> the chosen Namespace IP, and says
+// where the packet goes.
+func (e *Engine) Outbound(p *packet.Parsed, now time.Time) Result {
+	if !e.isService(p.Dst) {
+		return drop(ReasonNotService)
+	}
+	self, ok := e.table.Sender(p.Src)
+	if !ok {
+		return drop(ReasonUnknownSender)
+	}
+	if p.IsNonFirstFragment() {
+		// No ports: the first fragment decided where the datagram goes.
+		f, ok := e.outFrags.get(fragKeyOf(p), now)
+		if !ok {
+			return drop(ReasonFragment)
+		}
+		if p.SetAddrs(f.src, f.dst) != nil {
+			return drop(ReasonRewrite)
+		}
+		return f.result
+	}
+	tgt, r := e.choose(p, self, now)
+	if r.Verdict != Tunnel && r.Verdict != Deliver {
+		return r
+	}
+	key := fragKeyOf(p)
+	if p.SetAddrs(self, tgt.NamespaceIP) != nil {
+		return drop(ReasonRewrite)
+	}
+	if p.IsFragment() {
+		e.outFrags.put(key, fragment{src: self, dst: tgt.NamespaceIP, result: r}, now)
+	}
+	return r
+}
+
+// choose finds the instance for an outbound packet: the flow's own while it lives,
+// else a fresh choice by the destination's policy, recorded for the flow.
+func (e *Engine) choose(p *packet.Parsed, self netip.Addr, now time.Time) (table.Target, Result) {
+	sport, dport, tracked := p.FlowPorts()
+	orig := conntrack.Tuple{Src: p.Src, Dst: p.Dst, SrcPort: sport, DstPort: dport, Proto: uint8(p.Proto)}
+	if tracked {
+		if rw, ok := e.flows.Outbound(orig, now); ok {
+			if tgt, ok := e.table.ByNamespace(rw.Dst); ok {
+				e.table.Touch(p.Dst, now)
+				return tgt, target(tgt)
+			}
+			// The instance went away before its flows were forgotten: end them so this
+			// packet resolves again.
+			e.flows.Forget(rw.Dst)
+		}
+	}
+	tgt, st := e.table.Lookup(p.Dst, now)
+	switch st {
+	case table.Unknown:
+		return tgt, Result{Verdict: Resolve}
+	case table.NoInstance:
+		return tgt, drop(ReasonNoInstance)
+	}
+	if !tracked {
+		return tgt, target(tgt)
+	}
+	rw := conntrack.Tuple{Src: self, Dst: tgt.NamespaceIP, SrcPort: sport, DstPort: dport, Proto: orig.Proto}
+	// The answering node rewrites its reply like any outbound packet: from the chosen
+	// instance's Instance IP to this sender's Namespace IP.
+	reply := conntrack.Tuple{Src: tgt.InstanceIP, Dst: p.Src, SrcPort: dport, DstPort: sport, Proto: orig.Proto}
+	got, err := e.flows.Add(orig, rw, reply, now)
+	if err != nil {
+		return tgt, drop(ReasonFlowRefused)
+	}
+	if got.Dst != tgt.NamespaceIP { // another goroutine recorded the flow first
+		t, ok := e.table.ByNamespace(got.Dst)
+		if !ok {
+			return tgt, drop(ReasonNoInstance)
+		}
+		tgt = t
+	}
+	return tgt, target(tgt)
+}
+
+func target(t table.Target) Result {
+	if t.Local {
+		return Result{Verdict: Deliver}
+	}
+	return Result{Verdict: Tunnel, Endpoint: t.Endpoint}
+}
+
+// Inbound handles a packet for a local instance: from the tunnel, or an outbound packet
+// whose instance runs on this node. A reply to a flow this node started gets back the
+// source its sender dialled (the Service IP); anything else passes unchanged.
+func (e *Engine) Inbound(p *packet.Parsed, now time.Time) Result {
+	if !e.table.IsLocalNamespace(p.Dst) {
+		return drop(ReasonNotLocal)
+	}
+	deliver := Result{Verdict: Deliver}
+	if p.IsNonFirstFragment() {
+		if f, ok := e.inFrags.get(fragKeyOf(p), now); ok && p.SetSrc(f.src) != nil {
+			return drop(ReasonRewrite)
+		}
+		return deliver
+	}
+	sport, dport, ok := p.FlowPorts()
+	if !ok {
+		return deliver
+	}
+	reply := conntrack.Tuple{Src: p.Src, Dst: p.Dst, SrcPort: sport, DstPort: dport, Proto: uint8(p.Proto)}
+	restored, ok := e.flows.Reply(reply, now)
+	if !ok || restored.Src == p.Src {
+		return deliver
+	}
+	key := fragKeyOf(p)
+	if p.SetSrc(restored.Src) != nil {
+		return drop(ReasonRewrite)
+	}
+	if p.IsFragment() {
+		e.inFrags.put(key, fragment{src: restored.Src, result: deliver}, now)
+	}
+	return deliver
+}
+
+// Sweep ends idle flows and fragment records; the node calls it every few seconds.
+func (e *Engine) Sweep(now time.Time) {
+	e.flows.Sweep(now)
+	e.outFrags.sweep(now)
+	e.inFrags.sweep(now)
+}
+
+// Flows is the connection tracking table (for metrics and Forget).
+func (e *Engine) Flows() *conntrack.Table { return e.flows }

@@ -1,0 +1,413 @@
+// Package node is the worker node agent (`semnet node`): it joins its cluster over
+// MQTT, takes a worker subnet, sets up the bridge and TUN in the network namespace it
+// runs in, attaches instances through its local API, and runs the datapath that
+// resolves Service and Instance IPs, translates and tunnels packets.
+//
+// Data flow: instance -> bridge -> kernel route for the Service ranges -> TUN ->
+// datapath.Engine (node/table picks the instance, node/conntrack keeps the flow) ->
+// UDP tunnel to the chosen node -> its TUN -> its bridge -> the instance. The table is
+// filled on demand by node/clusterlink queries and kept fresh by the cluster's pushes.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/semnet/semnet/node/clusterlink"
+	"github.com/semnet/semnet/node/conntrack"
+	"github.com/semnet/semnet/node/datapath"
+	"github.com/semnet/semnet/node/localapi"
+	"github.com/semnet/semnet/node/netsetup"
+	"github.com/semnet/semnet/node/table"
+	"github.com/semnet/semnet/proto/mqttapi"
+	"github.com/semnet/semnet/proto/nodeapi"
+	"github.com/semnet/semnet/proto/refapi"
+	"github.com/semnet/semnet/shared/geo"
+)
+
+// Config configures a node agent.
+type Config struct {
+	// ID is the worker id (MQTT client id and username).
+	ID string
+	// ClusterMQTT is the cluster broker's host:port; Password authenticates ID.
+	ClusterMQTT string
+	Password    string
+	// HostIP is this node's address as the other nodes reach it (the tunnel's
+	// destination); the node never discovers it by itself.
+	HostIP netip.Addr
+	// TunnelPort is the UDP port of the tunnel (default 50103).
+	TunnelPort uint16
+	// Location places the node for Closest (nil: ties broken by hash only).
+	Location *geo.Point
+	// Socket is the local API's unix socket path.
+	Socket string
+	// MTU of the TUN and the instances' interfaces (default 1450: see netsetup).
+	MTU int
+	// Bridge and TUN name the node's devices (defaults semnet0 and semnet-tun).
+	Bridge, TUN string
+	// IdleTimeout drops table entries no packet used (default 10 s, as the reference).
+	IdleTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.ID == "" || c.ClusterMQTT == "" {
+		return errors.New("node: --id and --cluster-mqtt are required")
+	}
+	if !c.HostIP.IsValid() {
+		return errors.New("node: --host-ip is required: the address other nodes reach this one at (it is never discovered)")
+	}
+	if c.Socket == "" {
+		return errors.New("node: --socket is required: the local API's unix socket path")
+	}
+	if c.TunnelPort == 0 {
+		c.TunnelPort = 50103
+	}
+	if c.MTU == 0 {
+		c.MTU = 1450
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// ServiceRanges are the Service and Instance IP ranges routed into the TUN
+// (ADDRESSING.md).
+var serviceRanges = []netip.Prefix{netip.MustParsePrefix("10.30.0.0/16"), netip.MustParsePrefix("fdff::/16")}
+
+// Node is a running node agent.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	link   *clusterlink.Link
+	host   *netsetup.Host
+	addrs  *netsetup.Addresses
+	table  *table.Table
+	flows  *conntrack.Table
+	dp     *datapath.Datapath
+	reg    *prometheus.Registry
+	api    *http.Server
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	instances map[instanceKey]*instance
+	following map[string]bool // jobs whose pushes the node follows
+}
+
+type instanceKey struct {
+	job    string
+	number int
+}
+
+type instance struct {
+	ns4, ns6 netip.Addr
+	link     string // netsetup's instance name
+}
+
+// Start joins the cluster, sets up the devices and serves. It must run inside the
+// node's own network namespace.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, instances: map[instanceKey]*instance{}, following: map[string]bool{}}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	ok := false
+	defer func() {
+		if !ok {
+			n.Close()
+		}
+	}()
+	var err error
+	n.link, err = clusterlink.Dial(ctx, clusterlink.Config{
+		Broker: cfg.ClusterMQTT, NodeID: cfg.ID, Password: cfg.Password, Logger: cfg.Logger,
+		OnUpdate: n.onUpdate, OnConnect: n.announce,
+	})
+	if err != nil {
+		return nil, err
+	}
+	sn, err := n.link.Subnet(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("node: get a worker subnet from the cluster: %w", err)
+	}
+	subnet4, subnet6 := netip.PrefixFrom(sn.Address, 26), netip.PrefixFrom(sn.AddressV6, 120)
+	if n.addrs, err = netsetup.NewAddresses(subnet4, subnet6); err != nil {
+		return nil, err
+	}
+	dev, err := tun.CreateTUN(cfg.TUNName(), cfg.MTU)
+	if err != nil {
+		return nil, fmt.Errorf("node: create TUN %s: %w", cfg.TUNName(), err)
+	}
+	n.host, err = netsetup.Setup(netsetup.Config{Bridge: cfg.Bridge, TUN: cfg.TUNName(), MTU: cfg.MTU,
+		Subnet: subnet4, Subnet6: subnet6, ServiceRanges: serviceRanges})
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	n.table = table.New(table.Config{Location: cfg.Location, IdleTimeout: cfg.IdleTimeout})
+	if n.flows, err = conntrack.New(conntrack.Config{}); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	n.dp = datapath.New(datapath.Config{
+		TUN: dev, Bind: conn.NewStdNetBind(), Port: cfg.TunnelPort,
+		Engine:  datapath.NewEngine(n.table, n.flows, serviceRanges),
+		Resolve: n.resolve, Logger: cfg.Logger,
+	})
+	n.wg.Go(func() {
+		if err := n.dp.Run(n.ctx); err != nil {
+			n.log.Error("datapath stopped", "err", err)
+		}
+	})
+	n.wg.Go(n.expire)
+
+	n.reg = prometheus.NewRegistry()
+	n.reg.MustRegister(newCollector(n))
+	ln, err := localapi.Listen(cfg.Socket)
+	if err != nil {
+		return nil, err
+	}
+	n.api = &http.Server{Handler: localapi.Handler(n, localapi.Config{
+		NodeID: cfg.ID, ClusterAddress: cfg.ClusterMQTT, Gatherer: n.reg, Logger: cfg.Logger,
+		Ready: func(context.Context) error {
+			if !n.link.Connected() {
+				return errors.New("not connected to the cluster")
+			}
+			return nil
+		},
+	}), ReadHeaderTimeout: 10 * time.Second}
+	n.wg.Go(func() {
+		if err := n.api.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("local API stopped", "err", err)
+		}
+	})
+	n.log.Info("node running", "id", cfg.ID, "subnet", subnet4, "subnet6", subnet6, "host", netip.AddrPortFrom(cfg.HostIP, cfg.TunnelPort), "socket", cfg.Socket)
+	ok = true
+	return n, nil
+}
+
+// TUNName is the TUN device's name.
+func (c Config) TUNName() string {
+	if c.TUN == "" {
+		return "semnet-tun"
+	}
+	return c.TUN
+}
+
+// Close detaches nothing (instances keep their interfaces for a restarted node to find)
+// but stops the datapath, the API and the cluster link, and removes the node's devices.
+func (n *Node) Close() {
+	n.cancel()
+	if n.api != nil {
+		n.api.Close()
+	}
+	n.wg.Wait()
+	if n.host != nil {
+		if err := n.host.Teardown(); err != nil {
+			n.log.Warn("teardown", "err", err)
+		}
+	}
+	if n.link != nil {
+		n.link.Close()
+	}
+}
+
+// resolve queries the cluster for a destination packets wait for (called by the
+// datapath, which must not block).
+func (n *Node) resolve(dst netip.Addr) {
+	n.wg.Go(func() {
+		defer n.dp.Resolved(dst)
+		r, err := n.link.Query(n.ctx, dst.String())
+		if err != nil {
+			n.log.Debug("resolve failed", "dst", dst, "err", err)
+			return
+		}
+		n.apply(r)
+		n.follow(r.AppName)
+	})
+}
+
+// follow subscribes to a job's pushes once, then queries it again: a change between
+// the first answer and the subscription would otherwise be missed.
+func (n *Node) follow(job string) {
+	n.mu.Lock()
+	if n.following[job] {
+		n.mu.Unlock()
+		return
+	}
+	n.following[job] = true
+	n.mu.Unlock()
+	n.wg.Go(func() {
+		if err := n.link.Follow(n.ctx, job); err != nil {
+			n.log.Warn("follow job", "job", job, "err", err)
+			n.mu.Lock()
+			delete(n.following, job)
+			n.mu.Unlock()
+			return
+		}
+		if r, err := n.link.Query(n.ctx, job); err == nil {
+			n.apply(r)
+		}
+	})
+}
+
+func (n *Node) apply(r *mqttapi.TableQueryResult) {
+	gone, err := n.table.Apply(r, time.Now())
+	if errors.Is(err, table.ErrOutdated) {
+		return
+	}
+	if err != nil {
+		n.log.Warn("table entry refused", "job", r.AppName, "err", err)
+		return
+	}
+	n.forget(gone)
+}
+
+func (n *Node) forget(gone []netip.Addr) {
+	for _, a := range gone {
+		n.flows.Forget(a)
+	}
+}
+
+// onUpdate applies a push: a semnet cluster carries the entry, a reference one only
+// says "query again".
+func (n *Node) onUpdate(key string, u mqttapi.UpdatesAvailable) {
+	switch {
+	case u.Type == mqttapi.UpdateDeleted:
+		n.forget(n.table.Delete(key))
+	case u.Table != nil && u.Table.Error == "":
+		n.apply(u.Table)
+	default:
+		n.wg.Go(func() {
+			if r, err := n.link.Query(n.ctx, key); err == nil {
+				n.apply(r)
+			}
+		})
+	}
+}
+
+// expire drops entries no packet used and tells the cluster (interest/remove).
+func (n *Node) expire() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case now := <-t.C:
+			for _, e := range n.table.Expire(now) {
+				n.forget(e.Gone)
+				n.mu.Lock()
+				delete(n.following, e.Job)
+				n.mu.Unlock()
+				for _, key := range e.Keys {
+					if err := n.link.Unfollow(n.ctx, key); err != nil {
+						n.log.Debug("interest/remove", "key", key, "err", err)
+					}
+				}
+			}
+		}
+	}
+}
+
+// Deploy attaches an instance (local API).
+func (n *Node) Deploy(ctx context.Context, req nodeapi.DeployRequest) (nodeapi.DeployResponse, error) {
+	k := instanceKey{req.ServiceName, req.InstanceNumber}
+	n.mu.Lock()
+	if _, ok := n.instances[k]; ok {
+		n.mu.Unlock()
+		return nodeapi.DeployResponse{}, fmt.Errorf("%s instance %d: %w", k.job, k.number, localapi.ErrExists)
+	}
+	ips, err := n.addrs.Allocate()
+	if err != nil {
+		n.mu.Unlock()
+		return nodeapi.DeployResponse{}, fmt.Errorf("%w: %v", localapi.ErrFull, err)
+	}
+	ns4, ns6 := ips.V4, ips.V6
+	in := &instance{ns4: ns4, ns6: ns6, link: instanceName(k)}
+	n.instances[k] = in
+	n.mu.Unlock()
+	if _, err := n.host.Attach(localapi.NamespacePath(req), ns4, ns6, in.link); err != nil {
+		n.mu.Lock()
+		delete(n.instances, k)
+		n.mu.Unlock()
+		n.addrs.Release(ns4)
+		return nodeapi.DeployResponse{}, fmt.Errorf("node: attach %s instance %d: %w", k.job, k.number, err)
+	}
+	n.table.AddLocal(k.job, k.number, ns4, ns6)
+	n.follow(k.job)
+	if err := n.link.Deployed(ctx, n.deployed(k, in)); err != nil {
+		// The instance is attached; the report goes again on the next reconnection.
+		n.log.Warn("report deployment", "job", k.job, "instance", k.number, "err", err)
+	}
+	n.log.Info("instance attached", "job", k.job, "instance", k.number, "nsip", ns4, "nsipv6", ns6)
+	return nodeapi.DeployResponse{ServiceName: k.job, NsAddress: ns4.String(), NsAddressV6: ns6.String()}, nil
+}
+
+func (n *Node) deployed(k instanceKey, in *instance) mqttapi.Deployed {
+	d := mqttapi.Deployed{AppName: k.job, Status: "running", InstanceNumber: refapi.FlexInt(k.number),
+		NSIP: in.ns4.String(), NSIPv6: in.ns6.String(), HostIP: n.cfg.HostIP.String(), HostPort: refapi.FlexInt(n.cfg.TunnelPort)}
+	if n.cfg.Location != nil {
+		d.Lat, d.Lon = &n.cfg.Location.Lat, &n.cfg.Location.Lon
+	}
+	return d
+}
+
+// Undeploy detaches an instance (local API).
+func (n *Node) Undeploy(ctx context.Context, job string, number int) error {
+	k := instanceKey{job, number}
+	n.mu.Lock()
+	in, ok := n.instances[k]
+	delete(n.instances, k)
+	n.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%s instance %d: %w", job, number, localapi.ErrNotFound)
+	}
+	n.table.RemoveLocal(job, number)
+	n.forget([]netip.Addr{in.ns4, in.ns6})
+	if err := n.host.Detach(in.link); err != nil {
+		n.log.Warn("detach", "job", job, "instance", number, "err", err)
+	}
+	if err := n.addrs.Release(in.ns4); err != nil {
+		n.log.Error("release namespace IPs", "job", job, "instance", number, "err", err)
+	}
+	if err := n.link.Undeployed(ctx, mqttapi.Undeployed{AppName: job, InstanceNumber: refapi.FlexInt(number)}); err != nil {
+		return fmt.Errorf("node: report %s instance %d undeployed: %w", job, number, err)
+	}
+	return nil
+}
+
+// announce re-reports every local instance after a (re)connection: a restarted
+// cluster learns what runs here.
+func (n *Node) announce() {
+	n.mu.Lock()
+	reports := make([]mqttapi.Deployed, 0, len(n.instances))
+	for k, in := range n.instances {
+		reports = append(reports, n.deployed(k, in))
+	}
+	n.mu.Unlock()
+	for _, d := range reports {
+		if err := n.link.Deployed(n.ctx, d); err != nil {
+			n.log.Warn("re-announce", "job", d.AppName, "err", err)
+		}
+	}
+}
+
+// instanceName identifies an instance to netsetup, which derives its veth's name from it.
+func instanceName(k instanceKey) string { return fmt.Sprintf("%s/%d", k.job, k.number) }
