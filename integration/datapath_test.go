@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -59,10 +60,10 @@ func (s *syncBuffer) String() string {
 
 // startIn runs the semnet binary inside ns until the test ends (SIGTERM, then a grace
 // period); its output is shown when the test fails.
-func startIn(t *testing.T, ns *netnstest.NS, name string, args ...string) {
+func startIn(t testing.TB, ns *netnstest.NS, bin, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	log := &syncBuffer{}
-	cmd := ns.Cmd(context.Background(), semnetBinary(t), args...)
+	cmd := ns.Cmd(context.Background(), bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), "SEMNET_TOKEN="+token)
 	if err := cmd.Start(); err != nil {
@@ -82,10 +83,11 @@ func startIn(t *testing.T, ns *netnstest.NS, name string, args ...string) {
 			t.Logf("--- %s output:\n%s", name, log)
 		}
 	})
+	return cmd
 }
 
 // waitReady polls url (through client) until it answers 200.
-func waitReady(t *testing.T, hc *http.Client, url, what string) {
+func waitReady(t testing.TB, hc *http.Client, url, what string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -106,11 +108,12 @@ func waitReady(t *testing.T, hc *http.Client, url, what string) {
 // dpNode is a worker host running `semnet node`.
 type dpNode struct {
 	ns     *netnstest.NS
+	proc   *exec.Cmd
 	socket string
 	api    *http.Client // over the unix socket
 }
 
-func (n *dpNode) call(t *testing.T, path string, body, out any) {
+func (n *dpNode) call(t testing.TB, path string, body, out any) {
 	t.Helper()
 	b, _ := json.Marshal(body)
 	resp, err := n.api.Post("http://node"+path, "application/json", bytes.NewReader(b))
@@ -136,17 +139,17 @@ type dpPlatform struct {
 	nodes []*dpNode
 }
 
-func startDatapathPlatform(t *testing.T, nodes int) *dpPlatform {
+// startDatapathPlatform starts the platform with the given semnet binary.
+func startDatapathPlatform(t testing.TB, bin string, nodes int) *dpPlatform {
 	t.Helper()
 	netnstest.Require(t)
-	semnetBinary(t) // build before the namespaces exist
 	u := netnstest.NewUnderlay(t)
 	p := &dpPlatform{ctrl: netnstest.New(t, "ctrl")}
 	u.Attach(t, p.ctrl, "eth0", netip.PrefixFrom(ctrlIP, 24))
 	dir := t.TempDir()
 
 	rootAddr := netip.AddrPortFrom(ctrlIP, 10099).String()
-	startIn(t, p.ctrl, "root", "root", "--listen", rootAddr, "--data-dir", filepath.Join(dir, "root"), "--log-level", "warn")
+	startIn(t, p.ctrl, bin, "root", "root", "--listen", rootAddr, "--data-dir", filepath.Join(dir, "root"), "--log-level", "warn")
 	inCtrl := &http.Client{Transport: &http.Transport{DialContext: p.ctrl.DialContext}, Timeout: 30 * time.Second}
 	waitReady(t, inCtrl, "http://"+rootAddr+"/readyz", "root")
 	var err error
@@ -165,7 +168,7 @@ func startDatapathPlatform(t *testing.T, nodes int) *dpPlatform {
 	}
 	clusterREST := netip.AddrPortFrom(ctrlIP, 10110).String()
 	mqtt := netip.AddrPortFrom(ctrlIP, 10003).String()
-	startIn(t, p.ctrl, "cluster", "cluster", "--id", "c1", "--root", "http://"+rootAddr, "--root-token", token,
+	startIn(t, p.ctrl, bin, "cluster", "cluster", "--id", "c1", "--root", "http://"+rootAddr, "--root-token", token,
 		"--listen", clusterREST, "--mqtt-listen", mqtt, "--mqtt-auth", authFile,
 		"--lat", "48.14", "--lon", "11.58", "--log-level", "warn")
 	waitReady(t, inCtrl, "http://"+clusterREST+"/readyz", "cluster")
@@ -175,10 +178,10 @@ func startDatapathPlatform(t *testing.T, nodes int) *dpPlatform {
 		u.Attach(t, ns, "eth0", netip.PrefixFrom(nodeIP(i+1), 24))
 		socket := filepath.Join(dir, fmt.Sprintf("node%d.sock", i+1))
 		loc := nodeLocations[i%len(nodeLocations)]
-		startIn(t, ns, fmt.Sprintf("node %d", i+1), "node", "--id", fmt.Sprintf("w%d", i+1), "--cluster-mqtt", mqtt,
+		proc := startIn(t, ns, bin, fmt.Sprintf("node %d", i+1), "node", "--id", fmt.Sprintf("w%d", i+1), "--cluster-mqtt", mqtt,
 			"--password", fmt.Sprintf("pw-%d", i+1), "--host-ip", nodeIP(i+1).String(), "--socket", socket,
 			"--lat", fmt.Sprint(loc.lat), "--lon", fmt.Sprint(loc.lon), "--log-level", "info")
-		n := &dpNode{ns: ns, socket: socket, api: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		n := &dpNode{ns: ns, proc: proc, socket: socket, api: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, "unix", socket)
@@ -192,7 +195,7 @@ func startDatapathPlatform(t *testing.T, nodes int) *dpPlatform {
 
 // deploy creates a service with an instance on each of the given nodes: each instance
 // is a namespace of its own, attached through the node's local API.
-func (p *dpPlatform) deploy(t *testing.T, name string, on ...int) (api.Service, []*netnstest.NS) {
+func (p *dpPlatform) deploy(t testing.TB, name string, on ...int) (api.Service, []*netnstest.NS) {
 	t.Helper()
 	ctx := t.Context()
 	svc, err := p.rc.CreateService(ctx, api.ServiceRequest{App: name, AppNS: "test", Service: name, ServiceNS: "dp"})
@@ -219,7 +222,7 @@ func (p *dpPlatform) deploy(t *testing.T, name string, on ...int) (api.Service, 
 // serve runs, inside ns, an HTTP server on port 80 (v4 and v6) answering its name on /
 // and n pseudo-random bytes on /bytes?n=, and a UDP echo on port 7 that prefixes its
 // name.
-func serve(t *testing.T, ns *netnstest.NS, name string) {
+func serve(t testing.TB, ns *netnstest.NS, name string) {
 	t.Helper()
 	ln, err := ns.Listen("tcp", "[::]:80")
 	if err != nil {
@@ -300,7 +303,7 @@ func TestDatapath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("datapath suite: -short")
 	}
-	p := startDatapathPlatform(t, 3)
+	p := startDatapathPlatform(t, semnetBinary(t), 3)
 	_, clients := p.deploy(t, "client", 0)
 	web, servers := p.deploy(t, "web", 1, 2) // web0 in Berlin (node 2), web1 in Paris (node 3)
 	serve(t, servers[0], "web0")

@@ -26,30 +26,42 @@ import (
 const token = "integration-token-0123456789"
 
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	buildOnce, benchOnce  sync.Once
+	binPath, benchBinPath string
+	buildErr, benchErr    error
 )
 
-// semnetBinary builds the binary once per test run.
-func semnetBinary(t *testing.T) string {
+// semnetBinary builds the binary with the race detector, once per test run.
+func semnetBinary(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "semnet-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "semnet")
-		out, err := exec.Command("go", "build", "-race", "-o", binPath, "../cmd/semnet").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
+	buildOnce.Do(func() { binPath, buildErr = buildSemnet("-race") })
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 	return binPath
+}
+
+// benchBinary builds the binary as released (no race detector), for measurements.
+func benchBinary(t testing.TB) string {
+	t.Helper()
+	benchOnce.Do(func() { benchBinPath, benchErr = buildSemnet("-trimpath") })
+	if benchErr != nil {
+		t.Fatal(benchErr)
+	}
+	return benchBinPath
+}
+
+func buildSemnet(flag string) (string, error) {
+	dir, err := os.MkdirTemp("", "semnet-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "semnet")
+	out, err := exec.Command("go", "build", flag, "-o", bin, "../cmd/semnet").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
 }
 
 func freePort(t *testing.T) string {
