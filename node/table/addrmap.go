@@ -5,27 +5,27 @@ import (
 	"maps"
 	"math/bits"
 	"net/netip"
+	"slices"
 )
 
-// addrMap is a map keyed by unmapped, unzoned addresses of both families, in two forms:
-// Go maps that writers change (on their private copy of a snapshot), and, once frozen,
-// the form lookups read. Lookups in a Go map keyed by netip.Addr hash its 24 bytes with
-// the generic hash (about 25 ns here), so:
+// addrMap is a map keyed by unmapped, unzoned addresses of both families, built for fast
+// reads. A Go map keyed by netip.Addr hashes the key's 24 bytes with the generic hash
+// (about 25 ns a lookup here), so:
 //   - IPv4 keys are stored as uint32, which Go maps look up on their 4-byte fast path
-//     (about 7 ns); the same map serves readers and writers;
-//   - IPv6 keys are also copied, at freeze, into index6, an open-addressing table with a
-//     one-multiply hash (about 14 ns).
+//     (about 7 ns);
+//   - IPv6 keys go to index6, an open-addressing table with a one-multiply hash (about
+//     14 ns).
 //
-// An IPv4-mapped IPv6 address is an IPv6 key, so it never matches the IPv4 address it
-// maps, and the zero address is never a key.
+// Like the rest of a snapshot it is copied before a change (clone) and never changed once
+// published. An IPv4-mapped IPv6 address is an IPv6 key, so it never matches the IPv4
+// address it maps.
 type addrMap[V any] struct {
-	v4  map[uint32]V
-	v6  map[netip.Addr]V
-	ix6 index6[V] // v6 as of the last freeze
+	v4 map[uint32]V
+	v6 index6[V]
 }
 
-func newAddrMap[V any]() addrMap[V] {
-	return addrMap[V]{v4: make(map[uint32]V), v6: make(map[netip.Addr]V)}
+func newAddrMap[V any](seed uint64) addrMap[V] {
+	return addrMap[V]{v4: make(map[uint32]V), v6: index6[V]{seed: seed}}
 }
 
 func key4(a netip.Addr) uint32 {
@@ -33,31 +33,21 @@ func key4(a netip.Addr) uint32 {
 	return binary.BigEndian.Uint32(b[:])
 }
 
-// get reads the writers' form.
 func (m *addrMap[V]) get(a netip.Addr) (V, bool) {
 	if a.Is4() {
 		v, ok := m.v4[key4(a)]
 		return v, ok
 	}
-	v, ok := m.v6[a]
-	return v, ok
+	return m.v6.get(a)
 }
 
-// find reads the frozen form: the lookups' get.
-func (m *addrMap[V]) find(a netip.Addr) (V, bool) {
-	if a.Is4() {
-		v, ok := m.v4[key4(a)]
-		return v, ok
-	}
-	return m.ix6.get(a)
-}
-
+// set stores v under a, which must be valid.
 func (m *addrMap[V]) set(a netip.Addr, v V) {
 	if a.Is4() {
 		m.v4[key4(a)] = v
 		return
 	}
-	m.v6[a] = v
+	m.v6.set(a, v)
 }
 
 func (m *addrMap[V]) del(a netip.Addr) {
@@ -65,74 +55,125 @@ func (m *addrMap[V]) del(a netip.Addr) {
 		delete(m.v4, key4(a))
 		return
 	}
-	delete(m.v6, a)
+	m.v6.del(a)
 }
 
-// clone returns a copy for writers; freeze it before publishing.
 func (m *addrMap[V]) clone() addrMap[V] {
-	return addrMap[V]{v4: maps.Clone(m.v4), v6: maps.Clone(m.v6)}
+	return addrMap[V]{v4: maps.Clone(m.v4), v6: m.v6.clone()}
 }
-
-// freeze builds the lookups' form of the IPv6 keys.
-func (m *addrMap[V]) freeze(seed uint64) { m.ix6 = buildIndex6(m.v6, seed) }
 
 // update replaces each value v with f(v).
 func (m *addrMap[V]) update(f func(V) V) {
 	for k, v := range m.v4 {
 		m.v4[k] = f(v)
 	}
-	for k, v := range m.v6 {
-		m.v6[k] = f(v)
+	for i := range m.v6.slots {
+		if s := &m.v6.slots[i]; s.hi|s.lo != 0 {
+			s.val = f(s.val)
+		}
 	}
 }
 
-// index6 is a read-only hash table of IPv6 keys with linear probing, at most half full so
-// that probes stay short, hits and misses alike. The hash is seeded per table, so no
-// set of addresses clusters the same way on every node.
+// index6 is a hash table of IPv6 keys with linear probing, kept at most half full so that
+// probes stay short for hits and misses alike; deletion shifts the following entries back
+// instead of leaving tombstones. The hash is seeded per table, so no set of addresses
+// clusters the same way on every node. Keys are stored as two integers, not netip.Addr,
+// so that the slots hold one pointer each (the value's) and copying them is closer to a
+// memcpy. The unspecified address :: marks an empty slot and cannot be a key; zones are
+// ignored.
 type index6[V any] struct {
-	slots []slot6[V]
-	mask  uint64
+	slots []slot6[V] // len is 0 or a power of two
+	n     int        // keys held
 	seed  uint64
 }
 
 type slot6[V any] struct {
-	key netip.Addr // zero: empty
-	val V
+	hi, lo uint64 // the address; both 0: empty
+	val    V
 }
 
-func hash6(a netip.Addr, seed uint64) uint64 {
+func split6(a netip.Addr) (hi, lo uint64) {
 	b := a.As16()
-	hi, lo := bits.Mul64(binary.BigEndian.Uint64(b[:8])^seed, binary.BigEndian.Uint64(b[8:])^0x9e3779b97f4a7c15)
-	return hi ^ lo
+	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
 }
 
-func buildIndex6[V any](m map[netip.Addr]V, seed uint64) index6[V] {
-	if len(m) == 0 {
-		return index6[V]{}
+func (x *index6[V]) home(hi, lo uint64) int {
+	h, l := bits.Mul64(hi^x.seed, lo^0x9e3779b97f4a7c15)
+	return int(h^l) & (len(x.slots) - 1)
+}
+
+// find returns the slot holding hi, lo, or else the empty slot where it would go.
+func (x *index6[V]) find(hi, lo uint64) int {
+	mask := len(x.slots) - 1
+	i := x.home(hi, lo)
+	for s := &x.slots[i]; (s.hi != hi || s.lo != lo) && s.hi|s.lo != 0; s = &x.slots[i] {
+		i = (i + 1) & mask
 	}
-	n := uint64(1) << bits.Len(uint(2*len(m)-1)) // the power of two >= 2 len(m)
-	x := index6[V]{slots: make([]slot6[V], n), mask: n - 1, seed: seed}
-	for k, v := range m {
-		i := hash6(k, seed) & x.mask
-		for x.slots[i].key.IsValid() {
-			i = (i + 1) & x.mask
-		}
-		x.slots[i] = slot6[V]{key: k, val: v}
-	}
-	return x
+	return i
 }
 
 func (x *index6[V]) get(a netip.Addr) (v V, ok bool) {
-	if len(x.slots) == 0 || !a.IsValid() {
+	hi, lo := split6(a)
+	if x.n == 0 || hi|lo == 0 {
 		return v, false
 	}
-	for i := hash6(a, x.seed) & x.mask; ; i = (i + 1) & x.mask {
-		s := &x.slots[i]
-		if s.key == a {
-			return s.val, true
-		}
-		if !s.key.IsValid() {
-			return v, false
+	s := &x.slots[x.find(hi, lo)]
+	if s.hi|s.lo == 0 {
+		return v, false
+	}
+	return s.val, true
+}
+
+// set stores v under a; a must not be ::.
+func (x *index6[V]) set(a netip.Addr, v V) {
+	hi, lo := split6(a)
+	if hi|lo == 0 {
+		panic("table: the unspecified address cannot be a key")
+	}
+	if 2*(x.n+1) > len(x.slots) {
+		x.grow()
+	}
+	i := x.find(hi, lo)
+	if x.slots[i].hi|x.slots[i].lo == 0 {
+		x.n++
+	}
+	x.slots[i] = slot6[V]{hi: hi, lo: lo, val: v}
+}
+
+func (x *index6[V]) grow() {
+	old := x.slots
+	x.slots = make([]slot6[V], max(16, 2*len(old)))
+	for _, s := range old {
+		if s.hi|s.lo != 0 {
+			x.slots[x.find(s.hi, s.lo)] = s
 		}
 	}
+}
+
+func (x *index6[V]) del(a netip.Addr) {
+	hi, lo := split6(a)
+	if x.n == 0 || hi|lo == 0 {
+		return
+	}
+	i := x.find(hi, lo)
+	if x.slots[i].hi|x.slots[i].lo == 0 {
+		return
+	}
+	// Move back every following entry of the run whose home is not in (i, j], so that
+	// each stays reachable from its home without a gap (Knuth's algorithm R).
+	mask := len(x.slots) - 1
+	for j := (i + 1) & mask; x.slots[j].hi|x.slots[j].lo != 0; j = (j + 1) & mask {
+		k := x.home(x.slots[j].hi, x.slots[j].lo)
+		if i <= j && i < k && k <= j || i > j && (i < k || k <= j) {
+			continue
+		}
+		x.slots[i] = x.slots[j]
+		i = j
+	}
+	x.slots[i] = slot6[V]{}
+	x.n--
+}
+
+func (x *index6[V]) clone() index6[V] {
+	return index6[V]{slots: slices.Clone(x.slots), n: x.n, seed: x.seed}
 }

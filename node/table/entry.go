@@ -48,7 +48,7 @@ const (
 )
 
 // route is where an address leads: its entry and policy, and for Instance IPs (and in
-// Table.byNS, namespace IPs) the instance's index in entry.insts.
+// snapshot.byNS, namespace IPs) the instance's index in entry.insts.
 type route struct {
 	e      *entry
 	inst   int32
@@ -88,12 +88,15 @@ func (in *instance) usable(f int) bool {
 
 // jobState is the mutable part of a job's entry, kept across its re-applies so that the
 // Round Robin sequence continues and a pushed update does not count as use.
+//
+// Its 128 bytes (a size class of its own, so 128-byte aligned) give each field a cache line
+// of its own: rr is written by every RR lookup, and used, read by every lookup of any
+// policy, must not be evicted by those writes, nor share a line with another job's.
 type jobState struct {
-	rr atomic.Uint64 // Round Robin counter, one increment per RR lookup
-	// The padding keeps rr's per-packet writes off the cache line of used, which every
-	// lookup of every policy reads.
-	_    [56]byte
 	used atomic.Int64 // Unix nanoseconds of the last use, at touchEvery resolution
+	_    [56]byte
+	rr   atomic.Uint64 // Round Robin counter, one increment per RR lookup
+	_    [56]byte
 }
 
 // touchEvery is the resolution of an entry's last-use time: a lookup stores the time only
@@ -221,14 +224,16 @@ func parseInstance(job string, ti *mqttapi.TableInstance, svc *[2][2]netip.Addr)
 	return in, nil
 }
 
-// checkFamily accepts a zero (absent) address or an unzoned one of family f; an IPv4
-// address must not come IPv4-mapped, so that every address has one map key.
+// checkFamily accepts a zero (absent) address or an unzoned, specified one of family f;
+// an IPv4 address must not come IPv4-mapped, so that every address has one map key.
 func checkFamily(a netip.Addr, f int) error {
 	switch {
 	case !a.IsValid():
 		return nil
 	case a.Zone() != "":
 		return fmt.Errorf("%s has a zone", a)
+	case a.IsUnspecified():
+		return fmt.Errorf("%s is the unspecified address", a)
 	case f == v4 && !a.Is4():
 		return fmt.Errorf("%s is not an IPv4 address", a)
 	case f == v6 && (!a.Is6() || a.Is4In6()):

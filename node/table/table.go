@@ -21,6 +21,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"math/rand/v2"
 	"net/netip"
@@ -131,7 +132,7 @@ type localKey struct {
 }
 
 // snapshot is the immutable state lookups read. Writers copy it, change the copy and
-// publish it (Table.publish).
+// publish it.
 type snapshot struct {
 	routes addrMap[route]      // Service and Instance IPs (v4 and v6) to their entry
 	byNS   addrMap[route]      // usable instances' namespace IPs (policyInstance routes)
@@ -167,19 +168,11 @@ func New(cfg Config) *Table {
 		p := *cfg.Location // the caller's Point may change later; ours must not
 		t.from = &p
 	}
-	t.publish(&snapshot{
-		routes: newAddrMap[route](), byNS: newAddrMap[route](),
-		local: newAddrMap[netip.Addr](), jobs: map[string]*entry{},
+	t.snap.Store(&snapshot{
+		routes: newAddrMap[route](t.seed), byNS: newAddrMap[route](t.seed),
+		local: newAddrMap[netip.Addr](t.seed), jobs: map[string]*entry{},
 	})
 	return t
-}
-
-// publish freezes s and makes it the snapshot lookups read.
-func (t *Table) publish(s *snapshot) {
-	s.routes.freeze(t.seed)
-	s.byNS.freeze(t.seed)
-	s.local.freeze(t.seed)
-	t.publish(s)
 }
 
 // Apply installs or replaces a job's entry from a table query result or an update push,
@@ -214,7 +207,7 @@ func (t *Table) Apply(r *mqttapi.TableQueryResult, now time.Time) (gone []netip.
 		if t.addKey(job, r.QueryKey) {
 			s := old.clone()
 			t.addWeak(s, prev)
-			t.publish(s)
+			t.snap.Store(s)
 		}
 		return nil, fmt.Errorf("%w: job %q revision %d, installed %d", ErrOutdated, job, r.Revision, prev.rev)
 	}
@@ -236,7 +229,7 @@ func (t *Table) Apply(r *mqttapi.TableQueryResult, now time.Time) (gone []netip.
 	}
 	t.addKey(job, r.QueryKey)
 	t.install(s, e)
-	t.publish(s)
+	t.snap.Store(s)
 	return goneBetween(prev, e), nil
 }
 
@@ -250,10 +243,14 @@ func (t *Table) addKey(job, key string) bool {
 }
 
 // weakAddrs yields the job's query keys that are IP addresses.
-func (t *Table) weakAddrs(job string) func(func(netip.Addr) bool) {
+func (t *Table) weakAddrs(job string) iter.Seq[netip.Addr] {
 	return func(yield func(netip.Addr) bool) {
 		for _, k := range t.keys[job] {
-			if a, err := netip.ParseAddr(k); err == nil && a.Zone() == "" && !yield(a.Unmap()) {
+			a, err := netip.ParseAddr(k)
+			if a = a.Unmap(); err != nil || checkFamily(a, family(a)) != nil {
+				continue // a job name, or an address that cannot be a key
+			}
+			if !yield(a) {
 				return
 			}
 		}
@@ -341,7 +338,7 @@ func (t *Table) Delete(job string) (gone []netip.Addr) {
 	s := old.clone()
 	t.remove(s, e)
 	delete(t.keys, job)
-	t.publish(s)
+	t.snap.Store(s)
 	return e.usableNS(nil)
 }
 
@@ -356,7 +353,7 @@ func (t *Table) Delete(job string) (gone []netip.Addr) {
 // It marks the entry used (for Expire), also when it answers NoInstance, and takes no
 // lock and allocates nothing.
 func (t *Table) Lookup(dst netip.Addr, now time.Time) (Target, Status) {
-	r, ok := t.snap.Load().routes.find(dst)
+	r, ok := t.snap.Load().routes.get(dst)
 	if !ok {
 		return Target{}, Unknown
 	}
@@ -391,7 +388,7 @@ func (t *Table) Lookup(dst netip.Addr, now time.Time) (Target, Status) {
 // flows, which skip Lookup. Lock-free, and it writes the shared entry only about once a
 // second.
 func (t *Table) Touch(addr netip.Addr, now time.Time) {
-	if r, ok := t.snap.Load().routes.find(addr); ok {
+	if r, ok := t.snap.Load().routes.get(addr); ok {
 		r.e.st.touch(now)
 	}
 }
@@ -401,7 +398,7 @@ func (t *Table) Touch(addr netip.Addr, now time.Time) {
 // their tunnel endpoint here, so they follow a node's new address; ok is false when no
 // usable instance has nsIP any more. Lock-free, zero allocations; it does not mark use.
 func (t *Table) ByNamespace(nsIP netip.Addr) (tg Target, ok bool) {
-	r, ok := t.snap.Load().byNS.find(nsIP)
+	r, ok := t.snap.Load().byNS.get(nsIP)
 	if !ok {
 		return Target{}, false
 	}
@@ -436,7 +433,7 @@ func (t *Table) AddLocal(job string, instanceNumber int, nsIP4, nsIP6 netip.Addr
 	}
 	t.setSenders(s, job, s.jobs[job])
 	t.relocal(s, changed)
-	t.publish(s)
+	t.snap.Store(s)
 }
 
 // RemoveLocal forgets a local instance registered with AddLocal. Its job's entry stays
@@ -452,7 +449,7 @@ func (t *Table) RemoveLocal(job string, instanceNumber int) {
 	changed := t.dropLocal(s, k)
 	delete(t.locals, k)
 	t.relocal(s, changed)
-	t.publish(s)
+	t.snap.Store(s)
 }
 
 // dropLocal releases the namespace IPs registration k holds and returns them.
@@ -500,14 +497,14 @@ func (t *Table) relocal(s *snapshot, changed []netip.Addr) {
 // instance's or its job's entry (or the instance in it) is not known yet. Lock-free, zero
 // allocations.
 func (t *Table) Sender(nsIP netip.Addr) (instanceIP netip.Addr, ok bool) {
-	ip, _ := t.snap.Load().local.find(nsIP)
+	ip, _ := t.snap.Load().local.get(nsIP)
 	return ip, ip.IsValid()
 }
 
 // IsLocalNamespace reports whether addr is a registered local namespace IP: the check on
 // packets arriving through the tunnel. Lock-free, zero allocations.
 func (t *Table) IsLocalNamespace(addr netip.Addr) bool {
-	_, ok := t.snap.Load().local.find(addr)
+	_, ok := t.snap.Load().local.get(addr)
 	return ok
 }
 
@@ -539,7 +536,7 @@ func (t *Table) Expire(now time.Time) []Expired {
 	if s == nil {
 		return nil
 	}
-	t.publish(s)
+	t.snap.Store(s)
 	slices.SortFunc(out, func(a, b Expired) int { return cmp.Compare(a.Job, b.Job) })
 	return out
 }

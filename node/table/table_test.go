@@ -1,6 +1,7 @@
 package table_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -202,13 +203,13 @@ func TestClosest(t *testing.T) {
 	noLoc := func(ti *mqttapi.TableInstance) { ti.Lat, ti.Lon = nil, nil }
 	noV6 := func(ti *mqttapi.TableInstance) { ti.NamespaceIPv6 = netip.Addr{} }
 	for _, c := range []struct {
-		name   string
-		node   *geo.Point
-		r      *mqttapi.TableQueryResult
-		local  int // instance registered with AddLocal, 0: none
-		want4  int // 0: NoInstance
-		want6  int
-		gotoV6 bool
+		name  string
+		node  *geo.Point
+		r     *mqttapi.TableQueryResult
+		local int  // instance registered with AddLocal, 0: none
+		later bool // register it after the Apply, not before
+		want4 int  // 0: NoInstance
+		want6 int
 	}{
 		{name: "node in Munich picks Munich", node: &munich, r: threeCities(1), want4: 1, want6: 1},
 		{name: "Munich failed: Berlin, the next nearest", node: &munich, r: threeCities(1, status("failed")), want4: 2, want6: 2},
@@ -219,16 +220,20 @@ func TestClosest(t *testing.T) {
 		{name: "an instance with no location ranks last", node: &munich, r: threeCities(1, noLoc), want4: 2, want6: 2},
 		{name: "no node location: tie-break order", r: threeCities(1), want4: tieOrder(1, 2, 3)[0], want6: tieOrder(1, 2, 3)[0]},
 		{name: "no node location: a local instance first", r: threeCities(1), local: tieOrder(1, 2, 3)[2], want4: tieOrder(1, 2, 3)[2], want6: tieOrder(1, 2, 3)[2]},
+		{name: "no node location: a local instance registered later first", r: threeCities(1), local: tieOrder(1, 2, 3)[1], later: true, want4: tieOrder(1, 2, 3)[1], want6: tieOrder(1, 2, 3)[1]},
 		{name: "node in Lyon picks Paris", node: &lyon, r: threeCities(1), want4: 3, want6: 3},
 		{name: "node in Lyon: a local Berlin instance is nearest", node: &lyon, r: threeCities(1), local: 2, want4: 2, want6: 2},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tb := table.New(table.Config{Location: c.node})
-			if c.local != 0 {
+			if c.local != 0 && !c.later {
 				tb.AddLocal(job, c.local, ns4(c.local), ns6(c.local))
 			}
 			if _, err := tb.Apply(c.r, t0); err != nil {
 				t.Fatal(err)
+			}
+			if c.local != 0 && c.later {
+				tb.AddLocal(job, c.local, ns4(c.local), ns6(c.local))
 			}
 			for _, w := range []struct {
 				dst netip.Addr
@@ -387,6 +392,8 @@ func TestApplyRejects(t *testing.T) {
 		{"IPv4-mapped namespace_ip", mod(func(ti *mqttapi.TableInstance) { ti.NamespaceIP = ip("::ffff:10.18.2.2") })},
 		{"IPv4 namespace_ip_v6", mod(func(ti *mqttapi.TableInstance) { ti.NamespaceIPv6 = ip("10.18.2.2") })},
 		{"zoned namespace_ip_v6", mod(func(ti *mqttapi.TableInstance) { ti.NamespaceIPv6 = ip("fc00::2:2%eth0") })},
+		{"unspecified namespace_ip_v6", mod(func(ti *mqttapi.TableInstance) { ti.NamespaceIPv6 = ip("::") })},
+		{"unspecified RR Address", mod(func(ti *mqttapi.TableInstance) { ti.ServiceIP[0].Address = ip("0.0.0.0") })},
 		{"IPv6 RR Address", mod(func(ti *mqttapi.TableInstance) { ti.ServiceIP[0].Address = rr6 })},
 		{"IPv4 Closest Address_v6", mod(func(ti *mqttapi.TableInstance) { ti.ServiceIP[1].AddressV6 = cl4 })},
 		{"RR address differs between instances", mod(func(ti *mqttapi.TableInstance) { ti.ServiceIP[0].Address = ip("10.30.0.9") })},
@@ -885,6 +892,69 @@ func FuzzApply(f *testing.F) {
 			}
 			if st != table.Found && tg != (table.Target{}) {
 				t.Fatalf("Lookup(%v) = %+v, %v", dst, tg, st)
+			}
+		}
+	})
+}
+
+// FuzzApplyJSON applies a sequence of arbitrary results as they would arrive over MQTT,
+// with a local instance registered, and checks that every answer stays consistent.
+func FuzzApplyJSON(f *testing.F) {
+	seed := func(rs ...*mqttapi.TableQueryResult) {
+		b, err := json.Marshal(rs)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	seed(threeCities(1), threeCities(2, status("failed")))
+	seed(threeCities(3), result(2), &mqttapi.TableQueryResult{AppName: job, QueryKey: rr6.String()})
+	other := result(1, instance(1, nil))
+	other.AppName = "other.ns.x.ns"
+	seed(threeCities(0), other, threeCities(0, nil, func(ti *mqttapi.TableInstance) { ti.NamespaceIP = ns4(1) }))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var rs []*mqttapi.TableQueryResult
+		if json.Unmarshal(b, &rs) != nil {
+			return
+		}
+		tb := table.New(table.Config{Location: &munich})
+		tb.AddLocal(job, 1, ns4(1), ns6(1))
+		var addrs []netip.Addr
+		for _, r := range rs {
+			tb.Apply(r, t0)
+			if r == nil {
+				continue
+			}
+			for _, in := range r.InstanceList {
+				addrs = append(addrs, in.InstanceIP, in.InstanceIPv6, in.NamespaceIP)
+				for _, s := range in.ServiceIP {
+					addrs = append(addrs, s.Address, s.AddressV6)
+				}
+			}
+			for _, dst := range addrs {
+				tg, st := tb.Lookup(dst, t0)
+				switch st {
+				case table.Found:
+					if tg.NamespaceIP.Is4() != dst.Is4() || tg.InstanceIP.Is4() != dst.Is4() || !tb.Known(tg.Job) ||
+						!tg.Endpoint.IsValid() || tg.Endpoint.Port() == 0 || tg.Local != tb.IsLocalNamespace(tg.NamespaceIP) {
+						t.Fatalf("Lookup(%v) = %+v", dst, tg)
+					}
+				default:
+					if tg != (table.Target{}) {
+						t.Fatalf("Lookup(%v) = %+v, %v", dst, tg, st)
+					}
+				}
+			}
+			if a, ok := tb.Sender(ns4(1)); ok && !a.Is4() {
+				t.Fatalf("Sender(%v) = %v", ns4(1), a)
+			}
+		}
+		if tb.Len() != len(tb.Jobs()) {
+			t.Fatalf("Len %d, Jobs %v", tb.Len(), tb.Jobs())
+		}
+		for _, e := range tb.Expire(t0.Add(time.Hour)) {
+			if e.Job == job || len(e.Keys) == 0 || e.Keys[0] != e.Job {
+				t.Fatalf("Expire: %+v", e)
 			}
 		}
 	})
