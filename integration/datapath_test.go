@@ -387,6 +387,25 @@ func TestDatapath(t *testing.T) {
 			}
 		}
 	})
+	t.Run("Metrics", func(t *testing.T) {
+		resp, err := p.nodes[0].api.Get("http://node/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, want := range []string{`semnet_node_packets_total{direction="tunnel_tx"}`, `semnet_node_lookups_total{result="miss"}`, `semnet_node_flows `} {
+			line := ""
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(l, want) {
+					line = l
+				}
+			}
+			if line == "" || strings.HasSuffix(line, " 0") {
+				t.Errorf("node 1 metrics: %q is %q, want a positive count", want, line)
+			}
+		}
+	})
 	t.Run("ClosestFailover", func(t *testing.T) {
 		zero := 0
 		p.nodes[1].call(t, nodeapi.PathUndeploy, nodeapi.UndeployRequest{ServiceName: web.JobName, InstanceNumber: &zero}, nil)
