@@ -9,12 +9,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/semnet/semnet/shared/nsthread"
 	"golang.org/x/sys/unix"
 )
 
@@ -419,44 +420,22 @@ func (h *Host) Detach(instance string) error {
 	return nil
 }
 
-// handleAt opens netlink sockets inside ns. It is netlink.NewHandleAt done safely: that
-// one unlocks its OS thread even when it failed to switch the thread back, letting the
-// runtime reuse a thread stuck in the instance's namespace. Here such a thread stays
-// locked, so the runtime ends it with its goroutine.
+// handleAt opens netlink sockets inside ns (netlink.NewHandleAt, done on a thread that
+// is discarded if it cannot return; see nsthread).
 func handleAt(ns netns.NsHandle) (*netlink.Handle, error) {
-	type result struct {
-		h   *netlink.Handle
-		err error
+	var h *netlink.Handle
+	err := nsthread.Do(ns, func() error {
+		var err error
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		return err
+	})
+	if err != nil {
+		if h != nil {
+			h.Close()
+		}
+		return nil, err
 	}
-	done := make(chan result, 1)
-	go func() {
-		var res result
-		defer func() { done <- res }()
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			res.err = fmt.Errorf("open this thread's network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread() // setns failed: the thread never left
-			res.err = fmt.Errorf("enter network namespace: %w", err)
-			return
-		}
-		res.h, res.err = netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err := netns.Set(orig); err != nil {
-			if res.h != nil {
-				res.h.Close()
-			}
-			res.h, res.err = nil, fmt.Errorf("return to the node's network namespace (thread discarded): %w", err)
-			return // still locked: the thread dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-	}()
-	res := <-done
-	return res.h, res.err
+	return h, nil
 }
 
 // writeSysctl sets the sysctl named by parts (net, ipv4, conf, <interface>, rp_filter)

@@ -19,19 +19,19 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/semnet/semnet/shared/nsthread"
 	"golang.org/x/sys/unix"
 )
 
@@ -202,59 +202,10 @@ func (n *NS) Run(t testing.TB, args ...string) string {
 	return string(out)
 }
 
-// errGoexit reports that f ended its goroutine (t.FailNow, runtime.Goexit) inside Do.
-var errGoexit = errors.New("netnstest: the function given to Do called runtime.Goexit (t.Fatal or t.FailNow?); report failures as errors instead")
-
-// Do runs f on an OS thread switched into the namespace and returns f's error. f runs on
-// a goroutine of its own, locked to that thread; goroutines f starts run elsewhere and
-// are not in the namespace, and f must not call t.Fatal (return an error instead). A panic
-// in f is raised again in the caller once the thread is back in its own namespace.
-//
-// If the thread cannot be switched back, it stays locked, so the runtime ends it with the
-// goroutine instead of reusing a thread in the wrong namespace.
-func (n *NS) Do(f func() error) error {
-	type result struct {
-		err      error
-		panic    any
-		panicked bool
-	}
-	done := make(chan result, 1)
-	go func() {
-		res := result{err: errGoexit}
-		defer func() { done <- res }()
-
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			res.err = fmt.Errorf("netnstest: open this thread's namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.fd); err != nil {
-			// setns failed, so the thread never left its namespace.
-			runtime.UnlockOSThread()
-			res.err = fmt.Errorf("netnstest: enter namespace %s: %w", n.Name, err)
-			return
-		}
-		defer func() {
-			if v := recover(); v != nil {
-				res.panic, res.panicked = v, true
-			}
-			if err := netns.Set(orig); err != nil {
-				res.err = errors.Join(res.err, fmt.Errorf("netnstest: return from namespace %s (the thread is discarded): %w", n.Name, err))
-				return // still locked: the runtime ends the thread with this goroutine
-			}
-			runtime.UnlockOSThread()
-		}()
-		res.err = f()
-	}()
-	res := <-done
-	if res.panicked {
-		panic(res.panic)
-	}
-	return res.err
-}
+// Do runs f on an OS thread switched into the namespace and returns f's error (see
+// nsthread.Do): f must not call t.Fatal (return an error instead), and goroutines it
+// starts are not in the namespace.
+func (n *NS) Do(f func() error) error { return nsthread.Do(n.fd, f) }
 
 // Dial connects to addr inside the namespace; see DialContext.
 func (n *NS) Dial(network, addr string) (net.Conn, error) {

@@ -3,6 +3,7 @@ package netnstest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/semnet/semnet/shared/nsthread"
 )
 
 // Documentation prefixes (RFC 5737, RFC 3849): they exist only inside the test's
@@ -242,8 +245,8 @@ func TestDo(t *testing.T) {
 		_ = n.Do(func() error { panic("boom") })
 	})
 	t.Run("goexit", func(t *testing.T) {
-		if err := n.Do(func() error { runtime.Goexit(); return nil }); err != errGoexit {
-			t.Errorf("Do = %v, want errGoexit", err)
+		if err := n.Do(func() error { runtime.Goexit(); return nil }); !errors.Is(err, nsthread.ErrGoexit) {
+			t.Errorf("Do = %v, want ErrGoexit", err)
 		}
 	})
 
