@@ -55,7 +55,7 @@ func BenchmarkDatapath(b *testing.B) {
 		b.ReportMetric(cpu/seconds/svc.gbps, "node-cores-per-Gbit/s")
 
 		svcRTT := udpRTT(b, a, web.RRIP, 2000)
-		echoNS(b, p.nodes[1].ns, "bare")
+		serve(b, p.nodes[1].ns, "bare") // its UDP echo on the node's own address
 		rawRTT := udpRTT(b, p.nodes[0].ns, bare, 2000)
 		b.ReportMetric(float64(svcRTT[0].Microseconds()), "svc-rtt-p50-µs")
 		b.ReportMetric(float64(svcRTT[1].Microseconds()), "svc-rtt-p99-µs")
@@ -108,11 +108,6 @@ func iperf(b *testing.B, server, client *netnstest.NS, dst netip.Addr, seconds i
 		b.Fatalf("iperf3 output: %v\n%s", err, out)
 	}
 	return iperfResult{gbps: r.End.SumReceived.BitsPerSecond / 1e9, retransmits: r.End.SumSent.Retransmits}
-}
-
-// echoNS runs a UDP echo on port 7 of ns (all addresses) until the benchmark ends.
-func echoNS(b *testing.B, ns *netnstest.NS, name string) {
-	serve(b, ns, name)
 }
 
 // udpRTT sends n 64-byte requests, one at a time, from ns to dst:7 and returns the p50

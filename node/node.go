@@ -55,7 +55,8 @@ type Config struct {
 	MTU int
 	// Bridge and TUN name the node's devices (defaults semnet0 and semnet-tun).
 	Bridge, TUN string
-	// IdleTimeout drops table entries no packet used (default 10 s, as the reference).
+	// IdleTimeout drops table entries no packet used (zero: table.DefaultIdleTimeout,
+	// 10 s as the reference).
 	IdleTimeout time.Duration
 	Logger      *slog.Logger
 }
@@ -74,20 +75,16 @@ func (c *Config) defaults() error {
 		c.TunnelPort = 50103
 	}
 	if c.MTU == 0 {
-		c.MTU = 1450
+		c.MTU = netsetup.DefaultMTU
 	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = 10 * time.Second
+	if c.TUN == "" {
+		c.TUN = netsetup.DefaultTUN
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }
-
-// ServiceRanges are the Service and Instance IP ranges routed into the TUN
-// (ADDRESSING.md).
-var serviceRanges = []netip.Prefix{netip.MustParsePrefix("10.30.0.0/16"), netip.MustParsePrefix("fdff::/16")}
 
 // Node is a running node agent.
 type Node struct {
@@ -150,12 +147,13 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if n.addrs, err = netsetup.NewAddresses(subnet4, subnet6); err != nil {
 		return nil, err
 	}
-	dev, err := tun.CreateTUN(cfg.TUNName(), cfg.MTU)
+	dev, err := tun.CreateTUN(cfg.TUN, cfg.MTU)
 	if err != nil {
-		return nil, fmt.Errorf("node: create TUN %s: %w", cfg.TUNName(), err)
+		return nil, fmt.Errorf("node: create TUN %s: %w", cfg.TUN, err)
 	}
-	n.host, err = netsetup.Setup(netsetup.Config{Bridge: cfg.Bridge, TUN: cfg.TUNName(), MTU: cfg.MTU,
-		Subnet: subnet4, Subnet6: subnet6, ServiceRanges: serviceRanges})
+	services := netsetup.DefaultServiceRanges()
+	n.host, err = netsetup.Setup(netsetup.Config{Bridge: cfg.Bridge, TUN: cfg.TUN, MTU: cfg.MTU,
+		Subnet: subnet4, Subnet6: subnet6, ServiceRanges: services})
 	if err != nil {
 		dev.Close()
 		return nil, err
@@ -167,7 +165,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.dp = datapath.New(datapath.Config{
 		TUN: dev, Bind: conn.NewStdNetBind(), Port: cfg.TunnelPort,
-		Engine:  datapath.NewEngine(n.table, n.flows, serviceRanges),
+		Engine:  datapath.NewEngine(n.table, n.flows, services),
 		Resolve: n.resolve, Logger: cfg.Logger,
 	})
 	n.wg.Go(func() {
@@ -202,16 +200,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// TUNName is the TUN device's name.
-func (c Config) TUNName() string {
-	if c.TUN == "" {
-		return "semnet-tun"
-	}
-	return c.TUN
-}
-
-// Close detaches nothing (instances keep their interfaces for a restarted node to find)
-// but stops the datapath, the API and the cluster link, and removes the node's devices.
+// Close stops the datapath, the API and the cluster link and removes the node's devices
+// (netsetup.Host.Teardown): the bridge, the routes and the instances' veths. Instances
+// are not reported undeployed: a node that stops is not a decision to stop them.
 func (n *Node) Close() {
 	n.cancel()
 	if n.api != nil {

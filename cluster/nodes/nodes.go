@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +25,7 @@ import (
 	"github.com/semnet/semnet/cluster/report"
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/mqttapi"
+	"github.com/semnet/semnet/proto/refapi"
 	"github.com/semnet/semnet/shared/geo"
 )
 
@@ -250,14 +250,8 @@ func (s *Server) forgetter() {
 
 // validJob checks a job name has the four dot-separated parts of the contract.
 func validJob(job string) error {
-	parts := strings.Split(job, ".")
-	if len(parts) != 4 {
-		return invalidf("appname %q must be a job name app.app_ns.service.service_ns", job)
-	}
-	for _, p := range parts {
-		if p == "" {
-			return invalidf("appname %q has an empty part", job)
-		}
+	if err := refapi.CheckJobName(job); err != nil {
+		return invalidf("appname %v", err)
 	}
 	return nil
 }

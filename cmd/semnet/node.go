@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/semnet/semnet/node"
+	"github.com/semnet/semnet/node/netsetup"
+	"github.com/semnet/semnet/node/table"
 	"github.com/semnet/semnet/shared/geo"
 )
 
@@ -32,10 +34,10 @@ func (f *nodeFlags) register(fs *pflag.FlagSet) {
 	fs.Float64Var(&f.lat, "lat", math.NaN(), "node location: latitude in degrees (for Closest)")
 	fs.Float64Var(&f.lon, "lon", math.NaN(), "node location: longitude in degrees (for Closest)")
 	fs.StringVar(&f.socket, "socket", "/run/semnet/node.sock", "unix socket of the local API the node engine attaches instances through")
-	fs.IntVar(&f.mtu, "mtu", 1450, "MTU of the TUN and the instances' interfaces: the underlay MTU minus the tunnel's 28 bytes (48 over IPv6)")
-	fs.StringVar(&f.bridge, "bridge", "semnet0", "name of the bridge instances attach to")
-	fs.StringVar(&f.tunName, "tun", "semnet-tun", "name of the TUN device carrying the Service and Instance ranges")
-	fs.DurationVar(&f.idle, "idle-timeout", 10*time.Second, "drop a table entry no packet used for this long (and tell the cluster)")
+	fs.IntVar(&f.mtu, "mtu", netsetup.DefaultMTU, "MTU of the TUN and the instances' interfaces: the underlay MTU minus the tunnel's 28 bytes (48 over IPv6)")
+	fs.StringVar(&f.bridge, "bridge", netsetup.DefaultBridge, "name of the bridge instances attach to")
+	fs.StringVar(&f.tunName, "tun", netsetup.DefaultTUN, "name of the TUN device carrying the Service and Instance ranges")
+	fs.DurationVar(&f.idle, "idle-timeout", table.DefaultIdleTimeout, "drop a table entry no packet used for this long (and tell the cluster)")
 	f.log.register(fs)
 }
 

@@ -13,11 +13,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/semnet/semnet/proto/nodeapi"
+	"github.com/semnet/semnet/proto/refapi"
 	"github.com/semnet/semnet/shared/httpapi"
 )
 
@@ -117,14 +117,8 @@ func classify(err error) *httpapi.Problem {
 }
 
 func validJob(name string) error {
-	parts := strings.Split(name, ".")
-	if len(parts) != 4 {
-		return httpapi.Errorf(http.StatusBadRequest, "serviceName %q must have four dot-separated parts (app.appns.service.servicens)", name)
-	}
-	for _, p := range parts {
-		if p == "" {
-			return httpapi.Errorf(http.StatusBadRequest, "serviceName %q has an empty part", name)
-		}
+	if err := refapi.CheckJobName(name); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "serviceName %v", err)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -252,3 +253,16 @@ type JobUpdate struct {
 
 // JobUpdatePath is the cluster endpoint that receives JobUpdate.
 const JobUpdatePath = "/api/net/job/update"
+
+// CheckJobName reports whether name is a job name as the reference forms it: four
+// non-empty dot-separated parts, app.app_ns.service.service_ns.
+func CheckJobName(name string) error {
+	parts := strings.Split(name, ".")
+	if len(parts) != 4 {
+		return fmt.Errorf("%q must have four dot-separated parts (app.app_ns.service.service_ns)", name)
+	}
+	if slices.Contains(parts, "") {
+		return fmt.Errorf("%q has an empty part", name)
+	}
+	return nil
+}
