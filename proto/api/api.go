@@ -166,3 +166,94 @@ type PoolUsage struct {
 	Used        uint64       `json:"used"`
 	Quarantined uint64       `json:"quarantined"`
 }
+
+// Gateways and exposures (issue 5, FLOWS.md "External client to service").
+//
+// A gateway is a worker node started with --gateway: it has public addresses and serves
+// the platform's exposures on them. Root records each gateway as an instance of the
+// system service GatewayJobName, so the gateway gets an Instance IP pair like any
+// replica: replies from instances reach it through the ordinary table look-up of that
+// Instance IP, in any cluster.
+
+// GatewayJobName is the system service whose instances are the platform's gateways. The
+// app namespace "semnet.system" is reserved: users cannot create services in it.
+const GatewayJobName = "semnet.system.gateway.all"
+
+// GatewayRequest registers, or re-registers, a gateway: PUT /api/v1/gateways/{id}, {id}
+// being the node's worker id. Re-registering keeps the gateway's Instance IPs and
+// updates the rest. At least one public address is required.
+type GatewayRequest struct {
+	ClusterID    string     `json:"cluster_id"`
+	PublicIP     netip.Addr `json:"public_ip,omitzero"`
+	PublicIPv6   netip.Addr `json:"public_ip_v6,omitzero"`
+	// NamespaceIP and NamespaceIPv6 are the gateway's own overlay source addresses, a
+	// Namespace IP pair from its worker subnet: instances' replies are sent to them.
+	NamespaceIP   netip.Addr `json:"namespace_ip"`
+	NamespaceIPv6 netip.Addr `json:"namespace_ip_v6,omitzero"`
+	HostIP        netip.Addr `json:"host_ip"`
+	HostPort      int        `json:"host_port"`
+	Location      *geo.Point `json:"location,omitempty"`
+}
+
+// Gateway is a registered gateway with its Instance IP pair (an instance of
+// GatewayJobName numbered InstanceNumber).
+type Gateway struct {
+	ID string `json:"id"`
+	GatewayRequest
+	InstanceNumber int        `json:"instance_number"`
+	InstanceIP     netip.Addr `json:"instance_ip"`
+	InstanceIPv6   netip.Addr `json:"instance_ip_v6"`
+	CreatedAt      time.Time  `json:"created_at"`
+	UpdatedAt      time.Time  `json:"updated_at"`
+}
+
+// Exposure protocols and target policies.
+const (
+	ProtocolTCP = "tcp"
+	ProtocolUDP = "udp"
+
+	PolicyRoundRobin = "round_robin"
+	PolicyClosest    = "closest"
+	PolicyInstance   = "instance"
+)
+
+// ExposureRequest exposes a service's port on the gateways' public addresses:
+// POST /api/v1/services/{service}/exposures. A public port is exposed at most once per
+// protocol across the platform (409 otherwise), so every gateway serving it is
+// interchangeable.
+type ExposureRequest struct {
+	Protocol    string `json:"protocol"`     // tcp | udp
+	PublicPort  int    `json:"public_port"`  // 1-65535
+	ServicePort int    `json:"service_port"` // 1-65535
+	// Policy picks the target address: round_robin (default) or closest are the
+	// service's Service IPs (closest = nearest to the gateway); instance is the Instance
+	// IP of InstanceNumber.
+	Policy         string `json:"policy,omitempty"`
+	InstanceNumber *int   `json:"instance_number,omitempty"`
+	// Gateway restricts the exposure to one gateway (its id, which must be registered);
+	// empty means every gateway.
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// Exposure is an exposed port. ID is "<protocol>-<public_port>", e.g. "tcp-8080".
+// TargetIP and TargetIPv6 are the address pair the policy picked: a client reaching
+// the gateway over IPv4 is sent to TargetIP, over IPv6 to TargetIPv6.
+type Exposure struct {
+	ID string `json:"id"`
+	ExposureRequest
+	ServiceID  string     `json:"service_id"`
+	JobName    string     `json:"job_name"`
+	TargetIP   netip.Addr `json:"target_ip"`
+	TargetIPv6 netip.Addr `json:"target_ip_v6"`
+	CreatedAt  time.Time  `json:"created_at"`
+	Revision   uint64     `json:"revision"`
+}
+
+// ExposureList answers GET /api/v1/exposures[?gateway=ID] and
+// GET /api/v1/services/{service}/exposures. With ?gateway=ID it holds the exposures
+// that gateway serves (its own and those for every gateway). Revision is root's
+// revision read before the list.
+type ExposureList struct {
+	Items    []Exposure `json:"items"`
+	Revision uint64     `json:"revision"`
+}

@@ -136,3 +136,45 @@ type UpdatesAvailable struct {
 	Type  string            `json:"type"`
 	Table *TableQueryResult `json:"table,omitempty"`
 }
+
+// GatewayRegister is published by a gateway node (semnet node --gateway) on
+// gateway/register, at start and after every reconnection. The cluster registers it at
+// root (PUT /api/v1/gateways/{id}) and answers with a GatewayConfig.
+type GatewayRegister struct {
+	PublicIP      netip.Addr `json:"public_ip,omitzero"`
+	PublicIPv6    netip.Addr `json:"public_ip_v6,omitzero"`
+	NamespaceIP   netip.Addr `json:"namespace_ip"` // the gateway's overlay source address
+	NamespaceIPv6 netip.Addr `json:"namespace_ip_v6,omitzero"`
+	HostIP        netip.Addr `json:"host_ip"`
+	HostPort      int        `json:"host_port"`
+	Lat           *float64   `json:"lat,omitempty"`
+	Lon           *float64   `json:"lon,omitempty"`
+}
+
+// GatewayConfig is published by the cluster on a gateway node's gateway/config: the
+// whole configuration, so a node that missed one applies the next and converges. The
+// gateway is instance InstanceNumber of JobName (api.GatewayJobName), which gives it its
+// Instance IPs. Error is set, and the rest empty, when registration failed; the node
+// registers again later.
+type GatewayConfig struct {
+	JobName        string            `json:"job_name,omitempty"`
+	InstanceNumber int               `json:"instance_number"`
+	InstanceIP     netip.Addr        `json:"instance_ip,omitzero"`
+	InstanceIPv6   netip.Addr        `json:"instance_ip_v6,omitzero"`
+	Exposures      []GatewayExposure `json:"exposures"`
+	Revision       uint64            `json:"revision,omitempty"`
+	Error          string            `json:"error,omitempty"`
+}
+
+// GatewayExposure is one exposed port as a gateway applies it: traffic to its public
+// address on PublicPort (Protocol "tcp" or "udp") goes to TargetIP:ServicePort (IPv4
+// clients) or TargetIPv6:ServicePort (IPv6 clients).
+type GatewayExposure struct {
+	ID          string     `json:"id"`
+	JobName     string     `json:"job_name"`
+	Protocol    string     `json:"protocol"`
+	PublicPort  int        `json:"public_port"`
+	ServicePort int        `json:"service_port"`
+	TargetIP    netip.Addr `json:"target_ip"`
+	TargetIPv6  netip.Addr `json:"target_ip_v6,omitzero"`
+}

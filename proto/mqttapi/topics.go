@@ -17,12 +17,18 @@ const (
 	SuffixTableQuery     = "tablequery/request"
 	SuffixSubnet         = "subnet"
 	SuffixInterestRemove = "interest/remove"
+	// SuffixGatewayRegister is semnet's addition: a gateway node announces its public
+	// addresses; the cluster answers on SuffixGatewayConfig.
+	SuffixGatewayRegister = "gateway/register"
 )
 
 // Topic suffixes the cluster publishes under NodePrefix(id) (cluster -> one node).
 const (
 	SuffixTableQueryResult = "tablequery/result"
 	SuffixSubnetResult     = "subnetwork/result"
+	// SuffixGatewayConfig carries a gateway's whole configuration (GatewayConfig): the
+	// answer to its registration, and again after every change to its exposures.
+	SuffixGatewayConfig = "gateway/config"
 )
 
 // ClusterSubscription is the filter the cluster subscribes to for every node request.
