@@ -183,9 +183,9 @@ const GatewayJobName = "semnet.system.gateway.all"
 // being the node's worker id. Re-registering keeps the gateway's Instance IPs and
 // updates the rest. At least one public address is required.
 type GatewayRequest struct {
-	ClusterID    string     `json:"cluster_id"`
-	PublicIP     netip.Addr `json:"public_ip,omitzero"`
-	PublicIPv6   netip.Addr `json:"public_ip_v6,omitzero"`
+	ClusterID  string     `json:"cluster_id"`
+	PublicIP   netip.Addr `json:"public_ip,omitzero"`
+	PublicIPv6 netip.Addr `json:"public_ip_v6,omitzero"`
 	// NamespaceIP and NamespaceIPv6 are the gateway's own overlay source addresses, a
 	// Namespace IP pair from its worker subnet: instances' replies are sent to them.
 	NamespaceIP   netip.Addr `json:"namespace_ip"`
