@@ -140,13 +140,17 @@ type Interest struct {
 // Change is one entry of the change stream: what changed, not the new state (fetch the
 // table entry to get it; a reader that is behind converges in one read).
 type Change struct {
-	Revision  uint64    `json:"revision"`
-	Kind      string    `json:"kind"` // service | instance
-	Op        string    `json:"op"`   // put | delete
-	ServiceID string    `json:"service_id"`
-	JobName   string    `json:"job_name"`
-	Instance  int       `json:"instance"` // -1 for service-level changes
-	Time      time.Time `json:"time"`
+	Revision  uint64 `json:"revision"`
+	Kind      string `json:"kind"` // service | instance | gateway | exposure
+	Op        string `json:"op"`   // put | delete
+	ServiceID string `json:"service_id"`
+	JobName   string `json:"job_name"`
+	Instance  int    `json:"instance"` // -1 for service-level changes
+	// Object names the gateway (its id) or the exposure (its id, "tcp-8080") a gateway
+	// or exposure change is about. ServiceID and JobName of an exposure change are the
+	// exposed service's; a gateway change has neither.
+	Object string    `json:"object,omitempty"`
+	Time   time.Time `json:"time"`
 }
 
 // ChangeBatch answers GET /api/v1/clusters/{id}/changes?since=R. Continue with

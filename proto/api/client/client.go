@@ -243,3 +243,54 @@ func (c *Client) CurrentRevision(ctx context.Context, clusterID string) (uint64,
 func (c *Client) ReleaseSubnet(ctx context.Context, subnetV4 netip.Prefix) error {
 	return c.do(ctx, http.MethodDelete, "/subnets/"+subnetV4.Addr().String(), nil, nil)
 }
+
+// RegisterGateway registers (or re-registers) the gateway with worker id id. Root keeps
+// its Instance IPs across re-registrations.
+func (c *Client) RegisterGateway(ctx context.Context, id string, req api.GatewayRequest) (api.Gateway, error) {
+	var out api.Gateway
+	return out, c.do(ctx, http.MethodPut, "/gateways/"+esc(id), req, &out)
+}
+
+// DeleteGateway removes a gateway and releases its Instance IPs. Root refuses (a
+// conflict) while exposures name this gateway, unless force, which deletes them too.
+func (c *Client) DeleteGateway(ctx context.Context, id string, force bool) error {
+	path := "/gateways/" + esc(id)
+	if force {
+		path += "?force=true"
+	}
+	return c.do(ctx, http.MethodDelete, path, nil, nil)
+}
+
+// Gateways lists the registered gateways.
+func (c *Client) Gateways(ctx context.Context) ([]api.Gateway, error) {
+	var out []api.Gateway
+	return out, c.do(ctx, http.MethodGet, "/gateways", nil, &out)
+}
+
+// CreateExposure exposes a port of a service (job name, ID or IP) on the gateways.
+func (c *Client) CreateExposure(ctx context.Context, service string, req api.ExposureRequest) (api.Exposure, error) {
+	var out api.Exposure
+	return out, c.do(ctx, http.MethodPost, "/services/"+esc(service)+"/exposures", req, &out)
+}
+
+// DeleteExposure withdraws exposure id ("tcp-8080") of a service.
+func (c *Client) DeleteExposure(ctx context.Context, service, id string) error {
+	return c.do(ctx, http.MethodDelete, "/services/"+esc(service)+"/exposures/"+esc(id), nil, nil)
+}
+
+// Exposures lists every exposure or, with a gateway id, those that gateway serves (its
+// own and those for every gateway).
+func (c *Client) Exposures(ctx context.Context, gateway string) (api.ExposureList, error) {
+	var out api.ExposureList
+	path := "/exposures"
+	if gateway != "" {
+		path += "?gateway=" + url.QueryEscape(gateway)
+	}
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// ServiceExposures lists the exposures of a service.
+func (c *Client) ServiceExposures(ctx context.Context, service string) (api.ExposureList, error) {
+	var out api.ExposureList
+	return out, c.do(ctx, http.MethodGet, "/services/"+esc(service)+"/exposures", nil, &out)
+}
