@@ -165,7 +165,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.dp = datapath.New(datapath.Config{
 		TUN: dev, Bind: conn.NewStdNetBind(), Port: cfg.TunnelPort,
-		Engine:  datapath.NewEngine(n.table, n.flows, services),
+		Engine:  datapath.NewEngine(n.table, n.flows, services, nil),
 		Resolve: n.resolve, Logger: cfg.Logger,
 	})
 	n.wg.Go(func() {

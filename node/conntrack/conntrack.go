@@ -82,6 +82,9 @@ type Config struct {
 	// UnrepliedTimeout caps the timeout of a flow until its first reply: scans, SYN
 	// floods and flows to an instance that has gone quiet give their room back soon.
 	UnrepliedTimeout time.Duration
+	// ClosingTimeout caps the timeout of a flow marked closing (MarkClosing: a TCP FIN
+	// or RST was seen), so finished connections give their room back soon.
+	ClosingTimeout time.Duration
 }
 
 // DefaultConfig returns the defaults:
@@ -98,6 +101,8 @@ type Config struct {
 //     a second or never), other protocols 30 s.
 //   - UnrepliedTimeout 30 s: covers a TCP handshake's first SYN retransmissions (1, 3,
 //     7, 15 s); a later retransmission simply resolves an instance again.
+//   - ClosingTimeout 10 s: Linux's CLOSE state timeout; any packet still refreshes it,
+//     so a half-closed connection that keeps sending lives on.
 func DefaultConfig() Config {
 	return Config{
 		MaxFlows:         65536,
@@ -107,6 +112,7 @@ func DefaultConfig() Config {
 		ICMPTimeout:      10 * time.Second,
 		OtherTimeout:     30 * time.Second,
 		UnrepliedTimeout: 30 * time.Second,
+		ClosingTimeout:   10 * time.Second,
 	}
 }
 
@@ -157,6 +163,7 @@ type Table struct {
 	max              int64
 	timeouts         [4]int64 // TCP, UDP, ICMP, other, in nanoseconds
 	unreplied        int64
+	closing          int64
 	count            atomic.Int64 // entries not yet dead
 	nextSweep        atomic.Int64 // when a full table's Add may sweep again
 	refused, clashes atomic.Uint64
@@ -194,7 +201,9 @@ type entry struct {
 	timeout, unreplied int64
 	lastSeen           atomic.Int64
 	replied            atomic.Bool
+	closing            atomic.Bool // MarkClosing: the timeout is capped at Table.closing
 	dead               atomic.Bool
+	table              *Table // for the closing timeout
 }
 
 func (e *entry) live(n int64) bool {
@@ -204,6 +213,9 @@ func (e *entry) live(n int64) bool {
 	timeout := e.timeout
 	if !e.replied.Load() && e.unreplied < timeout {
 		timeout = e.unreplied
+	}
+	if e.closing.Load() && e.table.closing < timeout {
+		timeout = e.table.closing
 	}
 	return n-e.lastSeen.Load() < timeout
 }
@@ -234,7 +246,8 @@ func New(cfg Config) (*Table, error) {
 		p   *time.Duration
 		def time.Duration
 	}{{&cfg.TCPTimeout, d.TCPTimeout}, {&cfg.UDPTimeout, d.UDPTimeout}, {&cfg.ICMPTimeout, d.ICMPTimeout},
-		{&cfg.OtherTimeout, d.OtherTimeout}, {&cfg.UnrepliedTimeout, d.UnrepliedTimeout}} {
+		{&cfg.OtherTimeout, d.OtherTimeout}, {&cfg.UnrepliedTimeout, d.UnrepliedTimeout},
+		{&cfg.ClosingTimeout, d.ClosingTimeout}} {
 		if *f.p == 0 {
 			*f.p = f.def
 		}
@@ -257,6 +270,7 @@ func New(cfg Config) (*Table, error) {
 		max:        int64(cfg.MaxFlows),
 		timeouts:   [4]int64{int64(cfg.TCPTimeout), int64(cfg.UDPTimeout), int64(cfg.ICMPTimeout), int64(cfg.OtherTimeout)},
 		unreplied:  int64(cfg.UnrepliedTimeout),
+		closing:    int64(cfg.ClosingTimeout),
 	}
 	for i := range t.shards {
 		for d := range t.shards[i].idx {
@@ -312,13 +326,10 @@ func (t *Table) shardOf(h uint64) *shard { return &t.shards[h>>t.shardShift] }
 // packet is rewritten to. ok is false when the flow is unknown, expired or forgotten: the
 // caller resolves an instance and calls Add. A hit counts as activity.
 func (t *Table) Outbound(orig Tuple, now time.Time) (rewritten Tuple, ok bool) {
-	h := t.hash(&orig)
-	e := get(t.shardOf(h).idx[byOrig].Load(), &orig, h, byOrig, t.tomb)
-	n := t.since(now)
-	if e == nil || !e.live(n) {
+	e := t.lookup(byOrig, &orig, now)
+	if e == nil {
 		return Tuple{}, false
 	}
-	e.touch(n)
 	return e.rewritten, true
 }
 
@@ -326,17 +337,46 @@ func (t *Table) Outbound(orig Tuple, now time.Time) (rewritten Tuple, ok bool) {
 // Add) and returns the tuple to give the reply (orig reversed: ServiceIP:port -> sender's
 // NamespaceIP:port), so the sender sees the Service IP it dialled. A hit counts as activity and marks the flow answered.
 func (t *Table) Reply(reply Tuple, now time.Time) (restored Tuple, ok bool) {
-	h := t.hash(&reply)
-	e := get(t.shardOf(h).idx[byReply].Load(), &reply, h, byReply, t.tomb)
-	n := t.since(now)
-	if e == nil || !e.live(n) {
-		return Tuple{}, false
+	restored, _, ok = t.ReplyFlow(reply, now)
+	return restored, ok
+}
+
+// ReplyFlow is Reply that also returns the flow's rewritten tuple, for a caller that
+// checks which flow the reply belongs to (the gateway's NAPT).
+func (t *Table) ReplyFlow(reply Tuple, now time.Time) (restored, rewritten Tuple, ok bool) {
+	e := t.lookup(byReply, &reply, now)
+	if e == nil {
+		return Tuple{}, Tuple{}, false
 	}
-	e.touch(n)
 	if !e.replied.Load() {
 		e.replied.Store(true)
 	}
-	return e.key[byOrig].Reverse(), true
+	return e.key[byOrig].Reverse(), e.rewritten, true
+}
+
+// MarkClosing caps the idle timeout of the flow whose packets carry key (orig when
+// reply is false, the reply tuple when true) at ClosingTimeout: the caller saw it end
+// (a TCP FIN or RST). It does nothing for an unknown flow.
+func (t *Table) MarkClosing(key Tuple, reply bool, now time.Time) {
+	d := byOrig
+	if reply {
+		d = byReply
+	}
+	if e := t.lookup(d, &key, now); e != nil && !e.closing.Load() {
+		e.closing.Store(true)
+	}
+}
+
+// lookup returns the live entry under key in index d, touched, or nil.
+func (t *Table) lookup(d int, key *Tuple, now time.Time) *entry {
+	h := t.hash(key)
+	e := get(t.shardOf(h).idx[d].Load(), key, h, d, t.tomb)
+	n := t.since(now)
+	if e == nil || !e.live(n) {
+		return nil
+	}
+	e.touch(n)
+	return e
 }
 
 // Add records that packets of orig are rewritten to rewritten and that their replies
@@ -404,7 +444,7 @@ func (t *Table) add(orig, rewritten, rk Tuple, n int64) (Tuple, error) {
 	if !t.reserve() {
 		return Tuple{}, ErrTableFull
 	}
-	e := &entry{key: [2]Tuple{orig, rk}, rewritten: rewritten, timeout: t.timeout(orig.Proto), unreplied: t.unreplied}
+	e := &entry{key: [2]Tuple{orig, rk}, rewritten: rewritten, timeout: t.timeout(orig.Proto), unreplied: t.unreplied, table: t}
 	e.lastSeen.Store(n)
 	t.put(so, byOrig, e, ho)
 	t.put(sr, byReply, e, hr)

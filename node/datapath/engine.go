@@ -60,11 +60,17 @@ const (
 	ReasonUnresolved
 	// Rewrite: the packet could not be rewritten (a truncated transport header).
 	ReasonRewrite
+	// NoExposure: a gateway packet for a public port (and protocol, and family) that no
+	// exposure serves: the exposure was removed, or the packet is not TCP or UDP.
+	ReasonNoExposure
+	// NoGatewayFlow: a packet for the gateway's own address that answers none of its
+	// flows (expired, or not sent by the flow's target).
+	ReasonNoGatewayFlow
 	reasonCount
 )
 
 var reasonNames = [reasonCount]string{"none", "malformed", "not_service", "unknown_sender", "no_instance",
-	"flow_refused", "not_local", "fragment", "unresolved", "rewrite"}
+	"flow_refused", "not_local", "fragment", "unresolved", "rewrite", "no_exposure", "no_gateway_flow"}
 
 func (r Reason) String() string {
 	if r < reasonCount {
@@ -88,12 +94,14 @@ type Engine struct {
 	services []netip.Prefix
 	outFrags *fragments
 	inFrags  *fragments
+	gateway  *Gateway // nil on an ordinary node
 }
 
 // NewEngine returns an engine resolving through tbl and tracking flows in flows;
-// services are the ranges routed into the TUN (Service and Instance IPs).
-func NewEngine(tbl *table.Table, flows *conntrack.Table, services []netip.Prefix) *Engine {
-	return &Engine{table: tbl, flows: flows, services: services, outFrags: newFragments(), inFrags: newFragments()}
+// services are the ranges routed into the TUN (Service and Instance IPs). gw is the
+// gateway's NAPT on a gateway node, nil elsewhere.
+func NewEngine(tbl *table.Table, flows *conntrack.Table, services []netip.Prefix, gw *Gateway) *Engine {
+	return &Engine{table: tbl, flows: flows, services: services, outFrags: newFragments(), inFrags: newFragments(), gateway: gw}
 }
 
 func (e *Engine) isService(a netip.Addr) bool {
@@ -110,8 +118,14 @@ func drop(r Reason) Result { return Result{Verdict: Drop, Reason: r} }
 // Outbound translates a packet a local instance sent into the TUN: its destination is
 // a Service or Instance IP. It picks the instance (an established flow keeps its own),
 // rewrites src -> the sender's Instance IP and dst -> the chosen Namespace IP, and says
-// where the packet goes.
+// where the packet goes. On a gateway, a client's packet for the internal address first
+// becomes the gateway's own flow to the exposed service (Gateway.forward).
 func (e *Engine) Outbound(p *packet.Parsed, now time.Time) Result {
+	if e.gateway != nil && e.gateway.isInternal(p.Dst) {
+		if r := e.gateway.forward(p, now); r != ReasonNone {
+			return drop(r)
+		}
+	}
 	if !e.isService(p.Dst) {
 		return drop(ReasonNotService)
 	}
@@ -209,16 +223,17 @@ func (e *Engine) Inbound(p *packet.Parsed, now time.Time) Result {
 		if f, ok := e.inFrags.get(fragKeyOf(p), now); ok && p.SetSrc(f.src) != nil {
 			return drop(ReasonRewrite)
 		}
-		return deliver
+		// For the gateway, its own fragment memory decides.
+		return e.toGateway(p, true, now)
 	}
 	sport, dport, ok := p.FlowPorts()
 	if !ok {
-		return deliver
+		return e.toGateway(p, false, now)
 	}
 	reply := conntrack.Tuple{Src: p.Src, Dst: p.Dst, SrcPort: sport, DstPort: dport, Proto: uint8(p.Proto)}
 	restored, ok := e.flows.Reply(reply, now)
 	if !ok || restored.Src == p.Src {
-		return deliver
+		return e.toGateway(p, ok, now)
 	}
 	key := fragKeyOf(p)
 	if p.SetSrc(restored.Src) != nil {
@@ -227,7 +242,23 @@ func (e *Engine) Inbound(p *packet.Parsed, now time.Time) Result {
 	if p.IsFragment() {
 		e.inFrags.put(key, fragment{src: restored.Src, result: deliver}, now)
 	}
-	return deliver
+	return e.toGateway(p, true, now)
+}
+
+// toGateway finishes an inbound packet: one for the gateway's own address must answer a
+// flow it opened (replied) and goes on to its client (Gateway.reverse); any other is
+// delivered to the local instance it is for.
+func (e *Engine) toGateway(p *packet.Parsed, replied bool, now time.Time) Result {
+	if e.gateway == nil || !e.gateway.isSelf(p.Dst) {
+		return Result{Verdict: Deliver}
+	}
+	if !replied {
+		return drop(ReasonNoGatewayFlow)
+	}
+	if r := e.gateway.reverse(p, now); r != ReasonNone {
+		return drop(r)
+	}
+	return Result{Verdict: Deliver}
 }
 
 // Sweep ends idle flows and fragment records; the node calls it every few seconds.
@@ -235,6 +266,9 @@ func (e *Engine) Sweep(now time.Time) {
 	e.flows.Sweep(now)
 	e.outFrags.sweep(now)
 	e.inFrags.sweep(now)
+	if e.gateway != nil {
+		e.gateway.Sweep(now)
+	}
 }
 
 // Flows is the connection tracking table (for metrics and Forget).

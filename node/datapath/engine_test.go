@@ -71,7 +71,7 @@ func newTestEngine(t testing.TB) *Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewEngine(tbl, flows, []netip.Prefix{netip.MustParsePrefix("10.30.0.0/16"), netip.MustParsePrefix("fdff::/16")})
+	return NewEngine(tbl, flows, []netip.Prefix{netip.MustParsePrefix("10.30.0.0/16"), netip.MustParsePrefix("fdff::/16")}, nil)
 }
 
 func tcp4(src, dst string, sport, dport uint16) []byte {
