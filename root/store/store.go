@@ -1,14 +1,15 @@
 // Package store defines what root persists: clusters, services, instances, worker subnets,
-// address leases, cluster interests and the change log, behind one interface with two
-// backends (bolt: embedded, the default; mongo: MongoDB for replicated deployments).
+// address leases, cluster interests, gateways, exposures and the change log, behind one
+// interface with two backends (bolt: embedded, the default; mongo: MongoDB for
+// replicated deployments).
 //
 // The store is the authority on address uniqueness. The in-memory allocators in root only
 // propose addresses; a create succeeds only if the store can claim every address as a
 // lease at the same time, so two root processes sharing one MongoDB can never hand out the
 // same address, and a restart rebuilds the allocators from the leases (ListLeases).
 //
-// Every mutation of a service or instance gets a revision from one monotonically
-// increasing counter and a Change in the log, which is what clusters follow.
+// Every mutation of a service, instance, gateway or exposure gets a revision from one
+// monotonically increasing counter and a Change in the log, which is what clusters follow.
 package store
 
 import (
@@ -16,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/semnet/semnet/shared/geo"
@@ -154,10 +156,51 @@ type Subnet struct {
 	CreatedAt time.Time    `json:"created_at"`
 }
 
+// Gateway is a registered gateway node: its public addresses and the instance of the
+// system gateway service (api.GatewayJobName) that gives it its Instance IPs and holds
+// its placement.
+type Gateway struct {
+	ID             string     `json:"id"` // the node's worker id
+	ClusterID      string     `json:"cluster_id"`
+	PublicV4       netip.Addr `json:"public_v4"` // zero when the gateway has none
+	PublicV6       netip.Addr `json:"public_v6"`
+	InstanceNumber int        `json:"instance_number"`
+	CreatedAt      time.Time  `json:"created_at"`
+	UpdatedAt      time.Time  `json:"updated_at"`
+	Revision       uint64     `json:"revision"`
+}
+
+// Exposure is a service port exposed on the gateways' public addresses. Its ID,
+// "<protocol>-<public_port>", is what makes a public port unique per protocol across
+// the platform.
+type Exposure struct {
+	ID          string `json:"id"`
+	ServiceID   string `json:"service_id"`
+	JobName     string `json:"job_name"` // set by the store from the service
+	Protocol    string `json:"protocol"`
+	PublicPort  int    `json:"public_port"`
+	ServicePort int    `json:"service_port"`
+	Policy      string `json:"policy"`
+	// InstanceNumber is the targeted instance for the instance policy, else -1.
+	InstanceNumber int `json:"instance_number"`
+	// Gateway is the one gateway serving the exposure; "" means every gateway.
+	Gateway   string    `json:"gateway"`
+	Target    AddrPair  `json:"target"` // the address pair the policy picked
+	CreatedAt time.Time `json:"created_at"`
+	Revision  uint64    `json:"revision"`
+}
+
+// ExposureID is the ID of the exposure of a protocol's public port.
+func ExposureID(protocol string, publicPort int) string {
+	return protocol + "-" + strconv.Itoa(publicPort)
+}
+
 // Change kinds and operations.
 const (
 	KindService  = "service"
 	KindInstance = "instance"
+	KindGateway  = "gateway"
+	KindExposure = "exposure"
 	OpPut        = "put"
 	OpDelete     = "delete"
 )
@@ -165,13 +208,15 @@ const (
 // Change is one entry of the change log. It names what changed, not the new state:
 // readers fetch the current state, so a reader that is behind converges in one read.
 type Change struct {
-	Revision  uint64    `json:"revision"`
-	Kind      string    `json:"kind"`
-	Op        string    `json:"op"`
-	ServiceID string    `json:"service_id"`
-	JobName   string    `json:"job_name"`
-	Instance  int       `json:"instance"` // -1 for service-level changes
-	Time      time.Time `json:"time"`
+	Revision  uint64 `json:"revision"`
+	Kind      string `json:"kind"`
+	Op        string `json:"op"`
+	ServiceID string `json:"service_id"` // of an exposure change: the exposed service
+	JobName   string `json:"job_name"`
+	Instance  int    `json:"instance"` // -1 for service-level, gateway and exposure changes
+	// Object is the gateway's ID (KindGateway) or the exposure's ID (KindExposure).
+	Object string    `json:"object,omitempty"`
+	Time   time.Time `json:"time"`
 }
 
 // Options configure a backend.
@@ -209,8 +254,10 @@ type Store interface {
 	// ListServices returns up to limit services with ID > after, ordered by ID.
 	ListServices(ctx context.Context, after string, limit int) ([]Service, error)
 	// DeleteService removes a service and releases its addresses into quarantine.
-	// ErrHasInstances while it has instances, unless force, which deletes them too
-	// (one instance delete change each, then the service delete change).
+	// ErrHasInstances while it has instances, unless force, which deletes them too.
+	// Its exposures are deleted with it, forced or not: they mean nothing without the
+	// service. Each deleted exposure and instance logs its delete change, then the
+	// service its own.
 	DeleteService(ctx context.Context, id string, force bool) error
 
 	// CreateInstance stores in and claims its Instance IP pair. ErrNotFound if the service
@@ -246,6 +293,28 @@ type Store interface {
 	InterestedClusters(ctx context.Context, serviceID string) ([]string, error)
 	// Interests lists the services a cluster is interested in, ordered by ID.
 	Interests(ctx context.Context, clusterID string) ([]string, error)
+
+	// PutGateway creates or replaces a gateway (keyed by ID) with a new revision, which
+	// it assigns and returns, and logs a gateway put.
+	PutGateway(ctx context.Context, g Gateway) (Gateway, error)
+	GetGateway(ctx context.Context, id string) (Gateway, error)
+	// ListGateways returns every gateway, ordered by ID.
+	ListGateways(ctx context.Context) ([]Gateway, error)
+	// DeleteGateway removes a gateway and logs a gateway delete. It does not touch the
+	// gateway's instance or exposures: that is the caller's business.
+	DeleteGateway(ctx context.Context, id string) error
+
+	// CreateExposure stores e, setting its JobName from its service, and logs an
+	// exposure put. ErrAlreadyExists if the ID (protocol and public port) is taken,
+	// ErrNotFound if the service does not exist; an exposure never survives its
+	// service's deletion, even one racing it. Assigns and returns e.Revision.
+	CreateExposure(ctx context.Context, e Exposure) (Exposure, error)
+	GetExposure(ctx context.Context, id string) (Exposure, error)
+	// ListExposures returns the exposures of a service ("" for every service), ordered
+	// by ID.
+	ListExposures(ctx context.Context, serviceID string) ([]Exposure, error)
+	// DeleteExposure removes an exposure and logs an exposure delete.
+	DeleteExposure(ctx context.Context, id string) error
 
 	// Changes returns up to limit changes with Revision > since, in revision order, with no
 	// gaps: a change is returned only once every lower revision is readable (or was

@@ -1,7 +1,8 @@
 // Package bolt is the embedded store, root's default: one bbolt file, no server to run.
 //
 // Records are JSON values in buckets; the secondary indexes (job name → service ID,
-// address → lease, instances by (service ID, number), interests both ways) are buckets
+// address → lease, instances by (service ID, number), interests both ways, exposures
+// by service) are buckets
 // too, kept in step with the records inside the same transaction. Every mutation is one
 // bbolt read-write transaction that writes the record, its leases, its change log entry
 // and the revision counter (the change bucket's sequence) together, so a crash leaves
@@ -49,13 +50,17 @@ const (
 	bucketInterests   = "interests"    // cluster ID 0 service ID → nothing
 	bucketInterestsBy = "interests_by" // service ID 0 cluster ID → nothing
 	bucketChanges     = "changes"      // revision uint64 BE → Change JSON; its sequence is the revision counter
+	bucketGateways    = "gateways"     // gateway ID → Gateway JSON
+	bucketExposures   = "exposures"    // exposure ID → Exposure JSON
+	bucketExposuresBy = "exposures_by" // service ID 0 exposure ID → nothing
 
 	keyCompacted = "compacted"
 )
 
 func allBuckets() []string {
 	return []string{bucketMeta, bucketClusters, bucketServices, bucketJobs, bucketInstances,
-		bucketLeases, bucketSubnets, bucketInterests, bucketInterestsBy, bucketChanges}
+		bucketLeases, bucketSubnets, bucketInterests, bucketInterestsBy, bucketChanges,
+		bucketGateways, bucketExposures, bucketExposuresBy}
 }
 
 // bk returns a bucket Open created.

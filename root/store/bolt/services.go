@@ -150,8 +150,8 @@ func (s *Store) ListServices(ctx context.Context, after string, limit int) ([]st
 	return out, nil
 }
 
-// DeleteService removes the service (and with force its instances), releasing their
-// addresses into quarantine, in one transaction.
+// DeleteService removes the service, its exposures and with force its instances,
+// releasing their addresses into quarantine, in one transaction.
 func (s *Store) DeleteService(ctx context.Context, id string, force bool) error {
 	err := s.update(ctx, func(tx *bbolt.Tx) error {
 		sv, err := getService(tx, id)
@@ -171,7 +171,16 @@ func (s *Store) DeleteService(ctx context.Context, id string, force bool) error 
 			}
 			ins = append(ins, in)
 		}
+		exs, err := serviceExposures(tx, id)
+		if err != nil {
+			return err
+		}
 		now := s.nowUTC()
+		for _, e := range exs {
+			if err := deleteExposure(tx, e, now); err != nil {
+				return err
+			}
+		}
 		for _, in := range ins {
 			if err := s.deleteInstance(tx, sv, in, now); err != nil {
 				return err

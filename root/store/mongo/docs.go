@@ -175,6 +175,7 @@ type changeDoc struct {
 	ServiceID string    `bson:"service_id,omitempty"`
 	JobName   string    `bson:"job_name,omitempty"`
 	Instance  int       `bson:"instance"`
+	Object    string    `bson:"object,omitempty"`
 	Time      time.Time `bson:"time"`
 	// Void marks a revision that was reserved but not used (the write failed); readers
 	// skip it.
@@ -189,7 +190,7 @@ type reservationDoc struct {
 
 func (d changeDoc) change() store.Change {
 	return store.Change{Revision: uint64(d.Rev), Kind: d.Kind, Op: d.Op, ServiceID: d.ServiceID,
-		JobName: d.JobName, Instance: d.Instance, Time: ms(d.Time)}
+		JobName: d.JobName, Instance: d.Instance, Object: d.Object, Time: ms(d.Time)}
 }
 
 // Documents in meta.
@@ -212,4 +213,56 @@ type lockDoc struct {
 type ticketDoc struct {
 	ID string    `bson:"_id"`
 	At time.Time `bson:"at"`
+}
+
+type gatewayDoc struct {
+	ID             string    `bson:"_id"`
+	ClusterID      string    `bson:"cluster_id"`
+	PublicV4       string    `bson:"public_v4"`
+	PublicV6       string    `bson:"public_v6"`
+	InstanceNumber int       `bson:"instance_number"`
+	CreatedAt      time.Time `bson:"created_at"`
+	UpdatedAt      time.Time `bson:"updated_at"`
+	Revision       int64     `bson:"revision"`
+}
+
+func toGatewayDoc(g store.Gateway) gatewayDoc {
+	return gatewayDoc{ID: g.ID, ClusterID: g.ClusterID, PublicV4: addrString(g.PublicV4), PublicV6: addrString(g.PublicV6),
+		InstanceNumber: g.InstanceNumber, CreatedAt: g.CreatedAt, UpdatedAt: g.UpdatedAt, Revision: int64(g.Revision)}
+}
+
+func (d gatewayDoc) gateway() (store.Gateway, error) {
+	var p parser
+	g := store.Gateway{ID: d.ID, ClusterID: d.ClusterID, PublicV4: p.addr(d.PublicV4), PublicV6: p.addr(d.PublicV6),
+		InstanceNumber: d.InstanceNumber, CreatedAt: ms(d.CreatedAt), UpdatedAt: ms(d.UpdatedAt), Revision: uint64(d.Revision)}
+	return g, p.err
+}
+
+type exposureDoc struct {
+	ID             string    `bson:"_id"` // "<protocol>-<public_port>": one exposure per public port and protocol
+	ServiceID      string    `bson:"service_id"`
+	JobName        string    `bson:"job_name"`
+	Protocol       string    `bson:"protocol"`
+	PublicPort     int       `bson:"public_port"`
+	ServicePort    int       `bson:"service_port"`
+	Policy         string    `bson:"policy"`
+	InstanceNumber int       `bson:"instance_number"`
+	Gateway        string    `bson:"gateway"`
+	Target         pairDoc   `bson:"target"`
+	CreatedAt      time.Time `bson:"created_at"`
+	Revision       int64     `bson:"revision"`
+}
+
+func toExposureDoc(e store.Exposure) exposureDoc {
+	return exposureDoc{ID: e.ID, ServiceID: e.ServiceID, JobName: e.JobName, Protocol: e.Protocol, PublicPort: e.PublicPort,
+		ServicePort: e.ServicePort, Policy: e.Policy, InstanceNumber: e.InstanceNumber, Gateway: e.Gateway,
+		Target: toPair(e.Target), CreatedAt: e.CreatedAt, Revision: int64(e.Revision)}
+}
+
+func (d exposureDoc) exposure() (store.Exposure, error) {
+	var p parser
+	e := store.Exposure{ID: d.ID, ServiceID: d.ServiceID, JobName: d.JobName, Protocol: d.Protocol, PublicPort: d.PublicPort,
+		ServicePort: d.ServicePort, Policy: d.Policy, InstanceNumber: d.InstanceNumber, Gateway: d.Gateway,
+		Target: p.pair(d.Target), CreatedAt: ms(d.CreatedAt), Revision: uint64(d.Revision)}
+	return e, p.err
 }

@@ -38,26 +38,9 @@ func (s *Store) createInstance(ctx context.Context, in store.Instance) (store.In
 		loc := *in.Location
 		in.Location = &loc
 	}
-	// gone reports whether the service was deleted or a DeleteService holds its lock.
-	gone := func() (bool, error) {
-		if locked, err := s.locked(ctx, serviceLock(in.ServiceID)); err != nil || locked {
-			return locked, err
-		}
-		_, err := s.getService(ctx, bson.D{{Key: "_id", Value: in.ServiceID}})
-		if errors.Is(err, store.ErrNotFound) {
-			return true, nil
-		}
-		return false, err
-	}
-	sv, err := s.getService(ctx, bson.D{{Key: "_id", Value: in.ServiceID}})
-	if err == nil {
-		var locked bool
-		if locked, err = s.locked(ctx, serviceLock(in.ServiceID)); err == nil && locked {
-			err = store.ErrNotFound
-		}
-	}
+	sv, err := s.liveService(ctx, in.ServiceID)
 	if err != nil {
-		return store.Instance{}, fmt.Errorf("service %s: %w", in.ServiceID, err)
+		return store.Instance{}, err
 	}
 	id := instanceID(in.ServiceID, in.Number)
 	token := primitive.NewObjectID()
@@ -93,7 +76,7 @@ func (s *Store) createInstance(ctx context.Context, in store.Instance) (store.In
 	}
 	// A DeleteService that took the service's lock before this point either lists
 	// this instance (it lists after locking) or is seen here; never neither.
-	if deleted, err := gone(); err != nil || deleted {
+	if deleted, err := s.serviceGone(ctx, in.ServiceID); err != nil || deleted {
 		if err == nil {
 			cctx, cancel := detached(ctx)
 			defer cancel()

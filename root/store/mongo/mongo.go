@@ -22,8 +22,12 @@
 //     as _id, inserted by the holder and deleted on unlock. A lock older than 30 s is
 //     taken for dead and broken by one waiter (again chosen by a ticket insert). The
 //     update is also conditional on the revision read, which on MongoDB is atomic.
-//   - DeleteService holds the service's lock; CreateInstance checks for it after
-//     inserting the instance, so no instance survives under a deleted service.
+//   - DeleteService holds the service's lock; CreateInstance and CreateExposure check
+//     for it after inserting, so no instance or exposure survives under a deleted
+//     service.
+//   - A public port is unique per protocol because it is the exposure's _id. Gateways
+//     are replaced whole by _id (last writer wins: root serialises the registrations of
+//     one gateway).
 //
 // Unique indexes on job names, (service, instance number) and every address field of
 // services and instances back this up. FerretDB v1 serves only filters of the form
@@ -95,6 +99,7 @@ type Store struct {
 	db     *mongo.Database
 
 	services, instances, leases, subnets, clusters, interests, changes, revisions, meta, locks, tickets *mongo.Collection
+	gateways, exposures                                                                                 *mongo.Collection
 
 	now        func() time.Time
 	quarantine time.Duration
@@ -143,6 +148,7 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 		clusters: db.Collection("clusters"), interests: db.Collection("interests"),
 		changes: db.Collection("changes"), revisions: db.Collection("revisions"), meta: db.Collection("meta"),
 		locks: db.Collection("locks"), tickets: db.Collection("tickets"),
+		gateways: db.Collection("gateways"), exposures: db.Collection("exposures"),
 		now: opt.Now, quarantine: opt.Quarantine, grace: opt.OrphanGrace, abandon: opt.AbandonAfter,
 		gaps: map[uint64]time.Time{},
 	}

@@ -92,8 +92,8 @@ func TestMigrate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Migrate again: %v", err)
 	}
-	if v1 != 1 || v2 != v1 {
-		t.Fatalf("versions %d then %d, want 1 both times", v1, v2)
+	if v1 != 2 || v2 != v1 {
+		t.Fatalf("versions %d then %d, want 2 both times", v1, v2)
 	}
 	c := rawClient(t, uri)
 	want := map[string]map[string]bool{ // collection → index name → unique
@@ -102,6 +102,7 @@ func TestMigrate(t *testing.T) {
 		"subnets":   {"v6_unique": true},
 		"interests": {"cluster_id_service_id_unique": true, "service_id_cluster_id": false},
 		"leases":    {"released_at": false},
+		"exposures": {"service_id": false},
 	}
 	for coll, idx := range want {
 		specs, err := c.Database(db).Collection(coll).Indexes().ListSpecifications(ctx)
@@ -123,18 +124,20 @@ func TestMigrate(t *testing.T) {
 	s := open(t, uri, db, mongo.Options{})
 	s.Close()
 
-	// The down migration undoes the up (run by hand: Migrate only goes up).
-	down, err := migrations.FS.ReadFile("1_init.down.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cmds []bson.D
-	if err := bson.UnmarshalExtJSON(down, true, &cmds); err != nil {
-		t.Fatalf("1_init.down.json: %v", err)
-	}
-	for _, cmd := range cmds {
-		if err := c.Database(db).RunCommand(ctx, cmd).Err(); err != nil {
-			t.Fatalf("down %v: %v", cmd, err)
+	// The down migrations undo the ups (run by hand, newest first: Migrate only goes up).
+	for _, name := range []string{"2_gateways.down.json", "1_init.down.json"} {
+		down, err := migrations.FS.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cmds []bson.D
+		if err := bson.UnmarshalExtJSON(down, true, &cmds); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, cmd := range cmds {
+			if err := c.Database(db).RunCommand(ctx, cmd).Err(); err != nil {
+				t.Fatalf("%s: down %v: %v", name, cmd, err)
+			}
 		}
 	}
 	for coll := range want {

@@ -158,13 +158,44 @@ func (s *Store) ListServices(ctx context.Context, after string, limit int) ([]st
 	return out, nil
 }
 
-// serviceLock is the lock DeleteService holds; CreateInstance refuses a service while
-// it is held.
+// serviceLock is the lock DeleteService holds; CreateInstance and CreateExposure refuse
+// a service while it is held.
 func serviceLock(id string) string { return "service " + id }
 
-// DeleteService marks the service as being deleted (so no instance can be created
-// under it from now on), deletes its instances if forced, then the service, releasing
-// every address into quarantine.
+// liveService returns the service a create is about to insert under: ErrNotFound if it
+// does not exist or a DeleteService holds its lock.
+func (s *Store) liveService(ctx context.Context, id string) (serviceDoc, error) {
+	d, err := s.getService(ctx, bson.D{{Key: "_id", Value: id}})
+	if err == nil {
+		var locked bool
+		if locked, err = s.locked(ctx, serviceLock(id)); err == nil && locked {
+			err = store.ErrNotFound
+		}
+	}
+	if err != nil {
+		return serviceDoc{}, fmt.Errorf("service %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// serviceGone reports whether the service was deleted or a DeleteService holds its
+// lock: a create checks it again after inserting its record, and removes the record if
+// so. A DeleteService that took the lock before that check either lists the record (it
+// lists after locking) or is seen by the check; never neither.
+func (s *Store) serviceGone(ctx context.Context, id string) (bool, error) {
+	if locked, err := s.locked(ctx, serviceLock(id)); err != nil || locked {
+		return locked, err
+	}
+	_, err := s.getService(ctx, bson.D{{Key: "_id", Value: id}})
+	if errors.Is(err, store.ErrNotFound) {
+		return true, nil
+	}
+	return false, err
+}
+
+// DeleteService marks the service as being deleted (so no instance or exposure can be
+// created under it from now on), deletes its exposures, its instances if forced, then
+// the service, releasing every address into quarantine.
 func (s *Store) DeleteService(ctx context.Context, id string, force bool) error {
 	if err := s.deleteService(ctx, id, force); err != nil {
 		return fmt.Errorf("mongo: delete service %s: %w", id, err)
@@ -195,6 +226,17 @@ func (s *Store) deleteService(ctx context.Context, id string, force bool) error 
 	}
 	if len(ins) > 0 && !force {
 		return fmt.Errorf("service %s: %w", d.JobName, store.ErrHasInstances)
+	}
+	// Exposures go with the service, forced or not; like instances, none can be added
+	// while the lock is held.
+	exs, err := s.exposureDocs(ctx, bson.D{{Key: "service_id", Value: id}})
+	if err != nil {
+		return err
+	}
+	for _, e := range exs {
+		if err := s.deleteExposure(ctx, e); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
 	}
 	for _, in := range ins {
 		if err := s.deleteInstance(ctx, in.ServiceID, in.Number); err != nil && !errors.Is(err, store.ErrNotFound) {

@@ -32,6 +32,10 @@ func Durability(t *testing.T, open func(opt store.Options) store.Store) {
 	cl := store.Cluster{ID: "c1", Name: "one", Address: "10.0.0.1", Port: 10000, CreatedAt: clock.Now()}
 	noErr(t, "PutCluster", h.PutCluster(h.ctx, cl))
 	noErr(t, "AddInterest", h.AddInterest(h.ctx, "c1", "web"))
+	gw, err := h.PutGateway(h.ctx, h.gateway("gw1", 0))
+	noErr(t, "PutGateway", err)
+	ex, err := h.CreateExposure(h.ctx, h.exposure("web", "tcp", 8080))
+	noErr(t, "CreateExposure", err)
 	rev := h.revision(t)
 	changes := h.changesSince(t, 0)
 	noErr(t, "Close", h.Close())
@@ -57,6 +61,12 @@ func Durability(t *testing.T, open func(opt store.Options) store.Store) {
 	interested, err := h.InterestedClusters(h.ctx, "web")
 	noErr(t, "InterestedClusters after reopen", err)
 	equal(t, "interests after reopen", interested, []string{"c1"})
+	gotGw, err := h.GetGateway(h.ctx, "gw1")
+	noErr(t, "GetGateway after reopen", err)
+	equal(t, "gateway after reopen", gotGw, gw)
+	gotEx, err := h.GetExposure(h.ctx, ex.ID)
+	noErr(t, "GetExposure after reopen", err)
+	equal(t, "exposure after reopen", gotEx, ex)
 	gotChanges := h.changesSince(t, 0)
 	equal(t, "change count after reopen", len(gotChanges), len(changes))
 	for i := range changes {

@@ -48,6 +48,10 @@ func Run(t *testing.T, open func(t *testing.T, opt store.Options) store.Store) {
 		{"ConcurrentSameAddress", testConcurrentSameAddress},
 		{"ConcurrentTakeover", testConcurrentTakeover},
 		{"ConcurrentCreates", testConcurrentCreates},
+		{"Gateways", testGateways},
+		{"Exposures", testExposures},
+		{"DeleteServiceWithExposures", testDeleteServiceWithExposures},
+		{"ConcurrentExposures", testConcurrentExposures},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,6 +94,20 @@ func (h *harness) service(id string) store.Service {
 func (h *harness) instance(serviceID string, number int) store.Instance {
 	return store.Instance{ServiceID: serviceID, Number: number, IP: h.pair(),
 		Status: store.StatusScheduled, UpdatedAt: h.clock.Now()}
+}
+
+// gateway returns a gateway record named id using instance number n of the gateway
+// service (the store does not check that the instance exists).
+func (h *harness) gateway(id string, n int) store.Gateway {
+	return store.Gateway{ID: id, ClusterID: "c1", PublicV4: h.addr4(), PublicV6: h.addr6(), InstanceNumber: n,
+		CreatedAt: h.clock.Now(), UpdatedAt: h.clock.Now()}
+}
+
+// exposure returns an exposure of a service's port 80 on publicPort, for every gateway.
+func (h *harness) exposure(serviceID, protocol string, publicPort int) store.Exposure {
+	return store.Exposure{ID: store.ExposureID(protocol, publicPort), ServiceID: serviceID, Protocol: protocol,
+		PublicPort: publicPort, ServicePort: 80, Policy: "round_robin", InstanceNumber: -1, Target: h.pair(),
+		CreatedAt: h.clock.Now()}
 }
 
 func (h *harness) mustService(t *testing.T, id string) store.Service {
@@ -230,30 +248,24 @@ func normalize(v any) any {
 	case store.Change:
 		v.Time = utc(v.Time)
 		return v
+	case store.Gateway:
+		v.CreatedAt, v.UpdatedAt = utc(v.CreatedAt), utc(v.UpdatedAt)
+		return v
+	case store.Exposure:
+		v.CreatedAt = utc(v.CreatedAt)
+		return v
+	case []store.Gateway:
+		return normalizeAll(v)
+	case []store.Exposure:
+		return normalizeAll(v)
 	case []store.Service:
-		out := make([]any, len(v))
-		for i := range v {
-			out[i] = normalize(v[i])
-		}
-		return out
+		return normalizeAll(v)
 	case []store.Instance:
-		out := make([]any, len(v))
-		for i := range v {
-			out[i] = normalize(v[i])
-		}
-		return out
+		return normalizeAll(v)
 	case []store.Cluster:
-		out := make([]any, len(v))
-		for i := range v {
-			out[i] = normalize(v[i])
-		}
-		return out
+		return normalizeAll(v)
 	case []store.Subnet:
-		out := make([]any, len(v))
-		for i := range v {
-			out[i] = normalize(v[i])
-		}
-		return out
+		return normalizeAll(v)
 	case []string:
 		if len(v) == 0 {
 			return []string(nil)
@@ -261,6 +273,14 @@ func normalize(v any) any {
 		return v
 	}
 	return v
+}
+
+func normalizeAll[T any](v []T) []any {
+	out := make([]any, len(v))
+	for i := range v {
+		out[i] = normalize(v[i])
+	}
+	return out
 }
 
 func ids(ss []store.Service) []string {
@@ -274,7 +294,7 @@ func ids(ss []store.Service) []string {
 func describe(cs []store.Change) string {
 	s := ""
 	for _, c := range cs {
-		s += fmt.Sprintf("\n  %d %s %s %s %s %d", c.Revision, c.Kind, c.Op, c.ServiceID, c.JobName, c.Instance)
+		s += fmt.Sprintf("\n  %d %s %s %s %s %d %s", c.Revision, c.Kind, c.Op, c.ServiceID, c.JobName, c.Instance, c.Object)
 	}
 	return s
 }
