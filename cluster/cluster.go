@@ -28,6 +28,7 @@ import (
 	"github.com/semnet/semnet/cluster/broker"
 	"github.com/semnet/semnet/cluster/cache"
 	redicache "github.com/semnet/semnet/cluster/cache/redis"
+	"github.com/semnet/semnet/cluster/gateways"
 	"github.com/semnet/semnet/cluster/nodes"
 	"github.com/semnet/semnet/cluster/refapi"
 	"github.com/semnet/semnet/cluster/report"
@@ -148,22 +149,21 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 
 	var nodeSrv *nodes.Server
-	s.table = table.New(rc, ch, table.Options{
-		ClusterID: c.ID, StaleAfter: c.StaleAfter, Logger: log.With("component", "table"),
-		OnChange: func(job string, e *cache.Entry) { nodeSrv.Changed(job, e) },
-	})
-	s.reports = report.New(rc, log.With("component", "report"), promReg)
-	s.spares = subnets.New(rc, c.ID, c.Spares, log.With("component", "subnets"))
 	loc := c.Location
-	bc := c.Broker
-	bc.Listen = c.MQTTListen
-	bc.AllowAnonymous = bc.AllowAnonymous || c.Insecure
-	s.broker, err = broker.New(bc, log.With("component", "broker"), promReg)
+	s.broker, err = newBroker(c, log, promReg)
 	if err != nil {
 		return fail(err)
 	}
+	relay := gateways.New(rc, s.broker, c.ID, &loc, log.With("component", "gateways"))
+	s.table = table.New(rc, ch, table.Options{
+		ClusterID: c.ID, StaleAfter: c.StaleAfter, Logger: log.With("component", "table"),
+		OnChange:   func(job string, e *cache.Entry) { nodeSrv.Changed(job, e) },
+		OnGateways: relay.Changed,
+	})
+	s.reports = report.New(rc, log.With("component", "report"), promReg)
+	s.spares = subnets.New(rc, c.ID, c.Spares, log.With("component", "subnets"))
 	nodeSrv = nodes.New(runCtx, s.table, s.broker, s.reports, s.spares, nodes.Options{
-		Location: &loc, Logger: log.With("component", "nodes"), Registerer: promReg,
+		Location: &loc, Gateways: relay, Logger: log.With("component", "nodes"), Registerer: promReg,
 	})
 	s.broker.OnDisconnect(nodeSrv.NodeGone)
 	if err := s.broker.Subscribe(mqttapi.ClusterSubscription, nodeSrv.Handle); err != nil {
@@ -205,10 +205,18 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		}
 		s.goRun(ctx, s.table.Run)
 		s.goRun(ctx, s.spares.Run)
+		s.goRun(ctx, func(ctx context.Context) error { relay.Run(ctx); return nil })
 		return s.heartbeat(ctx, rc, reg)
 	})
 	log.Info("cluster service started", "id", c.ID, "rest", s.Addr, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
 	return s, nil
+}
+
+func newBroker(c Config, log *slog.Logger, reg prometheus.Registerer) (*broker.Broker, error) {
+	bc := c.Broker
+	bc.Listen = c.MQTTListen
+	bc.AllowAnonymous = bc.AllowAnonymous || c.Insecure
+	return broker.New(bc, log.With("component", "broker"), reg)
 }
 
 func cacheKind(redisURL string) string {

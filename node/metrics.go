@@ -12,6 +12,7 @@ type collector struct {
 	n                                                   *Node
 	packets, bytes, drops, lookups, flows, flowsRefused *prometheus.Desc
 	sendErrors, tableEntries                            *prometheus.Desc
+	gwFlows, gwRefused, gwExposures                     *prometheus.Desc
 }
 
 func newCollector(n *Node) *collector {
@@ -28,11 +29,15 @@ func newCollector(n *Node) *collector {
 		flowsRefused: d("flows_refused_total", "New flows refused, by cause: full (table at its bound), conflict (reply tuple taken).", "cause"),
 		sendErrors:   d("send_errors_total", "Packets the tunnel socket or the TUN failed to send."),
 		tableEntries: d("table_entries", "Jobs held in the node's table."),
+		gwFlows:      d("gateway_flows", "A gateway's client flows held (live and expired not yet reclaimed)."),
+		gwRefused:    d("gateway_flows_refused_total", "A gateway's new client flows refused, by cause: full (table at its bound), ports (no free gateway port).", "cause"),
+		gwExposures:  d("gateway_exposures", "Exposures a gateway serves."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.drops, c.lookups, c.flows, c.flowsRefused, c.sendErrors, c.tableEntries} {
+	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.drops, c.lookups, c.flows, c.flowsRefused, c.sendErrors, c.tableEntries,
+		c.gwFlows, c.gwRefused, c.gwExposures} {
 		ch <- d
 	}
 }
@@ -59,4 +64,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.flowsRefused, c.n.flows.Conflicts(), "conflict")
 	ch <- prometheus.MustNewConstMetric(c.flows, prometheus.GaugeValue, float64(c.n.flows.Len()))
 	ch <- prometheus.MustNewConstMetric(c.tableEntries, prometheus.GaugeValue, float64(c.n.table.Len()))
+	if gw := c.n.gw; gw != nil && gw.ready.Load() {
+		ft := gw.nat.Flows()
+		ch <- prometheus.MustNewConstMetric(c.gwFlows, prometheus.GaugeValue, float64(ft.Len()))
+		counter(c.gwRefused, ft.Refused(), "full")
+		counter(c.gwRefused, gw.nat.PortsExhausted(), "ports")
+		c.n.mu.Lock()
+		exposures := gw.exposures
+		c.n.mu.Unlock()
+		ch <- prometheus.MustNewConstMetric(c.gwExposures, prometheus.GaugeValue, float64(exposures))
+	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/semnet/semnet/node/clusterlink"
 	"github.com/semnet/semnet/node/conntrack"
 	"github.com/semnet/semnet/node/datapath"
+	"github.com/semnet/semnet/node/firewall"
 	"github.com/semnet/semnet/node/localapi"
 	"github.com/semnet/semnet/node/netsetup"
 	"github.com/semnet/semnet/node/table"
@@ -58,7 +59,9 @@ type Config struct {
 	// IdleTimeout drops table entries no packet used (zero: table.DefaultIdleTimeout,
 	// 10 s as the reference).
 	IdleTimeout time.Duration
-	Logger      *slog.Logger
+	// Gateway, when set, makes this node a gateway for clients outside the platform.
+	Gateway *GatewayConfig
+	Logger  *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -83,6 +86,9 @@ func (c *Config) defaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Gateway != nil {
+		return c.Gateway.defaults()
+	}
 	return nil
 }
 
@@ -95,6 +101,8 @@ type Node struct {
 	addrs  *netsetup.Addresses
 	table  *table.Table
 	flows  *conntrack.Table
+	fw     *firewall.Firewall // nil when nftables is unavailable on an ordinary node
+	gw     *gatewayState      // nil on an ordinary node
 	dp     *datapath.Datapath
 	reg    *prometheus.Registry
 	api    *http.Server
@@ -132,10 +140,15 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}
 	}()
 	var err error
-	n.link, err = clusterlink.Dial(ctx, clusterlink.Config{
+	lc := clusterlink.Config{
 		Broker: cfg.ClusterMQTT, NodeID: cfg.ID, Password: cfg.Password, Logger: cfg.Logger,
 		OnUpdate: n.onUpdate, OnConnect: n.announce,
-	})
+	}
+	if cfg.Gateway != nil {
+		n.gw = newGatewayState(*cfg.Gateway)
+		lc.OnGatewayConfig = n.onGatewayConfig
+	}
+	n.link, err = clusterlink.Dial(ctx, lc)
 	if err != nil {
 		return nil, err
 	}
@@ -163,9 +176,23 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		dev.Close()
 		return nil, err
 	}
+	if n.fw, err = firewall.Open(n.firewallConfig(subnet4, subnet6)); err != nil {
+		if cfg.Gateway != nil {
+			dev.Close()
+			return nil, fmt.Errorf("node: a gateway needs its firewall: %w", err)
+		}
+		n.log.Warn("no firewall: instances cannot reach addresses outside the overlay (no masquerade)", "err", err)
+	}
+	var nat *datapath.Gateway
+	if cfg.Gateway != nil {
+		if nat, err = n.newGateway(); err != nil {
+			dev.Close()
+			return nil, err
+		}
+	}
 	n.dp = datapath.New(datapath.Config{
 		TUN: dev, Bind: conn.NewStdNetBind(), Port: cfg.TunnelPort,
-		Engine:  datapath.NewEngine(n.table, n.flows, services, nil),
+		Engine:  datapath.NewEngine(n.table, n.flows, services, nat),
 		Resolve: n.resolve, Logger: cfg.Logger,
 	})
 	n.wg.Go(func() {
@@ -174,6 +201,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}
 	})
 	n.wg.Go(n.expire)
+	if n.gw != nil {
+		n.wg.Go(n.gatewayLoop)
+		n.registerGateway(0)
+	}
 
 	n.reg = prometheus.NewRegistry()
 	n.reg.MustRegister(newCollector(n))
@@ -209,6 +240,11 @@ func (n *Node) Close() {
 		n.api.Close()
 	}
 	n.wg.Wait()
+	if n.fw != nil {
+		if err := n.fw.Close(); err != nil {
+			n.log.Warn("remove firewall rules", "err", err)
+		}
+	}
 	if n.host != nil {
 		if err := n.host.Teardown(); err != nil {
 			n.log.Warn("teardown", "err", err)
@@ -384,9 +420,10 @@ func (n *Node) Undeploy(ctx context.Context, job string, number int) error {
 	return nil
 }
 
-// announce re-reports every local instance after a (re)connection: a restarted
-// cluster learns what runs here.
+// announce re-reports every local instance after a (re)connection, and the gateway: a
+// restarted cluster learns what runs here.
 func (n *Node) announce() {
+	n.registerGateway(0)
 	n.mu.Lock()
 	reports := make([]mqttapi.Deployed, 0, len(n.instances))
 	for k, in := range n.instances {

@@ -305,3 +305,33 @@ func (s *Server) interestRemove(nodeID string, payload []byte) error {
 	}
 	return nil
 }
+
+// gatewayRegister checks a gateway node's registration and hands it to the relay, which
+// answers on gateway/config; a bad one is answered there at once.
+func (s *Server) gatewayRegister(nodeID string, payload []byte) error {
+	topic := mqttapi.NodeTopic(nodeID, mqttapi.SuffixGatewayConfig)
+	var req mqttapi.GatewayRegister
+	err := decode(payload, &req)
+	switch {
+	case err != nil:
+	case s.opt.Gateways == nil:
+		err = invalidf("this cluster does not serve gateways")
+	case !req.PublicIP.IsValid() && !req.PublicIPv6.IsValid():
+		err = invalidf("a gateway needs a public address: public_ip, public_ip_v6 or both")
+	case req.PublicIP.IsValid() && !req.PublicIP.Is4(), req.PublicIPv6.IsValid() && !req.PublicIPv6.Is6():
+		err = invalidf("public_ip must be IPv4 and public_ip_v6 IPv6 (got %v, %v)", req.PublicIP, req.PublicIPv6)
+	case !req.NamespaceIP.Is4() || !req.HostIP.IsValid():
+		err = invalidf("namespace_ip (IPv4) and host_ip are required")
+	case req.HostPort < 1 || req.HostPort > 65535:
+		err = invalidf("host_port %d is not a UDP port", req.HostPort)
+	}
+	if err == nil && (req.Lat != nil || req.Lon != nil) {
+		_, err = s.location(req.Lat, req.Lon)
+	}
+	if err != nil {
+		s.publishJSON(topic, mqttapi.GatewayConfig{Error: err.Error()})
+		return err
+	}
+	s.opt.Gateways.Register(nodeID, req)
+	return nil
+}

@@ -53,6 +53,13 @@ type Subnets interface {
 	Get(ctx context.Context, nodeID string) (api.Subnet, error)
 }
 
+// Gateways serves gateway nodes (a *gateways.Relay).
+type Gateways interface {
+	// Register queues a gateway's registration; the relay answers the node.
+	Register(nodeID string, req mqttapi.GatewayRegister)
+	NodeGone(nodeID string)
+}
+
 // Options configure a Server.
 type Options struct {
 	// Location is the cluster's; an instance whose node reports no location of its own
@@ -61,8 +68,11 @@ type Options struct {
 	// MaxPendingMisses bounds table queries waiting for root at once (default 1024);
 	// beyond it queries are answered with an error at once.
 	MaxPendingMisses int
-	Logger           *slog.Logger
-	Registerer       prometheus.Registerer
+	// Gateways relays gateway nodes to root; nil answers their registrations with an
+	// error.
+	Gateways   Gateways
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Server handles node messages.
@@ -138,7 +148,9 @@ func (s *Server) Handle(nodeID, topic string, payload []byte) {
 		err = s.addressChanged(nodeID, payload)
 	case mqttapi.SuffixInterestRemove:
 		err = s.interestRemove(nodeID, payload)
-	case mqttapi.SuffixTableQueryResult, mqttapi.SuffixSubnetResult:
+	case mqttapi.SuffixGatewayRegister:
+		err = s.gatewayRegister(nodeID, payload)
+	case mqttapi.SuffixTableQueryResult, mqttapi.SuffixSubnetResult, mqttapi.SuffixGatewayConfig:
 		return // our own answers, echoed by the subscription
 	default:
 		s.bad(nodeID, topic, "unknown_topic", errors.New("no such request"))
@@ -204,6 +216,9 @@ func (s *Server) publishJSON(topic string, v any) {
 // NodeGone forgets the query interests of a node that disconnected; jobs no node needs
 // any more are dropped at root. Its deployed instances keep their jobs interesting.
 func (s *Server) NodeGone(nodeID string) {
+	if s.opt.Gateways != nil {
+		s.opt.Gateways.NodeGone(nodeID)
+	}
 	for _, job := range s.in.dropNode(nodeID) {
 		s.forget(job)
 	}

@@ -63,8 +63,11 @@ type Options struct {
 	// entry) or the job was deleted (e is nil). It runs in the follower's goroutine, in
 	// revision order; it should not block for long.
 	OnChange func(job string, e *cache.Entry)
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// OnGateways is called by the follower when root reports a change to gateways or
+	// exposures, and after a resync (which may have skipped some).
+	OnGateways func()
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // Table answers table queries from the cache and root, and follows root's changes.
@@ -95,6 +98,9 @@ func New(root Root, c Cache, opt Options) *Table {
 	}
 	if opt.Now == nil {
 		opt.Now = time.Now
+	}
+	if opt.OnGateways == nil {
+		opt.OnGateways = func() {}
 	}
 	if opt.OnChange == nil {
 		opt.OnChange = func(string, *cache.Entry) {}
@@ -305,14 +311,22 @@ func (t *Table) step(ctx context.Context, cursor uint64) (uint64, error) {
 // apply re-reads each service the changes touch, once, in the order of its last change.
 func (t *Table) apply(ctx context.Context, cs []api.Change) error {
 	last := map[string]int{}
+	gateways := false
 	for i, c := range cs {
-		last[c.ServiceID] = i
-	}
-	for i, c := range cs {
-		if last[c.ServiceID] != i {
+		if c.Kind == api.KindGateway || c.Kind == api.KindExposure {
+			gateways = true
 			continue
 		}
-		if c.Kind == "service" && c.Op == "delete" {
+		last[c.ServiceID] = i
+	}
+	if gateways {
+		t.opt.OnGateways()
+	}
+	for i, c := range cs {
+		if c.Kind == api.KindGateway || c.Kind == api.KindExposure || last[c.ServiceID] != i {
+			continue
+		}
+		if c.Kind == api.KindService && c.Op == "delete" {
 			if err := t.drop(ctx, c.JobName, c.Revision); err != nil {
 				return err
 			}
@@ -328,6 +342,7 @@ func (t *Table) apply(ctx context.Context, cs []api.Change) error {
 // resync re-reads every cached job, re-registering the cluster's interest (root may have
 // lost it along with its log).
 func (t *Table) resync(ctx context.Context) error {
+	t.opt.OnGateways()
 	jobs, err := t.cache.Jobs(ctx)
 	if err != nil {
 		return fmt.Errorf("list cached jobs: %w", err)

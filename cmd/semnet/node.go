@@ -22,6 +22,8 @@ type nodeFlags struct {
 	tunnelPort, mtu                                            int
 	lat, lon                                                   float64
 	idle                                                       time.Duration
+	gateway                                                    bool
+	publicIPs, gatewayIPs                                      []string
 	log                                                        logFlags
 }
 
@@ -38,7 +40,46 @@ func (f *nodeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.bridge, "bridge", netsetup.DefaultBridge, "name of the bridge instances attach to")
 	fs.StringVar(&f.tunName, "tun", netsetup.DefaultTUN, "name of the TUN device carrying the Service and Instance ranges")
 	fs.DurationVar(&f.idle, "idle-timeout", table.DefaultIdleTimeout, "drop a table entry no packet used for this long (and tell the cluster)")
+	fs.BoolVar(&f.gateway, "gateway", false, "serve the platform's exposures to clients outside it on --public-ip (needs nftables)")
+	fs.StringSliceVar(&f.publicIPs, "public-ip", nil, "the gateway's public address clients connect to: one IPv4, one IPv6 or both (repeat or comma-separate)")
+	fs.StringSliceVar(&f.gatewayIPs, "gateway-internal-ip", nil, "where public traffic enters the datapath (default 10.30.255.253 and fdff:ffff:ffff:ffff:ffff:ffff:ffff:fffd)")
 	f.log.register(fs)
+}
+
+// gatewayConfig reads --public-ip and --gateway-internal-ip: at most one address of each
+// family per flag.
+func (f *nodeFlags) gatewayConfig() (*node.GatewayConfig, error) {
+	if !f.gateway {
+		if len(f.publicIPs) > 0 || len(f.gatewayIPs) > 0 {
+			return nil, fmt.Errorf("--public-ip and --gateway-internal-ip need --gateway")
+		}
+		return nil, nil
+	}
+	var g node.GatewayConfig
+	for _, fl := range []struct {
+		name   string
+		vals   []string
+		v4, v6 *netip.Addr
+	}{{"--public-ip", f.publicIPs, &g.PublicV4, &g.PublicV6}, {"--gateway-internal-ip", f.gatewayIPs, &g.InternalV4, &g.InternalV6}} {
+		for _, v := range fl.vals {
+			a, err := netip.ParseAddr(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", fl.name, err)
+			}
+			dst := fl.v6
+			if a.Is4() {
+				dst = fl.v4
+			}
+			if dst.IsValid() {
+				return nil, fmt.Errorf("%s: %s and %s are of one family; give at most one IPv4 and one IPv6 address", fl.name, *dst, a)
+			}
+			*dst = a
+		}
+	}
+	if !g.PublicV4.IsValid() && !g.PublicV6.IsValid() {
+		return nil, fmt.Errorf("--gateway needs --public-ip")
+	}
+	return &g, nil
 }
 
 func (f *nodeFlags) config() (node.Config, error) {
@@ -69,7 +110,8 @@ func (f *nodeFlags) config() (node.Config, error) {
 		}
 		c.Location = &p
 	}
-	return c, nil
+	c.Gateway, err = f.gatewayConfig()
+	return c, err
 }
 
 func newNodeCommand() *cobra.Command {
@@ -84,7 +126,12 @@ bridge for local instances and a TUN device carrying the Service and Instance ra
 The platform's node engine attaches instances through the local API on --socket
 (POST /container/deploy {pid or netns, serviceName, instanceNumber}); /metrics is served
 there too. Run it inside the network namespace it should manage (it needs CAP_NET_ADMIN
-there); it touches nothing outside it.`,
+there); it touches nothing outside it.
+
+With --gateway the node also serves the platform's exposures (POST
+/api/v1/services/{job}/exposures at root) on its --public-ip: nftables sends an exposed
+port to the datapath, which gives each client flow a port of its own and balances it to
+the service like any other flow.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := f.config()

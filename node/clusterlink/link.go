@@ -48,7 +48,12 @@ type Config struct {
 	// OnConnect is called after every (re)connection once the subscriptions are back, on
 	// a goroutine of its own: the node re-announces its instances there.
 	OnConnect func()
-	Logger    *slog.Logger
+	// OnGatewayConfig, when set, makes the link subscribe to the node's gateway/config
+	// topic (a gateway node) and is called with every configuration the cluster sends,
+	// on the client's goroutine: it must not block on the Link. A malformed message
+	// arrives as a GatewayConfig with Error set.
+	OnGatewayConfig func(mqttapi.GatewayConfig)
+	Logger          *slog.Logger
 }
 
 // Link is a connected node. It is safe for concurrent use.
@@ -137,6 +142,10 @@ func (l *Link) connected() {
 		mqttapi.NodeTopic(l.cfg.NodeID, mqttapi.SuffixTableQueryResult): 1,
 		mqttapi.NodeTopic(l.cfg.NodeID, mqttapi.SuffixSubnetResult):     1,
 	}
+	if l.cfg.OnGatewayConfig != nil {
+		subs[mqttapi.NodeTopic(l.cfg.NodeID, mqttapi.SuffixGatewayConfig)] = 1
+	}
+	fixed := len(subs)
 	l.mu.Lock()
 	for key := range l.follow {
 		subs[mqttapi.UpdatesTopic(key)] = 1
@@ -147,7 +156,7 @@ func (l *Link) connected() {
 		l.log.Error("cluster subscriptions failed; queries will time out until the next reconnect", "err", tok.Error())
 		return
 	}
-	l.log.Info("connected to cluster", "broker", l.cfg.Broker, "node", l.cfg.NodeID, "followed", len(subs)-2)
+	l.log.Info("connected to cluster", "broker", l.cfg.Broker, "node", l.cfg.NodeID, "followed", len(subs)-fixed)
 	l.once.Do(func() { close(l.ready) })
 	if l.cfg.OnConnect != nil {
 		l.cfg.OnConnect()
@@ -194,6 +203,15 @@ func (l *Link) route(_ paho.Client, m paho.Message) {
 			default:
 			}
 		}
+	case mqttapi.SuffixGatewayConfig:
+		if l.cfg.OnGatewayConfig == nil {
+			return
+		}
+		var c mqttapi.GatewayConfig
+		if err := json.Unmarshal(m.Payload(), &c); err != nil {
+			c = mqttapi.GatewayConfig{Error: "malformed gateway configuration: " + err.Error()}
+		}
+		l.cfg.OnGatewayConfig(c)
 	}
 }
 
@@ -339,6 +357,12 @@ func (l *Link) Unfollow(ctx context.Context, key string) error {
 // Deployed reports that an instance runs on this node.
 func (l *Link) Deployed(ctx context.Context, d mqttapi.Deployed) error {
 	return l.publish(ctx, mqttapi.SuffixDeployed, d)
+}
+
+// RegisterGateway announces this node as a gateway; the cluster answers on
+// gateway/config (Config.OnGatewayConfig).
+func (l *Link) RegisterGateway(ctx context.Context, r mqttapi.GatewayRegister) error {
+	return l.publish(ctx, mqttapi.SuffixGatewayRegister, r)
 }
 
 // Undeployed reports that an instance left this node.

@@ -75,6 +75,7 @@ type Gateway struct {
 	flows     *conntrack.Table
 	frags     *fragments
 	exposures atomic.Pointer[map[uint32]Exposure]
+	noPort    atomic.Uint64
 }
 
 // NewGateway returns a gateway with no exposures.
@@ -109,6 +110,9 @@ func (g *Gateway) SetExposures(ex []Exposure) {
 
 // Flows is the NAPT table (for metrics).
 func (g *Gateway) Flows() *conntrack.Table { return g.flows }
+
+// PortsExhausted counts new flows refused because every gateway port tried was taken.
+func (g *Gateway) PortsExhausted() uint64 { return g.noPort.Load() }
 
 // Sweep ends idle flows and fragment records.
 func (g *Gateway) Sweep(now time.Time) {
@@ -197,6 +201,7 @@ func (g *Gateway) open(orig conntrack.Tuple, target netip.Addr, port uint16, now
 		}
 		gp = uint16(firstGatewayPort + rand.N(65536-firstGatewayPort))
 	}
+	g.noPort.Add(1)
 	return conntrack.Tuple{}, errNoPort
 }
 

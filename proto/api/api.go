@@ -137,6 +137,14 @@ type Interest struct {
 	Service string `json:"service"`
 }
 
+// Kinds of Change.
+const (
+	KindService  = "service"
+	KindInstance = "instance"
+	KindGateway  = "gateway"
+	KindExposure = "exposure"
+)
+
 // Change is one entry of the change stream: what changed, not the new state (fetch the
 // table entry to get it; a reader that is behind converges in one read).
 type Change struct {

@@ -26,6 +26,10 @@ type Plan struct {
 	// GatewayV4 is the gateway's internal address (FLOWS.md); it must lie in a reserved prefix.
 	GatewayV4 netip.Addr `json:"gateway_v4"`
 
+	// GatewayV6 is the gateway's internal IPv6 address. It lies in fdff::/16 (so nodes
+	// route it into their TUN) outside every IPv6 pool.
+	GatewayV6 netip.Addr `json:"gateway_v6"`
+
 	// InstanceV6, ClosestV6, RoundRobinV6 are the per-role IPv6 prefixes inside fdff::/16.
 	InstanceV6   netip.Prefix `json:"instance_v6"`
 	ClosestV6    netip.Prefix `json:"closest_v6"`
@@ -54,6 +58,7 @@ func Default() Plan {
 		ServiceV4:     netip.MustParsePrefix("10.30.0.0/16"),
 		ReservedV4:    []netip.Prefix{netip.MustParsePrefix("10.30.0.0/32"), netip.MustParsePrefix("10.30.255.0/24")},
 		GatewayV4:     netip.MustParseAddr("10.30.255.253"),
+		GatewayV6:     netip.MustParseAddr("fdff:ffff:ffff:ffff:ffff:ffff:ffff:fffd"),
 		InstanceV6:    netip.MustParsePrefix("fdff::/21"),
 		ClosestV6:     netip.MustParsePrefix("fdff:1000::/21"),
 		RoundRobinV6:  netip.MustParsePrefix("fdff:2000::/21"),
@@ -122,6 +127,9 @@ func (pl Plan) Validate() error {
 	}
 	if pl.GatewayV4.IsValid() && !inAny(pl.GatewayV4, pl.ReservedV4) {
 		errs = append(errs, fmt.Errorf("gateway_v4: %s must lie in a reserved_v4 prefix, or the allocator could hand it to a service", pl.GatewayV4))
+	}
+	if pl.GatewayV6.IsValid() && (!pl.GatewayV6.Is6() || inAny(pl.GatewayV6, []netip.Prefix{pl.InstanceV6, pl.ClosestV6, pl.RoundRobinV6})) {
+		errs = append(errs, fmt.Errorf("gateway_v6: %s must be an IPv6 address outside instance_v6, closest_v6 and round_robin_v6, or the allocator could hand it to a service", pl.GatewayV6))
 	}
 	if pl.SubnetV4Bits <= pl.SubnetV4.Bits() || pl.SubnetV4Bits > 30 {
 		errs = append(errs, fmt.Errorf("subnet_v4_bits: /%d does not fit in subnet_v4 %s (need /%d../30)", pl.SubnetV4Bits, pl.SubnetV4, pl.SubnetV4.Bits()+1))
