@@ -256,6 +256,9 @@ func TestOrchestratorFlow(t *testing.T) {
 		map[string]any{"RR_ip": "10.31.0.1"})})
 	c.problem(400, "^[a-zA-Z0-9]{1,30}$", "POST", "/api/net/service/deploy", map[string]any{"_id": "job3", "deployment_descriptor": descriptor("shop", "no-dash", nil)})
 	c.problem(400, "_id is required", "POST", "/api/net/service/deploy", map[string]any{"deployment_descriptor": descriptor("shop", "cache", nil)})
+	// The gateways' app namespace is root's own.
+	c.problem(400, "semnet.system holds semnet's own services", "POST", "/api/net/service/deploy",
+		map[string]any{"_id": "job4", "deployment_descriptor": descriptor("semnet", "gateway", map[string]any{"app_ns": "system"})})
 
 	// Instances: 404 for an unknown job; otherwise the Instance IP pair, status scheduled
 	// and no placement fields yet.

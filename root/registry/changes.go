@@ -22,7 +22,8 @@ type ChangeBatch struct {
 }
 
 // Changes returns the changes after revision since to the services the cluster is
-// interested in. With wait > 0 it long-polls: it returns as soon as there is something,
+// interested in, and every gateway and exposure change: a cluster needs those to
+// configure its gateway nodes whatever it caches. With wait > 0 it long-polls: it returns as soon as there is something,
 // or with an empty batch after wait. Revision always advances past changes the cluster is
 // not interested in, so a reader never re-reads them.
 func (r *Registry) Changes(ctx context.Context, clusterID string, since uint64, limit int, wait time.Duration) (ChangeBatch, error) {
@@ -99,9 +100,14 @@ func (r *Registry) changesOnce(ctx context.Context, clusterID string, since uint
 	b := ChangeBatch{Revision: since}
 	for _, c := range cs {
 		b.Revision = c.Revision
-		if _, ok := slices.BinarySearch(interests, c.ServiceID); ok {
+		if _, interested := slices.BinarySearch(interests, c.ServiceID); interested || forEveryCluster(c) {
 			b.Changes = append(b.Changes, c)
 		}
 	}
 	return b, nil
+}
+
+// forEveryCluster reports whether every cluster gets c, interested in its service or not.
+func forEveryCluster(c store.Change) bool {
+	return c.Kind == store.KindGateway || c.Kind == store.KindExposure
 }

@@ -17,17 +17,24 @@ const maxInstanceNumber = 1 << 20
 // key and records it, scheduled on the given cluster. Without a number, the lowest unused
 // one is taken.
 func (r *Registry) CreateInstance(ctx context.Context, key string, req api.InstanceRequest) (store.Instance, store.Service, error) {
-	s, err := r.Service(ctx, key)
+	s, err := r.userService(ctx, key, "register a gateway (PUT /api/v1/gateways/{id}) instead")
 	if err != nil {
-		return store.Instance{}, store.Service{}, err
+		return store.Instance{}, s, err
 	}
+	in, err := r.newInstance(ctx, s, req)
+	return in, s, err
+}
+
+// newInstance creates an instance of s, numbered as req asks or with the lowest free
+// number.
+func (r *Registry) newInstance(ctx context.Context, s store.Service, req api.InstanceRequest) (store.Instance, error) {
 	if req.ClusterID != "" {
 		if err := validID("cluster_id", req.ClusterID); err != nil {
-			return store.Instance{}, s, err
+			return store.Instance{}, err
 		}
 	}
 	if req.Number != nil && (*req.Number < 0 || *req.Number > maxInstanceNumber) {
-		return store.Instance{}, s, invalidf("instance_number %d must be between 0 and %d", *req.Number, maxInstanceNumber)
+		return store.Instance{}, invalidf("instance_number %d must be between 0 and %d", *req.Number, maxInstanceNumber)
 	}
 	// Picking the lowest free number races with concurrent creates. Within this process a
 	// per-service lock orders them; across root processes sharing a database the store's
@@ -41,12 +48,14 @@ func (r *Registry) CreateInstance(ctx context.Context, key string, req api.Insta
 		num := 0
 		if req.Number != nil {
 			num = *req.Number
-		} else if num, err = r.freeNumber(ctx, s.ID); err != nil {
-			return store.Instance{}, s, err
+		} else if n, err := r.freeNumber(ctx, s.ID); err != nil {
+			return store.Instance{}, err
+		} else {
+			num = n
 		}
 		in, err := r.createInstance(ctx, s, num, req.ClusterID)
 		if err == nil || req.Number != nil || !errors.Is(err, store.ErrAlreadyExists) || attempt >= maxClaimAttempts {
-			return in, s, err
+			return in, err
 		}
 	}
 }
@@ -115,13 +124,20 @@ func (r *Registry) validatePlacement(p api.Placement) error {
 
 // Place records where an instance runs (or that it failed).
 func (r *Registry) Place(ctx context.Context, key string, number int, p api.Placement) (store.Instance, store.Service, error) {
-	s, err := r.Service(ctx, key)
+	s, err := r.userService(ctx, key, "a gateway reports its placement by registering again (PUT /api/v1/gateways/{id})")
 	if err != nil {
-		return store.Instance{}, store.Service{}, err
+		return store.Instance{}, s, err
 	}
 	if err := r.validatePlacement(p); err != nil {
 		return store.Instance{}, s, err
 	}
+	in, err := r.place(ctx, s, number, p, "")
+	return in, s, err
+}
+
+// place stores a validated placement of instance number of s, and moves the instance to
+// clusterID unless that is empty.
+func (r *Registry) place(ctx context.Context, s store.Service, number int, p api.Placement, clusterID string) (store.Instance, error) {
 	out, err := r.store.UpdateInstance(ctx, s.ID, number, func(in *store.Instance) error {
 		if p.NamespaceIP.IsValid() || p.Status == store.StatusRunning {
 			in.NamespaceIP = store.AddrPair{V4: p.NamespaceIP, V6: p.NamespaceIPv6}
@@ -131,35 +147,54 @@ func (r *Registry) Place(ctx context.Context, key string, number int, p api.Plac
 			loc := *p.Location
 			in.Location = &loc
 		}
+		if clusterID != "" {
+			in.ClusterID = clusterID
+		}
 		in.Status = p.Status
 		in.UpdatedAt = r.now().UTC()
 		return nil
 	})
 	if err != nil {
-		return store.Instance{}, s, fmt.Errorf("place instance %d of %s: %w", number, s.JobName(), err)
+		return store.Instance{}, fmt.Errorf("place instance %d of %s: %w", number, s.JobName(), err)
 	}
 	r.log.Info("instance placed", "service", s.JobName(), "instance", number, "status", p.Status, "namespace_ip", p.NamespaceIP, "host_ip", p.HostIP)
 	r.notify(store.Change{Revision: out.Revision, Kind: store.KindInstance, Op: store.OpPut, ServiceID: s.ID, JobName: s.JobName(), Instance: number})
-	return out, s, nil
+	return out, nil
 }
 
 // DeleteInstance removes an instance and frees its Instance IPs into quarantine.
 func (r *Registry) DeleteInstance(ctx context.Context, key string, number int) (store.Service, error) {
-	s, err := r.Service(ctx, key)
+	s, err := r.userService(ctx, key, "delete the gateway instead (DELETE /api/v1/gateways/{id})")
 	if err != nil {
-		return store.Service{}, err
+		return s, err
 	}
 	in, err := r.store.GetInstance(ctx, s.ID, number)
 	if err != nil {
 		return s, fmt.Errorf("instance %d of %s: %w", number, s.JobName(), err)
 	}
-	if err := r.store.DeleteInstance(ctx, s.ID, number); err != nil {
-		return s, fmt.Errorf("delete instance %d of %s: %w", number, s.JobName(), err)
+	return s, r.deleteInstance(ctx, s, in)
+}
+
+// deleteInstance deletes in, an instance of s, and frees its Instance IPs into
+// quarantine.
+func (r *Registry) deleteInstance(ctx context.Context, s store.Service, in store.Instance) error {
+	if err := r.store.DeleteInstance(ctx, s.ID, in.Number); err != nil {
+		return fmt.Errorf("delete instance %d of %s: %w", in.Number, s.JobName(), err)
 	}
 	r.release(in.IP.V4, in.IP.V6)
-	r.log.Info("instance deleted", "service", s.JobName(), "instance", number)
-	r.notify(store.Change{Kind: store.KindInstance, Op: store.OpDelete, ServiceID: s.ID, JobName: s.JobName(), Instance: number})
-	return s, nil
+	r.log.Info("instance deleted", "service", s.JobName(), "instance", in.Number)
+	r.notify(store.Change{Kind: store.KindInstance, Op: store.OpDelete, ServiceID: s.ID, JobName: s.JobName(), Instance: in.Number})
+	return nil
+}
+
+// userService looks up the service named by key for a change of its instances, which
+// the gateway service's are not open to: fix says what to do instead.
+func (r *Registry) userService(ctx context.Context, key, fix string) (store.Service, error) {
+	s, err := r.Service(ctx, key)
+	if err == nil && isGatewayService(s) {
+		err = invalidf("the instances of %s are the gateways: %s", s.JobName(), fix)
+	}
+	return s, err
 }
 
 // Instances lists a service's instances ordered by number.

@@ -1,6 +1,7 @@
 // Package registry is root's core: it allocates Service IPs, Instance IPs and worker
-// subnets, keeps the geo-tagged instance records, resolves table entries and feeds the
-// change stream. It has no HTTP in it; root/api adapts it to REST.
+// subnets, keeps the geo-tagged instance records, registers gateways and the exposures
+// they serve, resolves table entries and feeds the change stream. It has no HTTP in it;
+// root/rest adapts it to REST.
 //
 // Allocation is two-phase. The in-memory pools (package ippool) propose addresses in
 // O(1); the store then claims them as leases together with the record. The store is the
@@ -73,6 +74,9 @@ type Registry struct {
 	// numbering serialises "lowest free instance number" choices per service (striped, so
 	// unrelated services don't wait on each other).
 	numbering [numberingStripes]sync.Mutex
+	// gatewayLocks serialise the registrations and deletions of one gateway (striped by
+	// its ID), so concurrent registrations never give it two instances.
+	gatewayLocks [numberingStripes]sync.Mutex
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every local mutation (long-poll wake-up)

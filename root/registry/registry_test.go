@@ -458,15 +458,7 @@ func TestChangeStreamFiltersAndLongPolls(t *testing.T) {
 		t.Fatalf("changes %+v, want 2 for service a", batch.Changes)
 	}
 	// Long poll: nothing new for c1; a change to a wakes it.
-	done := make(chan registry.ChangeBatch, 1)
-	go func() {
-		b, err := e.reg.Changes(ctx, "c1", batch.Revision, 100, 10*time.Second)
-		if err != nil {
-			t.Error(err)
-		}
-		done <- b
-	}()
-	time.Sleep(50 * time.Millisecond)
+	done := e.longPoll("c1", batch.Revision)
 	if _, err := e.reg.DeleteInstance(ctx, a.ID, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -481,4 +473,19 @@ func TestChangeStreamFiltersAndLongPolls(t *testing.T) {
 	if _, err := e.reg.Changes(ctx, "nope", 0, 10, 0); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("unknown cluster: %v", err)
 	}
+}
+
+// longPoll starts a long poll of cluster's changes after since and lets it block
+// before returning where its batch will arrive.
+func (e *env) longPoll(cluster string, since uint64) <-chan registry.ChangeBatch {
+	done := make(chan registry.ChangeBatch, 1)
+	go func() {
+		b, err := e.reg.Changes(context.Background(), cluster, since, 100, 10*time.Second)
+		if err != nil {
+			e.t.Error(err)
+		}
+		done <- b
+	}()
+	time.Sleep(50 * time.Millisecond)
+	return done
 }

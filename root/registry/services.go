@@ -34,8 +34,17 @@ func validID(field, id string) error {
 }
 
 // CreateService validates the descriptor, allocates the service's Round Robin and
-// Closest Service IPs in both families (honouring requested ones) and stores it.
+// Closest Service IPs in both families (honouring requested ones) and stores it. The
+// app namespace of the gateway service (semnet.system) is root's own.
 func (r *Registry) CreateService(ctx context.Context, req api.ServiceRequest) (store.Service, error) {
+	if reservedNamespace(req.App, req.AppNS) {
+		return store.Service{}, invalidf("app %q with app_ns %q is reserved: the app namespace %s holds semnet's own services (the gateways); choose another app or app_ns",
+			req.App, req.AppNS, systemNamespace())
+	}
+	return r.createService(ctx, req)
+}
+
+func (r *Registry) createService(ctx context.Context, req api.ServiceRequest) (store.Service, error) {
 	for _, f := range []struct{ name, v string }{{"app", req.App}, {"app_ns", req.AppNS}, {"service", req.Service}, {"service_ns", req.ServiceNS}} {
 		if !nameRE.MatchString(f.v) {
 			return store.Service{}, invalidf("%s %q must match ^[a-zA-Z0-9]{1,30}$", f.name, f.v)
@@ -141,15 +150,23 @@ func (r *Registry) ListServices(ctx context.Context, after string, limit int) ([
 }
 
 // DeleteService removes a service and frees its addresses into quarantine. It refuses
-// while instances exist unless force, which undeploys them first.
+// while instances exist unless force, which undeploys them first. Its exposures go with
+// it either way: they mean nothing without it.
 func (r *Registry) DeleteService(ctx context.Context, key string, force bool) error {
 	s, err := r.Service(ctx, key)
 	if err != nil {
 		return err
 	}
+	if isGatewayService(s) {
+		return invalidf("service %s holds the gateways: delete the gateways instead (DELETE /api/v1/gateways/{id})", s.JobName())
+	}
 	ins, err := r.store.ListInstances(ctx, s.ID)
 	if err != nil {
 		return fmt.Errorf("list instances of %s: %w", s.JobName(), err)
+	}
+	exs, err := r.store.ListExposures(ctx, s.ID)
+	if err != nil {
+		return fmt.Errorf("list exposures of %s: %w", s.JobName(), err)
 	}
 	if err := r.store.DeleteService(ctx, s.ID, force); err != nil {
 		if errors.Is(err, store.ErrHasInstances) {
@@ -159,12 +176,15 @@ func (r *Registry) DeleteService(ctx context.Context, key string, force bool) er
 	}
 	addrs := []netip.Addr{s.RR.V4, s.RR.V6, s.Closest.V4, s.Closest.V6}
 	var cs []store.Change
+	for _, e := range exs {
+		cs = append(cs, exposureChange(e, store.OpDelete))
+	}
 	for _, in := range ins {
 		addrs = append(addrs, in.IP.V4, in.IP.V6)
 		cs = append(cs, store.Change{Kind: store.KindInstance, Op: store.OpDelete, ServiceID: s.ID, JobName: s.JobName(), Instance: in.Number})
 	}
 	r.release(addrs...)
-	r.log.Info("service deleted", "service", s.JobName(), "id", s.ID, "instances", len(ins))
+	r.log.Info("service deleted", "service", s.JobName(), "id", s.ID, "instances", len(ins), "exposures", len(exs))
 	r.notify(append(cs, store.Change{Kind: store.KindService, Op: store.OpDelete, ServiceID: s.ID, JobName: s.JobName(), Instance: -1})...)
 	return nil
 }

@@ -50,5 +50,41 @@ func toSubnet(s store.Subnet) api.Subnet {
 }
 
 func toChange(c store.Change) api.Change {
-	return api.Change{Revision: c.Revision, Kind: c.Kind, Op: c.Op, ServiceID: c.ServiceID, JobName: c.JobName, Instance: c.Instance, Time: c.Time}
+	return api.Change{Revision: c.Revision, Kind: c.Kind, Op: c.Op, ServiceID: c.ServiceID, JobName: c.JobName, Instance: c.Instance,
+		Object: c.Object, Time: c.Time}
+}
+
+// toGateway shows a gateway with its instance's placement and Instance IPs.
+func toGateway(g registry.Gateway) api.Gateway {
+	in := g.Instance
+	return api.Gateway{
+		ID: g.ID,
+		GatewayRequest: api.GatewayRequest{ClusterID: g.ClusterID, PublicIP: g.PublicV4, PublicIPv6: g.PublicV6,
+			NamespaceIP: in.NamespaceIP.V4, NamespaceIPv6: in.NamespaceIP.V6, HostIP: in.HostIP, HostPort: in.HostPort, Location: in.Location},
+		InstanceNumber: g.InstanceNumber, InstanceIP: in.IP.V4, InstanceIPv6: in.IP.V6,
+		CreatedAt: g.CreatedAt, UpdatedAt: g.UpdatedAt,
+	}
+}
+
+func toExposure(e store.Exposure) api.Exposure {
+	out := api.Exposure{
+		ID: e.ID,
+		ExposureRequest: api.ExposureRequest{Protocol: e.Protocol, PublicPort: e.PublicPort, ServicePort: e.ServicePort,
+			Policy: e.Policy, Gateway: e.Gateway},
+		ServiceID: e.ServiceID, JobName: e.JobName, TargetIP: e.Target.V4, TargetIPv6: e.Target.V6,
+		CreatedAt: e.CreatedAt, Revision: e.Revision,
+	}
+	if e.InstanceNumber >= 0 {
+		n := e.InstanceNumber
+		out.InstanceNumber = &n
+	}
+	return out
+}
+
+func toExposureList(es []store.Exposure, rev uint64) api.ExposureList {
+	out := api.ExposureList{Items: make([]api.Exposure, len(es)), Revision: rev}
+	for i, e := range es {
+		out.Items[i] = toExposure(e)
+	}
+	return out
 }

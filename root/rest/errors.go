@@ -22,6 +22,7 @@ func Classify(err error) *httpapi.Problem {
 	case errors.Is(err, store.ErrNotFound):
 		status = http.StatusNotFound
 	case errors.Is(err, store.ErrAlreadyExists), errors.Is(err, store.ErrAddressTaken), errors.Is(err, store.ErrHasInstances),
+		errors.Is(err, registry.ErrConflict),
 		errors.Is(err, ippool.ErrInUse), errors.Is(err, ippool.ErrQuarantined):
 		status = http.StatusConflict
 	case errors.Is(err, ippool.ErrExhausted):

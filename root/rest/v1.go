@@ -38,7 +38,18 @@ func (s *server) routesV1(r chi.Router) {
 		r.Get("/{service}/instances/{n}", s.handle(s.getInstance))
 		r.Put("/{service}/instances/{n}/placement", s.handle(s.placeInstance))
 		r.Delete("/{service}/instances/{n}", s.handle(s.deleteInstance))
+		r.Post("/{service}/exposures", s.handle(s.createExposure))
+		r.Get("/{service}/exposures", s.handle(s.listServiceExposures))
+		r.Get("/{service}/exposures/{id}", s.handle(s.getExposure))
+		r.Delete("/{service}/exposures/{id}", s.handle(s.deleteExposure))
 	})
+	r.Route("/gateways", func(r chi.Router) {
+		r.Get("/", s.handle(s.listGateways))
+		r.Put("/{id}", s.handle(s.registerGateway))
+		r.Get("/{id}", s.handle(s.getGateway))
+		r.Delete("/{id}", s.handle(s.deleteGateway))
+	})
+	r.Get("/exposures", s.handle(s.listExposures))
 	r.Get("/resolve/{key}", s.handle(s.resolve))
 	r.Route("/subnets", func(r chi.Router) {
 		r.Post("/", s.handle(s.allocateSubnet))
@@ -266,13 +277,23 @@ func (s *server) getService(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// queryForce reads the optional ?force= of a delete.
+func queryForce(r *http.Request) (bool, error) {
+	v := r.URL.Query().Get("force")
+	if v == "" {
+		return false, nil
+	}
+	force, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, httpapi.Errorf(http.StatusBadRequest, "query parameter force=%q must be true or false", v)
+	}
+	return force, nil
+}
+
 func (s *server) deleteService(w http.ResponseWriter, r *http.Request) error {
-	force := false
-	if v := r.URL.Query().Get("force"); v != "" {
-		var err error
-		if force, err = strconv.ParseBool(v); err != nil {
-			return httpapi.Errorf(http.StatusBadRequest, "query parameter force=%q must be true or false", v)
-		}
+	force, err := queryForce(r)
+	if err != nil {
+		return err
 	}
 	if err := s.reg.DeleteService(r.Context(), param(r, "service"), force); err != nil {
 		return err

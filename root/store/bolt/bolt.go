@@ -304,6 +304,40 @@ func getJSON(b *bbolt.Bucket, k []byte, v any) (bool, error) {
 	return true, nil
 }
 
+// getRecord decodes the record at key in bucket; store.ErrNotFound if there is none.
+func getRecord[T any](tx *bbolt.Tx, bucket string, key []byte) (T, error) {
+	var v T
+	ok, err := getJSON(bk(tx, bucket), key, &v)
+	if err == nil && !ok {
+		err = store.ErrNotFound
+	}
+	return v, err
+}
+
+// viewRecord reads one record in a read-only transaction.
+func viewRecord[T any](ctx context.Context, s *Store, bucket string, key []byte) (T, error) {
+	var v T
+	err := s.view(ctx, func(tx *bbolt.Tx) (err error) {
+		v, err = getRecord[T](tx, bucket, key)
+		return err
+	})
+	return v, err
+}
+
+// listRecords decodes every record in bucket, in key order.
+func listRecords[T any](tx *bbolt.Tx, bucket string) ([]T, error) {
+	var out []T
+	err := bk(tx, bucket).ForEach(func(k, v []byte) error {
+		var r T
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("decode %s %s: %w", bucket, k, err)
+		}
+		out = append(out, r)
+		return nil
+	})
+	return out, err
+}
+
 // pairKey joins two IDs for the interest buckets; IDs never contain NUL (checked).
 func pairKey(a, b string) []byte {
 	k := make([]byte, 0, len(a)+1+len(b))

@@ -2,7 +2,6 @@ package bolt
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -46,14 +45,7 @@ func (s *Store) PutGateway(ctx context.Context, g store.Gateway) (store.Gateway,
 
 // GetGateway returns the gateway with this ID.
 func (s *Store) GetGateway(ctx context.Context, id string) (store.Gateway, error) {
-	var g store.Gateway
-	err := s.view(ctx, func(tx *bbolt.Tx) error {
-		ok, err := getJSON(bk(tx, bucketGateways), []byte(id), &g)
-		if err == nil && !ok {
-			err = store.ErrNotFound
-		}
-		return err
-	})
+	g, err := viewRecord[store.Gateway](ctx, s, bucketGateways, []byte(id))
 	if err != nil {
 		return store.Gateway{}, fmt.Errorf("bolt: gateway %s: %w", id, err)
 	}
@@ -63,15 +55,9 @@ func (s *Store) GetGateway(ctx context.Context, id string) (store.Gateway, error
 // ListGateways returns every gateway, by ID.
 func (s *Store) ListGateways(ctx context.Context) ([]store.Gateway, error) {
 	var out []store.Gateway
-	err := s.view(ctx, func(tx *bbolt.Tx) error {
-		return bk(tx, bucketGateways).ForEach(func(k, v []byte) error {
-			var g store.Gateway
-			if err := json.Unmarshal(v, &g); err != nil {
-				return fmt.Errorf("decode gateway %s: %w", k, err)
-			}
-			out = append(out, g)
-			return nil
-		})
+	err := s.view(ctx, func(tx *bbolt.Tx) (err error) {
+		out, err = listRecords[store.Gateway](tx, bucketGateways)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bolt: list gateways: %w", err)
@@ -150,21 +136,12 @@ func exposureChange(e store.Exposure, op string, now time.Time) store.Change {
 }
 
 func getExposure(tx *bbolt.Tx, id string) (store.Exposure, error) {
-	var e store.Exposure
-	ok, err := getJSON(bk(tx, bucketExposures), []byte(id), &e)
-	if err == nil && !ok {
-		err = store.ErrNotFound
-	}
-	return e, err
+	return getRecord[store.Exposure](tx, bucketExposures, []byte(id))
 }
 
 // GetExposure returns the exposure with this ID.
 func (s *Store) GetExposure(ctx context.Context, id string) (store.Exposure, error) {
-	var e store.Exposure
-	err := s.view(ctx, func(tx *bbolt.Tx) (err error) {
-		e, err = getExposure(tx, id)
-		return err
-	})
+	e, err := viewRecord[store.Exposure](ctx, s, bucketExposures, []byte(id))
 	if err != nil {
 		return store.Exposure{}, fmt.Errorf("bolt: exposure %s: %w", id, err)
 	}
@@ -194,16 +171,10 @@ func (s *Store) ListExposures(ctx context.Context, serviceID string) ([]store.Ex
 	err := s.view(ctx, func(tx *bbolt.Tx) (err error) {
 		if serviceID != "" {
 			out, err = serviceExposures(tx, serviceID)
-			return err
+		} else {
+			out, err = listRecords[store.Exposure](tx, bucketExposures)
 		}
-		return bk(tx, bucketExposures).ForEach(func(k, v []byte) error {
-			var e store.Exposure
-			if err := json.Unmarshal(v, &e); err != nil {
-				return fmt.Errorf("decode exposure %s: %w", k, err)
-			}
-			out = append(out, e)
-			return nil
-		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bolt: list exposures of %q: %w", serviceID, err)

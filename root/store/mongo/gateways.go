@@ -2,7 +2,6 @@ package mongo
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"go.mongodb.org/mongo-driver/bson"
@@ -55,15 +54,7 @@ func (s *Store) putGateway(ctx context.Context, g store.Gateway) (store.Gateway,
 
 // GetGateway returns the gateway with this ID.
 func (s *Store) GetGateway(ctx context.Context, id string) (store.Gateway, error) {
-	var d gatewayDoc
-	err := s.gateways.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return store.Gateway{}, fmt.Errorf("mongo: gateway %s: %w", id, store.ErrNotFound)
-	}
-	if err != nil {
-		return store.Gateway{}, fmt.Errorf("mongo: gateway %s: %w", id, dbErr(err))
-	}
-	g, err := d.gateway()
+	g, err := getRecord(ctx, s.gateways, id, gatewayDoc.gateway)
 	if err != nil {
 		return store.Gateway{}, fmt.Errorf("mongo: gateway %s: %w", id, err)
 	}
@@ -72,19 +63,9 @@ func (s *Store) GetGateway(ctx context.Context, id string) (store.Gateway, error
 
 // ListGateways returns every gateway, by ID.
 func (s *Store) ListGateways(ctx context.Context) ([]store.Gateway, error) {
-	cur, err := s.gateways.Find(ctx, bson.D{}, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
+	out, err := listRecords(ctx, s.gateways, bson.D{}, gatewayDoc.gateway)
 	if err != nil {
-		return nil, fmt.Errorf("mongo: list gateways: %w", dbErr(err))
-	}
-	var docs []gatewayDoc
-	if err := cur.All(ctx, &docs); err != nil {
-		return nil, fmt.Errorf("mongo: list gateways: %w", dbErr(err))
-	}
-	out := make([]store.Gateway, len(docs))
-	for i, d := range docs {
-		if out[i], err = d.gateway(); err != nil {
-			return nil, fmt.Errorf("mongo: list gateways: %s: %w", d.ID, err)
-		}
+		return nil, fmt.Errorf("mongo: list gateways: %w", err)
 	}
 	return out, nil
 }
@@ -172,31 +153,11 @@ func (s *Store) createExposure(ctx context.Context, e store.Exposure) (store.Exp
 
 // GetExposure returns the exposure with this ID.
 func (s *Store) GetExposure(ctx context.Context, id string) (store.Exposure, error) {
-	var d exposureDoc
-	err := s.exposures.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		return store.Exposure{}, fmt.Errorf("mongo: exposure %s: %w", id, store.ErrNotFound)
-	}
-	if err != nil {
-		return store.Exposure{}, fmt.Errorf("mongo: exposure %s: %w", id, dbErr(err))
-	}
-	e, err := d.exposure()
+	e, err := getRecord(ctx, s.exposures, id, exposureDoc.exposure)
 	if err != nil {
 		return store.Exposure{}, fmt.Errorf("mongo: exposure %s: %w", id, err)
 	}
 	return e, nil
-}
-
-func (s *Store) exposureDocs(ctx context.Context, filter bson.D) ([]exposureDoc, error) {
-	cur, err := s.exposures.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
-	if err != nil {
-		return nil, dbErr(err)
-	}
-	var docs []exposureDoc
-	if err := cur.All(ctx, &docs); err != nil {
-		return nil, dbErr(err)
-	}
-	return docs, nil
 }
 
 // ListExposures returns a service's exposures, or with "" every exposure, by ID.
@@ -205,15 +166,9 @@ func (s *Store) ListExposures(ctx context.Context, serviceID string) ([]store.Ex
 	if serviceID != "" {
 		filter = bson.D{{Key: "service_id", Value: serviceID}}
 	}
-	docs, err := s.exposureDocs(ctx, filter)
+	out, err := listRecords(ctx, s.exposures, filter, exposureDoc.exposure)
 	if err != nil {
 		return nil, fmt.Errorf("mongo: list exposures of %q: %w", serviceID, err)
-	}
-	out := make([]store.Exposure, len(docs))
-	for i, d := range docs {
-		if out[i], err = d.exposure(); err != nil {
-			return nil, fmt.Errorf("mongo: list exposures: %s: %w", d.ID, err)
-		}
 	}
 	return out, nil
 }
@@ -238,14 +193,9 @@ func (s *Store) deleteExposure(ctx context.Context, d exposureDoc) error {
 
 // DeleteExposure removes an exposure and logs the delete.
 func (s *Store) DeleteExposure(ctx context.Context, id string) error {
-	var d exposureDoc
-	err := s.exposures.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		err = store.ErrNotFound
-	} else if err == nil {
+	d, err := byID[exposureDoc](ctx, s.exposures, id)
+	if err == nil {
 		err = s.deleteExposure(ctx, d)
-	} else {
-		err = dbErr(err)
 	}
 	if err != nil {
 		return fmt.Errorf("mongo: delete exposure %s: %w", id, err)

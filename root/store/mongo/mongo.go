@@ -71,6 +71,7 @@ import (
 	"sync"
 	"time"
 
+	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/mongo"
 	"go.mongodb.org/mongo-driver/mongo/options"
 	"go.mongodb.org/mongo-driver/mongo/readpref"
@@ -280,4 +281,52 @@ func checkAddr(what string, a netip.Addr) error {
 		return fmt.Errorf("%s is not set", what)
 	}
 	return nil
+}
+
+// byID returns the document of c with this _id; store.ErrNotFound if there is none.
+func byID[D any](ctx context.Context, c *mongo.Collection, id string) (D, error) {
+	var d D
+	err := c.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return d, store.ErrNotFound
+	}
+	return d, dbErr(err)
+}
+
+// getRecord returns the record with this _id in c, decoded from its document.
+func getRecord[D any, T any](ctx context.Context, c *mongo.Collection, id string, record func(D) (T, error)) (T, error) {
+	d, err := byID[D](ctx, c, id)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return record(d)
+}
+
+// sortedByID returns the documents of c matching filter, by _id.
+func sortedByID[D any](ctx context.Context, c *mongo.Collection, filter bson.D) ([]D, error) {
+	cur, err := c.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		return nil, dbErr(err)
+	}
+	var docs []D
+	if err := cur.All(ctx, &docs); err != nil {
+		return nil, dbErr(err)
+	}
+	return docs, nil
+}
+
+// listRecords returns the records of c matching filter, by _id.
+func listRecords[D any, T any](ctx context.Context, c *mongo.Collection, filter bson.D, record func(D) (T, error)) ([]T, error) {
+	docs, err := sortedByID[D](ctx, c, filter)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, len(docs))
+	for i, d := range docs {
+		if out[i], err = record(d); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }

@@ -229,7 +229,7 @@ func (s *Store) deleteService(ctx context.Context, id string, force bool) error 
 	}
 	// Exposures go with the service, forced or not; like instances, none can be added
 	// while the lock is held.
-	exs, err := s.exposureDocs(ctx, bson.D{{Key: "service_id", Value: id}})
+	exs, err := sortedByID[exposureDoc](ctx, s.exposures, bson.D{{Key: "service_id", Value: id}})
 	if err != nil {
 		return err
 	}
