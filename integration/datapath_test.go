@@ -139,8 +139,10 @@ type dpPlatform struct {
 	nodes []*dpNode
 }
 
-// startDatapathPlatform starts the platform with the given semnet binary.
-func startDatapathPlatform(t testing.TB, bin string, nodes int) *dpPlatform {
+// startDatapathPlatform starts the platform with the given semnet binary. setup, when
+// given, is called for node i (from 0) before it starts, and returns extra arguments for
+// its command line.
+func startDatapathPlatform(t testing.TB, bin string, nodes int, setup ...func(i int, ns *netnstest.NS) []string) *dpPlatform {
 	t.Helper()
 	netnstest.Require(t)
 	u := netnstest.NewUnderlay(t)
@@ -178,9 +180,13 @@ func startDatapathPlatform(t testing.TB, bin string, nodes int) *dpPlatform {
 		u.Attach(t, ns, "eth0", netip.PrefixFrom(nodeIP(i+1), 24))
 		socket := filepath.Join(dir, fmt.Sprintf("node%d.sock", i+1))
 		loc := nodeLocations[i%len(nodeLocations)]
-		proc := startIn(t, ns, bin, fmt.Sprintf("node %d", i+1), "node", "--id", fmt.Sprintf("w%d", i+1), "--cluster-mqtt", mqtt,
-			"--password", fmt.Sprintf("pw-%d", i+1), "--host-ip", nodeIP(i+1).String(), "--socket", socket,
-			"--lat", fmt.Sprint(loc.lat), "--lon", fmt.Sprint(loc.lon), "--log-level", "info")
+		args := []string{"node", "--id", fmt.Sprintf("w%d", i+1), "--cluster-mqtt", mqtt,
+			"--password", fmt.Sprintf("pw-%d", i+1), "--host-ip", nodeIP(i + 1).String(), "--socket", socket,
+			"--lat", fmt.Sprint(loc.lat), "--lon", fmt.Sprint(loc.lon), "--log-level", "info"}
+		for _, f := range setup {
+			args = append(args, f(i, ns)...)
+		}
+		proc := startIn(t, ns, bin, fmt.Sprintf("node %d", i+1), args...)
 		n := &dpNode{ns: ns, proc: proc, socket: socket, api: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer

@@ -1,0 +1,321 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/nodeapi"
+	"github.com/semnet/semnet/shared/netnstest"
+)
+
+// The gateway suite adds a public network to the datapath platform: node 1 (Munich) is a
+// gateway with a leg on it, and two outside clients sit there. The public addresses are
+// documentation ranges, only inside the test's namespaces.
+var (
+	gwPublic  = netip.MustParseAddr("198.51.100.1")
+	gwPublic6 = netip.MustParseAddr("2001:db8::1")
+	outside   = []netip.Addr{netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.8")}
+	outside6  = []netip.Addr{netip.MustParseAddr("2001:db8::7"), netip.MustParseAddr("2001:db8::8")}
+)
+
+type gwPlatform struct {
+	*dpPlatform
+	clients []*netnstest.NS
+}
+
+func startGatewayPlatform(t testing.TB, bin string) *gwPlatform {
+	t.Helper()
+	netnstest.Require(t)
+	pub := netnstest.NewUnderlay(t)
+	p := &gwPlatform{}
+	p.dpPlatform = startDatapathPlatform(t, bin, 3, func(i int, ns *netnstest.NS) []string {
+		if i != 0 {
+			return nil
+		}
+		pub.Attach(t, ns, "pub0", netip.PrefixFrom(gwPublic, 24), netip.PrefixFrom(gwPublic6, 64))
+		return []string{"--gateway", "--public-ip", gwPublic.String(), "--public-ip", gwPublic6.String()}
+	})
+	for i := range outside {
+		c := netnstest.New(t, fmt.Sprintf("out%d", i+1))
+		pub.Attach(t, c, "eth0", netip.PrefixFrom(outside[i], 24), netip.PrefixFrom(outside6[i], 64))
+		p.clients = append(p.clients, c)
+	}
+	return p
+}
+
+// expose creates an exposure and fails the test on error.
+func (p *gwPlatform) expose(t testing.TB, svc api.Service, req api.ExposureRequest) api.Exposure {
+	t.Helper()
+	e, err := p.rc.CreateExposure(t.Context(), svc.JobName, req)
+	if err != nil {
+		t.Fatalf("expose %s %s/%d: %v", svc.JobName, req.Protocol, req.PublicPort, err)
+	}
+	return e
+}
+
+// getAt fetches http://to/path from inside ns on a fresh connection.
+func getAt(ctx context.Context, ns *netnstest.NS, to netip.AddrPort, path string) (string, error) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+to.String()+path, nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// eventuallyAt retries getAt until it answers (the gateway learns of an exposure, and of
+// the service's instances, a moment after it is created).
+func eventuallyAt(t *testing.T, ns *netnstest.NS, to netip.AddrPort) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := getAt(t.Context(), ns, to, "/")
+		if err == nil {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET http://%s/ from %s: %v", to, ns, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// dialFrom opens a TCP connection from ns with a fixed local address and port.
+func dialFrom(ns *netnstest.NS, local, to netip.AddrPort) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Timeout: 10 * time.Second, FallbackDelay: -1}
+		var err error
+		c, err = d.Dial("tcp", to.String())
+		return err
+	})
+	return c, err
+}
+
+// keepAlive is one HTTP/1.1 connection a test sends several requests on.
+type keepAlive struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func (k *keepAlive) get(path string) (string, error) {
+	k.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(k.c, "GET %s HTTP/1.1\r\nHost: gateway\r\n\r\n", path); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(k.r, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func TestGateway(t *testing.T) {
+	if testing.Short() {
+		t.Skip("gateway suite: -short")
+	}
+	p := startGatewayPlatform(t, semnetBinary(t))
+	web, servers := p.deploy(t, "web", 1, 2) // web0 in Berlin (node 2), web1 in Paris (node 3)
+	serve(t, servers[0], "web0")
+	serve(t, servers[1], "web1")
+	p.expose(t, web, api.ExposureRequest{Protocol: api.ProtocolTCP, PublicPort: 8080, ServicePort: 80})
+	p.expose(t, web, api.ExposureRequest{Protocol: api.ProtocolTCP, PublicPort: 8081, ServicePort: 80, Policy: api.PolicyClosest})
+	p.expose(t, web, api.ExposureRequest{Protocol: api.ProtocolUDP, PublicPort: 7007, ServicePort: 7})
+	c1, c2 := p.clients[0], p.clients[1]
+	rr, rr6 := netip.AddrPortFrom(gwPublic, 8080), netip.AddrPortFrom(gwPublic6, 8080)
+
+	t.Run("RoundRobinTCP", func(t *testing.T) {
+		for _, to := range []netip.AddrPort{rr, rr6} {
+			eventuallyAt(t, c1, to)
+			seen := map[string]int{}
+			for range 20 {
+				got, err := getAt(t.Context(), c1, to, "/")
+				if err != nil {
+					t.Fatalf("GET via gateway %s: %v", to, err)
+				}
+				seen[got]++
+			}
+			if seen["web0"] == 0 || seen["web1"] == 0 || seen["web0"]+seen["web1"] != 20 {
+				t.Errorf("gateway %s spread %v, want both instances", to, seen)
+			}
+		}
+	})
+	t.Run("Closest", func(t *testing.T) {
+		// Closest to the gateway in Munich: Berlin's web0.
+		to := netip.AddrPortFrom(gwPublic, 8081)
+		eventuallyAt(t, c1, to)
+		for range 5 {
+			if got, err := getAt(t.Context(), c1, to, "/"); err != nil || got != "web0" {
+				t.Errorf("GET via the gateway's Closest exposure = %q, %v; want web0", got, err)
+			}
+		}
+	})
+	t.Run("UDP", func(t *testing.T) {
+		for _, to := range []netip.AddrPort{netip.AddrPortFrom(gwPublic, 7007)} {
+			c, err := c1.Dial("udp", to.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Connected: only datagrams from the public address are accepted.
+			buf := make([]byte, 2048)
+			var got string
+			for attempt := 0; attempt < 20 && got == ""; attempt++ {
+				c.Write([]byte("ping"))
+				c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+				if n, err := c.Read(buf); err == nil {
+					got = string(buf[:n])
+				}
+			}
+			if !strings.HasSuffix(got, ":ping") {
+				t.Errorf("UDP echo via the gateway %s: %q", to, got)
+			}
+		}
+	})
+	t.Run("SameClientPort", func(t *testing.T) {
+		// Two clients, one source port, at once: the reference keyed its forward table by
+		// that port and mixed them up.
+		eventuallyAt(t, c1, rr)
+		var conns []*keepAlive
+		for i, c := range p.clients {
+			conn, err := dialFrom(c, netip.AddrPortFrom(outside[i], 40000), rr)
+			if err != nil {
+				t.Fatalf("client %d: %v", i+1, err)
+			}
+			defer conn.Close()
+			conns = append(conns, &keepAlive{c: conn, r: bufio.NewReader(conn)})
+		}
+		for round := range 3 {
+			for i, k := range conns {
+				got, err := k.get("/")
+				if err != nil || (got != "web0" && got != "web1") {
+					t.Errorf("client %d, request %d on one connection: %q, %v", i+1, round, got, err)
+				}
+			}
+		}
+	})
+	t.Run("Concurrent", func(t *testing.T) {
+		const n = 1000
+		eventuallyAt(t, c1, rr)
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		start := time.Now()
+		for i := range n {
+			wg.Go(func() {
+				c := p.clients[i%len(p.clients)]
+				got, err := getAt(t.Context(), c, rr, "/")
+				if err == nil && got != "web0" && got != "web1" {
+					err = fmt.Errorf("answer %q", got)
+				}
+				if err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		failed := 0
+		for err := range errs {
+			if failed++; failed <= 5 {
+				t.Error(err)
+			}
+		}
+		if failed > 0 {
+			t.Errorf("%d of %d concurrent connections through the gateway failed", failed, n)
+		}
+		t.Logf("%d concurrent short connections through the gateway in %v", n, time.Since(start).Round(time.Millisecond))
+	})
+	t.Run("Masquerade", func(t *testing.T) {
+		// An instance on the gateway node reaches an outside server: it is seen with the
+		// node's own address there.
+		_, insts := p.deploy(t, "client", 0)
+		ln, err := c2.Listen("tcp", netip.AddrPortFrom(outside[1], 9000).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, r.RemoteAddr) })}
+		go srv.Serve(ln)
+		defer srv.Close()
+		got, err := getAt(t.Context(), insts[0], netip.AddrPortFrom(outside[1], 9000), "/")
+		if err != nil {
+			t.Fatalf("instance to outside: %v", err)
+		}
+		if from, err := netip.ParseAddrPort(got); err != nil || from.Addr() != gwPublic {
+			t.Errorf("the outside server saw the instance as %q, want %s (masqueraded)", got, gwPublic)
+		}
+	})
+	t.Run("RemoveExposure", func(t *testing.T) {
+		eventuallyAt(t, c1, rr)
+		conn, err := c1.Dial("tcp", rr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		k := &keepAlive{c: conn, r: bufio.NewReader(conn)}
+		if _, err := k.get("/"); err != nil {
+			t.Fatalf("before removal: %v", err)
+		}
+		if err := p.rc.DeleteExposure(t.Context(), web.JobName, "tcp-8080"); err != nil {
+			t.Fatal(err)
+		}
+		// New connections are refused once the gateway has the change...
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c, err := c1.Dial("tcp", rr.String())
+			if err == nil {
+				c.Close()
+			}
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a new connection after the exposure was removed: %v, want connection refused", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		// ...while the established one goes on.
+		for range 3 {
+			if got, err := k.get("/"); err != nil || (got != "web0" && got != "web1") {
+				t.Errorf("established connection after removal: %q, %v", got, err)
+			}
+		}
+	})
+	t.Run("Metrics", func(t *testing.T) {
+		resp, err := p.nodes[0].api.Get("http://node/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, want := range []string{"semnet_node_gateway_flows ", "semnet_node_gateway_exposures "} {
+			line := ""
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(l, want) {
+					line = l
+				}
+			}
+			if line == "" || strings.HasSuffix(line, " 0") {
+				t.Errorf("gateway metrics: %q is %q, want a positive value", want, line)
+			}
+		}
+	})
+	_ = nodeapi.PathDeploy
+}
