@@ -9,6 +9,9 @@ import (
 	"github.com/semnet/semnet/root/store"
 )
 
+// tunnelPort is the worker tunnel's UDP port (CONTRACT.md, reference default).
+const tunnelPort = 50103
+
 // exposureTarget checks the policy of req and returns it (the default filled in), the
 // instance number it targets (-1 for none) and the address pair it picks in s.
 func (r *Registry) exposureTarget(ctx context.Context, s store.Service, req api.ExposureRequest) (string, int, store.AddrPair, error) {
@@ -61,6 +64,11 @@ func (r *Registry) CreateExposure(ctx context.Context, key string, req api.Expos
 		if p.v < 1 || p.v > 65535 {
 			return store.Exposure{}, invalidf("%s %d must be between 1 and 65535", p.name, p.v)
 		}
+	}
+	if req.Protocol == api.ProtocolUDP && req.PublicPort == tunnelPort {
+		// CONTRACT.md: services may not expose it. A gateway whose public address is also
+		// its host address would hand the nodes' tunnel traffic to a service.
+		return store.Exposure{}, invalidf("udp port %d is the nodes' tunnel port and cannot be exposed", tunnelPort)
 	}
 	policy, number, target, err := r.exposureTarget(ctx, s, req)
 	if err != nil {

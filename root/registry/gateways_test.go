@@ -365,6 +365,7 @@ func TestExposureValidation(t *testing.T) {
 		{"public port 0", s.ID, api.ExposureRequest{Protocol: "tcp", ServicePort: 1}, registry.ErrInvalid, "public_port 0 must be between 1 and 65535"},
 		{"public port too big", s.ID, api.ExposureRequest{Protocol: "udp", PublicPort: 65536, ServicePort: 1}, registry.ErrInvalid, "public_port 65536"},
 		{"service port 0", s.ID, api.ExposureRequest{Protocol: "tcp", PublicPort: 1}, registry.ErrInvalid, "service_port 0"},
+		{"tunnel port", s.ID, api.ExposureRequest{Protocol: "udp", PublicPort: 50103, ServicePort: 53}, registry.ErrInvalid, "tunnel port"},
 		{"unknown policy", s.ID, api.ExposureRequest{Protocol: "tcp", PublicPort: 1, ServicePort: 1, Policy: "random"}, registry.ErrInvalid, `policy "random" must be "round_robin" (the default), "closest" or "instance"`},
 		{"instance without number", s.ID, api.ExposureRequest{Protocol: "tcp", PublicPort: 1, ServicePort: 1, Policy: "instance"}, registry.ErrInvalid, "needs instance_number"},
 		{"number without instance policy", s.ID, api.ExposureRequest{Protocol: "tcp", PublicPort: 1, ServicePort: 1, InstanceNumber: num(0)}, registry.ErrInvalid, `instance_number is only for policy "instance" (policy is "round_robin")`},
@@ -401,6 +402,15 @@ func TestExposureValidation(t *testing.T) {
 	}
 }
 
+// ids lists exposures' IDs, space-separated.
+func ids(es []store.Exposure) string {
+	var out []string
+	for _, x := range es {
+		out = append(out, x.ID)
+	}
+	return strings.Join(out, " ")
+}
+
 func TestListAndDeleteExposures(t *testing.T) {
 	e := gatewayEnv(t)
 	ctx := context.Background()
@@ -416,13 +426,6 @@ func TestListAndDeleteExposures(t *testing.T) {
 	expose(web, 1001, "gw1")
 	expose(web, 1002, "")
 	expose(api2, 1003, "gw2")
-	ids := func(es []store.Exposure) string {
-		var out []string
-		for _, x := range es {
-			out = append(out, x.ID)
-		}
-		return strings.Join(out, " ")
-	}
 	rev, _ := e.st.Revision(ctx)
 	for _, c := range []struct {
 		gateway, want string
@@ -460,6 +463,38 @@ func TestListAndDeleteExposures(t *testing.T) {
 		t.Fatalf("exposures after deleting their services: %s, %v", ids(es), err)
 	}
 	expose(api2, 1001, "")
+}
+
+// An exposure of one instance goes with the instance: its Instance IP is released and
+// could later belong to another service.
+func TestInstanceDeleteRemovesItsExposures(t *testing.T) {
+	e := gatewayEnv(t)
+	ctx := context.Background()
+	s := e.service("web")
+	var nums []int
+	for range 2 {
+		in, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nums = append(nums, in.Number)
+	}
+	for i, n := range nums {
+		if _, err := e.reg.CreateExposure(ctx, s.ID, api.ExposureRequest{Protocol: "tcp", PublicPort: 9000 + i, ServicePort: 80,
+			Policy: api.PolicyInstance, InstanceNumber: &n}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.reg.CreateExposure(ctx, s.ID, api.ExposureRequest{Protocol: "tcp", PublicPort: 9100, ServicePort: 80}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.DeleteInstance(ctx, s.ID, nums[0]); err != nil {
+		t.Fatal(err)
+	}
+	es, _, err := e.reg.ListExposures(ctx, s.ID)
+	if err != nil || ids(es) != "tcp-9001 tcp-9100" {
+		t.Errorf("exposures after deleting instance %d: %s, %v; want tcp-9001 and tcp-9100", nums[0], ids(es), err)
+	}
 }
 
 func TestChangeStreamCarriesGatewaysAndExposures(t *testing.T) {

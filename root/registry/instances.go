@@ -176,8 +176,20 @@ func (r *Registry) DeleteInstance(ctx context.Context, key string, number int) (
 }
 
 // deleteInstance deletes in, an instance of s, and frees its Instance IPs into
-// quarantine.
+// quarantine. Exposures that target this instance go first: their Instance IP is about
+// to be released, and could later belong to another service.
 func (r *Registry) deleteInstance(ctx context.Context, s store.Service, in store.Instance) error {
+	exposures, err := r.store.ListExposures(ctx, s.ID)
+	if err != nil {
+		return fmt.Errorf("exposures of %s: %w", s.JobName(), err)
+	}
+	for _, e := range exposures {
+		if e.Policy == api.PolicyInstance && e.InstanceNumber == in.Number {
+			if err := r.deleteExposure(ctx, e); err != nil {
+				return err
+			}
+		}
+	}
 	if err := r.store.DeleteInstance(ctx, s.ID, in.Number); err != nil {
 		return fmt.Errorf("delete instance %d of %s: %w", in.Number, s.JobName(), err)
 	}
