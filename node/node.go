@@ -11,6 +11,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,9 @@ type Config struct {
 	// ClusterMQTT is the cluster broker's host:port; Password authenticates ID.
 	ClusterMQTT string
 	Password    string
+	// TLS, when set, connects to the broker with TLS; a client certificate in it
+	// authenticates ID (mutual TLS, certificate name = worker id) without a Password.
+	TLS *tls.Config
 	// HostIP is this node's address as the other nodes reach it (the tunnel's
 	// destination); the node never discovers it by itself.
 	HostIP netip.Addr
@@ -141,7 +145,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}()
 	var err error
 	lc := clusterlink.Config{
-		Broker: cfg.ClusterMQTT, NodeID: cfg.ID, Password: cfg.Password, Logger: cfg.Logger,
+		Broker: cfg.ClusterMQTT, NodeID: cfg.ID, Password: cfg.Password, TLS: cfg.TLS, Logger: cfg.Logger,
 		OnUpdate: n.onUpdate, OnConnect: n.announce,
 	}
 	if cfg.Gateway != nil {

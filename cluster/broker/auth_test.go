@@ -8,6 +8,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/semnet/semnet/proto/mqttapi"
+	"github.com/semnet/semnet/shared/testpki"
 )
 
 // MQTT 3.1.1 CONNACK return codes ([MQTT-3.2.2-5]).
@@ -130,31 +131,31 @@ func TestWillMustBeOwnTopic(t *testing.T) {
 }
 
 func TestMutualTLS(t *testing.T) {
-	p := newPKI(t)
-	creds := credentialsFile(t, p.dir, "pw-node", "pw")
-	b := startBroker(t, Config{CertFile: p.serverCert, KeyFile: p.serverKey, ClientCAFile: p.ca.file, CredentialsFile: creds})
+	ca := testpki.NewCA(t, "semnet-test-ca")
+	srv := ca.Server(t, "broker")
+	creds := credentialsFile(t, t.TempDir(), "pw-node", "pw")
+	b := startBroker(t, Config{CertFile: srv.CertFile, KeyFile: srv.KeyFile, ClientCAFile: ca.File, CredentialsFile: creds})
 	msgs := collect(t, b, mqttapi.ClusterSubscription)
 
-	_, _, w1 := p.ca.issue(t, p.dir, "worker-1", nil, false)
-	_, _, san := p.ca.issue(t, p.dir, "some-host", []string{"worker-3"}, false)
-	other := newCA(t, p.dir, "other-ca")
-	_, _, foreign := other.issue(t, p.dir, "worker-5", nil, false)
+	w1 := ca.Client(t, "worker-1")
+	san := ca.Client(t, "some-host", "worker-3")
+	foreign := testpki.NewCA(t, "other-ca").Client(t, "worker-5")
 
 	// The reference worker node: MQTT 3.1.1, client id = worker id, no username, a
 	// client certificate naming it.
-	c := mustDial(t, b, clientOpts{id: "worker-1", tls: p.clientTLS(&w1)})
+	c := mustDial(t, b, clientOpts{id: "worker-1", tls: ca.ClientTLS(&w1)})
 	publish(t, c, 1, mqttapi.NodeTopic("worker-1", mqttapi.SuffixDeployed), `{}`)
 	if m := receive(t, msgs, "the node's message"); m.client != "worker-1" {
 		t.Errorf("handler got %+v", m)
 	}
-	mustDial(t, b, clientOpts{id: "worker-3", tls: p.clientTLS(&san)})                            // DNS SAN
-	mustDial(t, b, clientOpts{id: "pw-node", user: "pw-node", pass: "pw", tls: p.clientTLS(nil)}) // password over TLS
+	mustDial(t, b, clientOpts{id: "worker-3", tls: ca.ClientTLS(&san)})                            // DNS SAN
+	mustDial(t, b, clientOpts{id: "pw-node", user: "pw-node", pass: "pw", tls: ca.ClientTLS(nil)}) // password over TLS
 
-	refused(t, b, clientOpts{id: "worker-2", tls: p.clientTLS(&w1)}, codeNotAuthorized) // certificate of another node
-	refused(t, b, clientOpts{id: "worker-2", tls: p.clientTLS(nil)}, codeNotAuthorized) // no certificate
+	refused(t, b, clientOpts{id: "worker-2", tls: ca.ClientTLS(&w1)}, codeNotAuthorized) // certificate of another node
+	refused(t, b, clientOpts{id: "worker-2", tls: ca.ClientTLS(nil)}, codeNotAuthorized) // no certificate
 	// Go's client sends no certificate the server's CAs did not sign: insist.
-	tc := p.clientTLS(nil)
-	tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &foreign, nil }
+	tc := ca.ClientTLS(nil)
+	tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &foreign.Pair, nil }
 	if _, _, err := dial(t, b, clientOpts{id: "worker-5", tls: tc}); err == nil {
 		t.Error("certificate from another CA admitted")
 	}

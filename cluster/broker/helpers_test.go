@@ -3,17 +3,10 @@ package broker
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -333,96 +326,4 @@ func (c *rawClient) subscribe(t *testing.T, filter string, qos byte) {
 	if err != nil || ack.FixedHeader.Type != packets.Suback || len(ack.ReasonCodes) != 1 || ack.ReasonCodes[0] != qos {
 		t.Fatalf("subscribe %s: %+v, %v", filter, ack, err)
 	}
-}
-
-// --- certificates -------------------------------------------------------------------
-
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string // PEM
-}
-
-func serial() *big.Int {
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	return n
-}
-
-func newCA(t *testing.T, dir, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	file := writeFile(t, dir, name+".pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	return &testCA{cert: cert, key: key, file: file}
-}
-
-// issue issues a certificate for cn (server: with IP SAN 127.0.0.1) and writes it and
-// its key to dir; it returns the files and the loaded pair.
-func (ca *testCA) issue(t *testing.T, dir, cn string, dnsNames []string, server bool) (certFile, keyFile string, pair tls.Certificate) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: cn}, DNSNames: dnsNames,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-	certFile = writeFile(t, dir, cn+".crt", string(certPEM))
-	keyFile = writeFile(t, dir, cn+".key", string(keyPEM))
-	pair, err = tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile, pair
-}
-
-// pki is a CA with a server certificate for 127.0.0.1.
-type pki struct {
-	dir                   string
-	ca                    *testCA
-	serverCert, serverKey string
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	dir := t.TempDir()
-	ca := newCA(t, dir, "semnet-test-ca")
-	cert, key, _ := ca.issue(t, dir, "broker", nil, true)
-	return &pki{dir: dir, ca: ca, serverCert: cert, serverKey: key}
-}
-
-// clientTLS is a client's TLS configuration trusting the broker, with a client
-// certificate when pair is not nil.
-func (p *pki) clientTLS(pair *tls.Certificate) *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AddCert(p.ca.cert)
-	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if pair != nil {
-		tc.Certificates = []tls.Certificate{*pair}
-	}
-	return tc
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/semnet/semnet/proto/mqttapi"
+	"github.com/semnet/semnet/shared/testpki"
 )
 
 // mosquittoClients returns the paths of mosquitto_pub and mosquitto_sub (apt package
@@ -109,11 +110,13 @@ func TestMosquittoPassword(t *testing.T) {
 
 func TestMosquittoMutualTLS(t *testing.T) {
 	pub, sub := mosquittoClients(t)
-	p := newPKI(t)
-	b := startBroker(t, Config{CertFile: p.serverCert, KeyFile: p.serverKey, ClientCAFile: p.ca.file})
+	ca := testpki.NewCA(t, "semnet-test-ca")
+	srv := ca.Server(t, "broker")
+	b := startBroker(t, Config{CertFile: srv.CertFile, KeyFile: srv.KeyFile, ClientCAFile: ca.File})
 	cluster := collect(t, b, mqttapi.ClusterSubscription)
-	cert, key, _ := p.ca.issue(t, p.dir, "worker-3", nil, false)
-	tlsArgs := []string{"--cafile", p.ca.file, "--cert", cert, "--key", key, "-i", "worker-3", "-q", "1"}
+	w3 := ca.Client(t, "worker-3")
+	cert, key := w3.CertFile, w3.KeyFile
+	tlsArgs := []string{"--cafile", ca.File, "--cert", cert, "--key", key, "-i", "worker-3", "-q", "1"}
 
 	// As the reference worker node does: MQTT 3.1.1, client certificate, no username.
 	out, err := mosquitto(t, b, pub, append(tlsArgs, "-t", mqttapi.NodeTopic("worker-3", mqttapi.SuffixDeployed), "-m", `{"appname":"a.b.c.d"}`)...)
@@ -132,7 +135,7 @@ func TestMosquittoMutualTLS(t *testing.T) {
 	}
 
 	// The certificate names worker-3, not worker-4.
-	out, err = mosquitto(t, b, pub, "--cafile", p.ca.file, "--cert", cert, "--key", key, "-i", "worker-4",
+	out, err = mosquitto(t, b, pub, "--cafile", ca.File, "--cert", cert, "--key", key, "-i", "worker-4",
 		"-t", mqttapi.NodeTopic("worker-4", mqttapi.SuffixDeployed), "-m", "x")
 	if err == nil || !strings.Contains(strings.ToLower(out), "not authori") {
 		t.Errorf("certificate of another node: %v: %s", err, out)

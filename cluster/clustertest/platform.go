@@ -14,8 +14,8 @@ import (
 )
 
 // Platform is a root (embedded store in a temporary directory, no token) and one
-// cluster "c1" in Munich with an anonymous loopback broker, both closed at the end of
-// the test.
+// cluster "c1" in Munich with an anonymous loopback broker (unless StartWith changed
+// it), both closed at the end of the test.
 type Platform struct {
 	Root    *root.Server
 	RootDir string
@@ -38,6 +38,14 @@ func StartRoot(t testing.TB, listen, dir string) *root.Server {
 // last heard from, and waits until the cluster registered.
 func Start(t testing.TB, staleAfter time.Duration) *Platform {
 	t.Helper()
+	return StartWith(t, func(c *cluster.Config) { c.StaleAfter = staleAfter })
+}
+
+// StartWith is Start with the cluster's configuration changed by edit before it starts:
+// a broker speaking TLS, say (set Insecure to false, or workers without a certificate
+// are still admitted by client id).
+func StartWith(t testing.TB, edit func(*cluster.Config)) *Platform {
+	t.Helper()
 	p := &Platform{RootDir: t.TempDir()}
 	p.Root = StartRoot(t, "127.0.0.1:0", p.RootDir)
 	t.Cleanup(func() { p.Root.Close() })
@@ -46,11 +54,13 @@ func Start(t testing.TB, staleAfter time.Duration) *Platform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Cluster, err = cluster.Start(t.Context(), cluster.Config{
+	cfg := cluster.Config{
 		ID: "c1", Name: "c1", RootURL: "http://" + p.Root.Addr.String(),
 		Listen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Insecure: true,
-		Location: geo.Point{Lat: 48.14, Lon: 11.58}, StaleAfter: staleAfter, Spares: 1,
-	})
+		Location: geo.Point{Lat: 48.14, Lon: 11.58}, Spares: 1,
+	}
+	edit(&cfg)
+	p.Cluster, err = cluster.Start(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

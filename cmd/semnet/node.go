@@ -1,10 +1,15 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +24,7 @@ import (
 // nodeFlags are the flags of `semnet node`.
 type nodeFlags struct {
 	id, clusterMQTT, password, hostIP, socket, bridge, tunName string
+	mqttCA, mqttCert, mqttKey, mqttServerName                  string
 	tunnelPort, mtu                                            int
 	lat, lon                                                   float64
 	idle                                                       time.Duration
@@ -31,6 +37,10 @@ func (f *nodeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.id, "id", "", "worker id: MQTT client id and username (required)")
 	fs.StringVar(&f.clusterMQTT, "cluster-mqtt", "", "the cluster broker's host:port (required)")
 	fs.StringVar(&f.password, "password", "", "the worker's MQTT password (as in the cluster's --mqtt-auth file)")
+	fs.StringVar(&f.mqttCA, "mqtt-ca", "", "CA (PEM) that signed the broker's certificate: connect with TLS (without it, --mqtt-cert alone trusts the system's CAs)")
+	fs.StringVar(&f.mqttCert, "mqtt-cert", "", "client certificate (PEM) for mutual TLS, naming the worker id (CN or DNS SAN); with --mqtt-key")
+	fs.StringVar(&f.mqttKey, "mqtt-key", "", "key (PEM) of --mqtt-cert")
+	fs.StringVar(&f.mqttServerName, "mqtt-server-name", "", "verify the broker's certificate for this name instead of the --cluster-mqtt host")
 	fs.StringVar(&f.hostIP, "host-ip", "", "this node's address as other nodes reach it: the tunnel destination (required; never discovered)")
 	fs.IntVar(&f.tunnelPort, "tunnel-port", 50103, "UDP port of the tunnel between nodes")
 	fs.Float64Var(&f.lat, "lat", math.NaN(), "node location: latitude in degrees (for Closest)")
@@ -82,6 +92,48 @@ func (f *nodeFlags) gatewayConfig() (*node.GatewayConfig, error) {
 	return &g, nil
 }
 
+// tlsConfig reads the --mqtt-* TLS flags; nil means plain MQTT. TLS is on with --mqtt-ca
+// or a client certificate; without --mqtt-ca the system's roots verify the broker (one
+// with a publicly trusted certificate).
+func (f *nodeFlags) tlsConfig() (*tls.Config, error) {
+	if f.mqttCA == "" && f.mqttCert == "" && f.mqttKey == "" {
+		if f.mqttServerName != "" {
+			return nil, errors.New("--mqtt-server-name needs TLS: give --mqtt-ca (or --mqtt-cert and --mqtt-key)")
+		}
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.mqttServerName}
+	if f.mqttCA != "" {
+		pem, err := os.ReadFile(f.mqttCA)
+		if err != nil {
+			return nil, fmt.Errorf("--mqtt-ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--mqtt-ca: %s holds no PEM certificate", f.mqttCA)
+		}
+	}
+	if (f.mqttCert == "") != (f.mqttKey == "") {
+		return nil, errors.New("--mqtt-cert and --mqtt-key go together: give both for mutual TLS, or neither")
+	}
+	if f.mqttCert == "" {
+		return tc, nil
+	}
+	pair, err := tls.LoadX509KeyPair(f.mqttCert, f.mqttKey)
+	if err != nil {
+		return nil, fmt.Errorf("--mqtt-cert %s and --mqtt-key %s: %w", f.mqttCert, f.mqttKey, err)
+	}
+	// Without a password the broker takes the certificate's name as the worker id and
+	// refuses any other client id with a bare "not authorized": say so here instead.
+	names := append([]string{pair.Leaf.Subject.CommonName}, pair.Leaf.DNSNames...)
+	if f.password == "" && !slices.Contains(names, f.id) {
+		return nil, fmt.Errorf("--mqtt-cert %s is for \"%s\", not for the worker id %q: without --password the cluster takes a worker's id from its certificate (Common Name or DNS name)",
+			f.mqttCert, strings.Join(slices.DeleteFunc(names, func(n string) bool { return n == "" }), `", "`), f.id)
+	}
+	tc.Certificates = []tls.Certificate{pair}
+	return tc, nil
+}
+
 func (f *nodeFlags) config() (node.Config, error) {
 	log, err := f.log.logger(os.Stderr)
 	if err != nil {
@@ -110,6 +162,9 @@ func (f *nodeFlags) config() (node.Config, error) {
 		}
 		c.Location = &p
 	}
+	if c.TLS, err = f.tlsConfig(); err != nil {
+		return c, err
+	}
 	c.Gateway, err = f.gatewayConfig()
 	return c, err
 }
@@ -127,6 +182,10 @@ The platform's node engine attaches instances through the local API on --socket
 (POST /container/deploy {pid or netns, serviceName, instanceNumber}); /metrics is served
 there too. Run it inside the network namespace it should manage (it needs CAP_NET_ADMIN
 there); it touches nothing outside it.
+
+With --mqtt-ca the node connects to the broker over TLS; --mqtt-cert and --mqtt-key add
+a client certificate (mutual TLS) whose name is the worker id, which is how the reference
+worker node authenticates: no password is needed then.
 
 With --gateway the node also serves the platform's exposures (POST
 /api/v1/services/{job}/exposures at root) on its --public-ip: nftables sends an exposed

@@ -70,6 +70,10 @@ type Link struct {
 	follow  map[string]bool                           // keys whose updates the node follows
 	ready   chan struct{}                             // closed once the first subscriptions hold
 	once    sync.Once
+	// failed is why the latest connection attempt failed. paho retries without
+	// telling why, so a node with a wrong CA or certificate would wait silently: it is
+	// logged when it changes, and Dial reports it when its context ends.
+	failed error
 }
 
 // Dial connects to the broker and subscribes to the node's result topics. It returns
@@ -107,6 +111,11 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 		SetOnConnectHandler(func(paho.Client) { go l.connected() }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			l.log.Warn("cluster connection lost; reconnecting", "broker", cfg.Broker, "err", err)
+		}).
+		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
+			if f, ok := n.(paho.ConnectionNotificationFailed); ok {
+				l.attemptFailed(f.Reason)
+			}
 		})
 	if cfg.Password != "" {
 		opts.SetUsername(cfg.NodeID).SetPassword(cfg.Password)
@@ -123,7 +132,13 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 		}
 	case <-ctx.Done():
 		l.client.Disconnect(0)
-		return nil, fmt.Errorf("clusterlink: connect to %s as %s: %w", cfg.Broker, cfg.NodeID, ctx.Err())
+		err := ctx.Err()
+		l.mu.Lock()
+		if l.failed != nil {
+			err = fmt.Errorf("%w; the last attempt failed: %w", err, l.failed)
+		}
+		l.mu.Unlock()
+		return nil, fmt.Errorf("clusterlink: connect to %s as %s: %w", cfg.Broker, cfg.NodeID, err)
 	}
 	// A result published before its topic is subscribed would be lost: wait for the
 	// subscriptions.
@@ -136,8 +151,23 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 	return l, nil
 }
 
+// attemptFailed records why a connection attempt failed, logging a reason only when it
+// differs from the previous attempt's: paho retries every second.
+func (l *Link) attemptFailed(err error) {
+	l.mu.Lock()
+	repeated := l.failed != nil && l.failed.Error() == err.Error()
+	l.failed = err
+	l.mu.Unlock()
+	if !repeated {
+		l.log.Warn("cannot connect to the cluster; retrying", "broker", l.cfg.Broker, "node", l.cfg.NodeID, "err", err)
+	}
+}
+
 // connected restores the subscriptions a clean session lost, then tells the node.
 func (l *Link) connected() {
+	l.mu.Lock()
+	l.failed = nil // the next failure is news again
+	l.mu.Unlock()
 	subs := map[string]byte{
 		mqttapi.NodeTopic(l.cfg.NodeID, mqttapi.SuffixTableQueryResult): 1,
 		mqttapi.NodeTopic(l.cfg.NodeID, mqttapi.SuffixSubnetResult):     1,
