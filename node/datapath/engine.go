@@ -66,11 +66,16 @@ const (
 	// NoGatewayFlow: a packet for the gateway's own address that answers none of its
 	// flows (expired, or not sent by the flow's target).
 	ReasonNoGatewayFlow
+	// ICMPErrorNoFlow: an ICMP error about a packet with ports (or an echo) that belongs
+	// to no flow: expired, forged, or sent to a Service IP without one (inboundError,
+	// outboundError).
+	ReasonICMPErrorNoFlow
 	reasonCount
 )
 
 var reasonNames = [reasonCount]string{"none", "malformed", "not_service", "unknown_sender", "no_instance",
-	"flow_refused", "not_local", "fragment", "unresolved", "rewrite", "no_exposure", "no_gateway_flow"}
+	"flow_refused", "not_local", "fragment", "unresolved", "rewrite", "no_exposure", "no_gateway_flow",
+	"icmp_error_no_flow"}
 
 func (r Reason) String() string {
 	if r < reasonCount {
@@ -143,6 +148,9 @@ func (e *Engine) Outbound(p *packet.Parsed, now time.Time) Result {
 			return drop(ReasonRewrite)
 		}
 		return f.result
+	}
+	if p.IsICMPError() {
+		return e.outboundError(p, self, now)
 	}
 	ns, r := e.choose(p, self, now)
 	if r.Verdict != Tunnel && r.Verdict != Deliver {
@@ -228,6 +236,9 @@ func (e *Engine) Inbound(p *packet.Parsed, now time.Time) Result {
 	}
 	sport, dport, ok := p.FlowPorts()
 	if !ok {
+		if p.IsICMPError() {
+			return e.inboundError(p, now)
+		}
 		return e.toGateway(p, false, now)
 	}
 	reply := conntrack.Tuple{Src: p.Src, Dst: p.Dst, SrcPort: sport, DstPort: dport, Proto: uint8(p.Proto)}
@@ -259,6 +270,129 @@ func (e *Engine) toGateway(p *packet.Parsed, replied bool, now time.Time) Result
 		return drop(r)
 	}
 	return Result{Verdict: Deliver}
+}
+
+// ICMP errors: an error (unreachable, packet too big, time exceeded, parameter problem)
+// carries the start of the packet it is about, and the sender's kernel matches it to a
+// socket by that embedded packet. So the engine rewrites the embedded packet along with
+// the error, as Linux NAT does for conntrack's "related" errors: the embedded packet went
+// the other way, so it takes the error's translation reversed.
+//
+// Take A1 (namespace IP NS_A, Instance IP InstA) sending from port p to Svc:q, a Service
+// IP; the flow is orig NS_A:p > Svc:q, rewritten InstA:p > NS_B:q, reply InstB:q > NS_A:p.
+// Instance B's port unreachable about the datagram as it got it, NS_B > InstA embedding
+// InstA:p > NS_B:q, leaves B's node like any packet to an Instance IP, as InstB > NS_A,
+// embedding NS_A:p > InstB:q: the packet A1 would have sent had it dialled InstB (so
+// even a node that passes errors unchanged, as the reference does, gets that case
+// right). At A's node the embedded packet reversed is the flow's reply tuple; A1 gets
+// Svc > NS_A embedding NS_A:p > Svc:q, the start of what it sent. A node that rewrites
+// only the error (the reference's) sends the embedded packet as it went on the wire,
+// InstA:p > NS_B:q; A's node recognises that too (replyOfRewritten).
+//
+// An error about a packet without ports or echo id passes unchanged, like any untracked
+// packet: there is nothing to match it by. One about a flow that is not there is dropped
+// and counted (ReasonICMPErrorNoFlow): it cannot be given what the sender sent, and
+// passing it would let an instance aim errors at flows it has no part in.
+//
+// The flow lookup by reply tuple (ReplyFlow) marks the flow answered, which an error is
+// not; that only lets a flow whose first packet drew an error keep its room for the
+// protocol's idle timeout rather than UnrepliedTimeout (the same 30 s for UDP), not
+// worth a lookup of its own in the shared connection tracker.
+
+// outboundError translates an ICMP error a local instance sends about a packet it got.
+// If that packet was a reply of one of the instance's own flows, the flow says where the
+// error goes; otherwise it came from a remote sender's Instance IP, and the error goes
+// back there like any packet to that Instance IP.
+func (e *Engine) outboundError(p *packet.Parsed, self netip.Addr, now time.Time) Result {
+	in, err := p.Embedded()
+	if err != nil {
+		return drop(ReasonMalformed)
+	}
+	if sport, dport, ok := in.FlowPorts(); ok {
+		// The packet was a reply of a flow of this instance's (Svc:q > NS:p, as Inbound
+		// restored it): reversed, it is the flow's orig.
+		orig := conntrack.Tuple{Src: in.Dst(), Dst: in.Src(), SrcPort: dport, DstPort: sport, Proto: uint8(in.Proto())}
+		if rw, ok := e.flows.Outbound(orig, now); ok {
+			tgt, ok := e.table.ByNamespace(rw.Dst)
+			if !ok {
+				return drop(ReasonNoInstance)
+			}
+			return rewriteError(p, &in, rw.Src, rw.Dst, target(&tgt))
+		}
+	}
+	// Errors answer the packet's source, and an instance only gets packets for itself.
+	if in.Src() != p.Dst || in.Dst() != p.Src {
+		return drop(ReasonICMPErrorNoFlow)
+	}
+	tgt, st := e.table.Lookup(p.Dst, now)
+	switch st {
+	case table.Unknown:
+		return Result{Verdict: Resolve}
+	case table.NoInstance:
+		return drop(ReasonNoInstance)
+	}
+	if tgt.InstanceIP != p.Dst {
+		// A Service IP that no flow of this instance explains: no telling which
+		// instance sent the packet.
+		return drop(ReasonICMPErrorNoFlow)
+	}
+	return rewriteError(p, &in, self, tgt.NamespaceIP, target(&tgt))
+}
+
+// rewriteError gives an ICMP error the addresses src > dst, and the packet it embeds,
+// which went the other way, dst > src.
+func rewriteError(p *packet.Parsed, in *packet.Embedded, src, dst netip.Addr, r Result) Result {
+	if in.SetAddrs(dst, src) != nil || p.SetAddrs(src, dst) != nil {
+		return drop(ReasonRewrite)
+	}
+	return r
+}
+
+// inboundError restores an ICMP error about a packet a local instance sent: the embedded
+// packet becomes that packet as the instance sent it, and the error comes from the
+// address the instance dialled (Linux does not care where an error comes from, but a
+// person reading a trace does).
+func (e *Engine) inboundError(p *packet.Parsed, now time.Time) Result {
+	in, err := p.Embedded()
+	if err != nil {
+		return drop(ReasonMalformed)
+	}
+	sport, dport, ok := in.FlowPorts()
+	if !ok {
+		return e.toGateway(p, false, now)
+	}
+	reply := conntrack.Tuple{Src: in.Dst(), Dst: in.Src(), SrcPort: dport, DstPort: sport, Proto: uint8(in.Proto())}
+	restored, _, ok := e.flows.ReplyFlow(reply, now)
+	if !ok {
+		restored, ok = e.replyOfRewritten(p.Dst, &in, sport, dport, now)
+	}
+	// The flow must be the receiver's own, or one instance could learn of another's.
+	if !ok || restored.Dst != p.Dst {
+		return drop(ReasonICMPErrorNoFlow)
+	}
+	if in.SetAddrs(restored.Dst, restored.Src) != nil || p.SetSrc(restored.Src) != nil {
+		return drop(ReasonRewrite)
+	}
+	return e.toGateway(p, true, now)
+}
+
+// replyOfRewritten finds the flow of an error from a node that rewrote only the error
+// (the reference's): its embedded packet is as it went on the wire, InstA:p > NS_B:q,
+// the flow's rewritten tuple, which is not a key. The reply tuple is made from it
+// (InstB:q > NS_A:p) and the flow found must have rewritten to exactly that packet.
+func (e *Engine) replyOfRewritten(nsIP netip.Addr, in *packet.Embedded, sport, dport uint16, now time.Time) (conntrack.Tuple, bool) {
+	self, ok := e.table.Sender(nsIP)
+	if !ok || in.Src() != self {
+		return conntrack.Tuple{}, false
+	}
+	tgt, ok := e.table.ByNamespace(in.Dst())
+	if !ok {
+		return conntrack.Tuple{}, false
+	}
+	sent := conntrack.Tuple{Src: self, Dst: in.Dst(), SrcPort: sport, DstPort: dport, Proto: uint8(in.Proto())}
+	reply := conntrack.Tuple{Src: tgt.InstanceIP, Dst: nsIP, SrcPort: dport, DstPort: sport, Proto: sent.Proto}
+	restored, rw, ok := e.flows.ReplyFlow(reply, now)
+	return restored, ok && rw == sent
 }
 
 // Sweep ends idle flows and fragment records; the node calls it every few seconds.

@@ -4,7 +4,9 @@
 // One [Parsed] is reused for every packet a goroutine handles: [Parsed.Decode] refills it
 // from a buffer and allocates nothing, and the Set* methods rewrite addresses, ports and
 // ICMP echo identifiers in that buffer, updating every checksum incrementally (RFC 1624)
-// instead of summing the packet again. Nothing here does I/O.
+// instead of summing the packet again. An ICMP error embeds the packet it is about;
+// [Parsed.Embedded] rewrites that packet too, so the sender can match the error to its
+// flow. Nothing here does I/O.
 //
 // Fragments are decoded, not dropped (the reference dropped them): a non-first fragment
 // carries no transport header, so it has no ports and its rewrite changes only the IP
@@ -74,12 +76,14 @@ var (
 	ErrTCPHeader        = errors.New("packet: TCP header is truncated or its data offset is below 20 bytes")
 	ErrUDPHeader        = errors.New("packet: UDP header is truncated or its length field is below 8 or past the packet")
 	ErrICMPHeader       = errors.New("packet: ICMP header is shorter than 8 bytes")
+	ErrEmbeddedVersion  = errors.New("packet: the packet an ICMP error embeds is not of the error's IP version")
 
 	ErrNotDecoded    = errors.New("packet: no packet decoded (Decode failed or was never called)")
 	ErrFamily        = errors.New("packet: address family differs from the packet's IP version")
 	ErrNoPorts       = errors.New("packet: packet has no ports to rewrite (not TCP/UDP, or a non-first fragment)")
 	ErrNotEcho       = errors.New("packet: packet is not an ICMP echo request or reply")
 	ErrRoutingHeader = errors.New("packet: IPv6 routing header with segments left: the transport checksum covers its final destination, not the destination field")
+	ErrNotICMPError  = errors.New("packet: packet is not a whole ICMP error message (destination unreachable, packet too big, time exceeded, parameter problem)")
 )
 
 // maxExtHeaders bounds the IPv6 extension header walk so a crafted chain cannot make
@@ -91,6 +95,7 @@ const (
 	flagTransport uint8 = 1 << iota // transport header (TCP, UDP, ICMP) decoded
 	flagEcho                        // ICMP echo request or reply: EchoID is valid
 	flagRouting                     // IPv6 routing header with segments left > 0
+	flagICMPError                   // ICMP error message: it embeds the packet it is about
 )
 
 // Parsed is a decoded IPv4 or IPv6 packet. The zero value holds no packet. Decode refills
@@ -167,6 +172,13 @@ func (p *Parsed) HasPorts() bool {
 // 0, ICMPv6 types 128 and 129), so EchoID is valid.
 func (p *Parsed) IsEcho() bool { return p.flags&flagEcho != 0 }
 
+// IsICMPError reports whether the packet is an ICMP error message that embeds the packet
+// it is about (see [Parsed.Embedded]): ICMPv4 destination unreachable (3, with
+// "fragmentation needed"), time exceeded (11) and parameter problem (12); ICMPv6
+// destination unreachable (1), packet too big (2), time exceeded (3) and parameter
+// problem (4).
+func (p *Parsed) IsICMPError() bool { return p.flags&flagICMPError != 0 }
+
 // HasRoutingHeader reports whether an IPv6 routing header with segments left is present;
 // such a packet's destination cannot be rewritten (ErrRoutingHeader).
 func (p *Parsed) HasRoutingHeader() bool { return p.flags&flagRouting != 0 }
@@ -232,9 +244,9 @@ func (p *Parsed) Decode(b []byte) error {
 	var err error
 	switch b[0] >> 4 {
 	case 4:
-		err = p.decode4(b)
+		err = p.decode4(b, false)
 	case 6:
-		err = p.decode6(b)
+		err = p.decode6(b, false)
 	default:
 		return ErrVersion
 	}
@@ -244,7 +256,11 @@ func (p *Parsed) Decode(b []byte) error {
 	return err
 }
 
-func (p *Parsed) decode4(b []byte) error {
+// decode4 decodes an IPv4 packet. quoted is set for the packet an ICMP error embeds
+// (Parsed.Embedded): its length fields are the original packet's, of which the error
+// carries only the start, so the packet is taken to end where b ends and the transport
+// header needs only its first 8 bytes (RFC 792).
+func (p *Parsed) decode4(b []byte, quoted bool) error {
 	if len(b) < 20 {
 		return ErrTruncated
 	}
@@ -256,6 +272,9 @@ func (p *Parsed) decode4(b []byte) error {
 		return ErrTruncated
 	}
 	total := int(binary.BigEndian.Uint16(b[2:4]))
+	if quoted {
+		total = len(b)
+	}
 	if total < ihl {
 		return ErrTotalLength
 	}
@@ -281,14 +300,18 @@ func (p *Parsed) decode4(b []byte) error {
 	if off != 0 {
 		return nil // fragment data, no transport header
 	}
-	return p.decodeTransport(b[ihl:])
+	return p.decodeTransport(b[ihl:], quoted)
 }
 
-func (p *Parsed) decode6(b []byte) error {
+// decode6 decodes an IPv6 packet; quoted as for decode4.
+func (p *Parsed) decode6(b []byte, quoted bool) error {
 	if len(b) < 40 {
 		return ErrTruncated
 	}
 	total := 40 + int(binary.BigEndian.Uint16(b[4:6]))
+	if quoted {
+		total = len(b)
+	}
 	if total > len(b) {
 		return ErrTruncated // also a jumbogram (payload length 0 with a jumbo option): unsupported
 	}
@@ -354,21 +377,25 @@ walk:
 	if p.FragOffset != 0 {
 		return nil
 	}
-	return p.decodeTransport(b[off:])
+	return p.decodeTransport(b[off:], quoted)
 }
 
 // decodeTransport decodes the TCP, UDP or ICMP header at the start of tr (the IP payload
 // of an unfragmented packet or a first fragment, which must hold the whole header: a first
-// fragment that splits it is refused, as RFC 1858 advises).
-func (p *Parsed) decodeTransport(tr []byte) error {
+// fragment that splits it is refused, as RFC 1858 advises). A quoted packet (decode4)
+// needs only the 8 bytes an ICMP error is sure to carry; its TransportHeaderLen is 8.
+func (p *Parsed) decodeTransport(tr []byte, quoted bool) error {
 	switch {
 	case p.Proto == TCP:
-		if len(tr) < 20 {
+		if len(tr) < 8 || !quoted && len(tr) < 20 {
 			return ErrTCPHeader
 		}
-		doff := int(tr[12]>>4) * 4
-		if doff < 20 || doff > len(tr) {
-			return ErrTCPHeader
+		doff := 8
+		if !quoted {
+			doff = int(tr[12]>>4) * 4
+			if doff < 20 || doff > len(tr) {
+				return ErrTCPHeader
+			}
 		}
 		p.TransportHeaderLen = doff
 		p.SrcPort = binary.BigEndian.Uint16(tr[0:2])
@@ -379,8 +406,8 @@ func (p *Parsed) decodeTransport(tr []byte) error {
 		}
 		ulen := int(binary.BigEndian.Uint16(tr[4:6]))
 		// A first fragment's UDP length covers the whole datagram, so only a whole
-		// packet can be held to its payload.
-		if ulen < 8 || (!p.MoreFragments && ulen > len(tr)) {
+		// packet can be held to its payload; so does a quoted one's.
+		if !quoted && (ulen < 8 || (!p.MoreFragments && ulen > len(tr))) {
 			return ErrUDPHeader
 		}
 		p.TransportHeaderLen = 8
@@ -395,6 +422,8 @@ func (p *Parsed) decodeTransport(tr []byte) error {
 		if isEcho(p.Version, p.ICMPType) {
 			p.flags |= flagEcho
 			p.EchoID = binary.BigEndian.Uint16(tr[4:6])
+		} else if isICMPError(p.Version, p.ICMPType) {
+			p.flags |= flagICMPError
 		}
 	default:
 		return nil // another protocol: its header is not ours to read

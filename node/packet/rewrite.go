@@ -75,7 +75,9 @@ func (p *Parsed) setAddrs(src, dst netip.Addr, doSrc, doDst bool) error {
 	tr := b[p.HeaderLen:]
 	switch p.Proto {
 	case TCP:
-		update(tr[16:18], d)
+		if len(tr) >= 18 { // a quoted segment (Embedded) may stop before its checksum
+			update(tr[16:18], d)
+		}
 	case UDP:
 		updateUDP(tr[6:8], d)
 	case ICMPv6:
@@ -112,7 +114,9 @@ func (p *Parsed) setPort(at int, port uint16) error {
 	d := deltaWord(binary.BigEndian.Uint16(tr[at:]), port)
 	binary.BigEndian.PutUint16(tr[at:], port)
 	if p.Proto == TCP {
-		update(tr[16:18], d)
+		if len(tr) >= 18 { // as in setAddrs
+			update(tr[16:18], d)
+		}
 	} else {
 		updateUDP(tr[6:8], d)
 	}

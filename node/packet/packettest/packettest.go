@@ -69,6 +69,17 @@ func ICMPEcho(typ uint8, id, seq uint16, data []byte) []byte {
 	return append(b, data...)
 }
 
+// ICMPError is an ICMP(v4 or v6) error message of the given type and code with zero
+// checksum: info is its second word (the next-hop MTU of "fragmentation needed", the MTU
+// of "packet too big", the pointer of "parameter problem", else 0), quoted the start of
+// the packet it is about, as a kernel quotes it (usually cut short).
+func ICMPError(typ, code uint8, info uint32, quoted []byte) []byte {
+	b := make([]byte, 8, 8+len(quoted))
+	b[0], b[1] = typ, code
+	binary.BigEndian.PutUint32(b[4:], info)
+	return append(b, quoted...)
+}
+
 // IP4 wraps payload in an IPv4 header (ID 0x1234, DF, TTL 64) and fills in every checksum.
 func IP4(src, dst string, proto uint8, payload []byte) []byte {
 	b := make([]byte, 20, 20+len(payload))
