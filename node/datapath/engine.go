@@ -266,7 +266,13 @@ func (e *Engine) toGateway(p *packet.Parsed, replied bool, now time.Time) Result
 	if !replied {
 		return drop(ReasonNoGatewayFlow)
 	}
-	if r := e.gateway.reverse(p, now); r != ReasonNone {
+	var r Reason
+	if p.IsICMPError() {
+		r = e.gateway.reverseError(p, now)
+	} else {
+		r = e.gateway.reverse(p, now)
+	}
+	if r != ReasonNone {
 		return drop(r)
 	}
 	return Result{Verdict: Deliver}

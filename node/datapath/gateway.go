@@ -248,6 +248,32 @@ func (g *Gateway) reverse(p *packet.Parsed, now time.Time) Reason {
 	return ReasonNone
 }
 
+// reverseError sends on to the client an ICMP error about one of its flows (port
+// unreachable from a UDP service, packet too big on the way): the inbound path restored
+// its quote to the gateway's own packet (self:gateway_port -> target:service_port); the
+// client must see an error quoting what it sent (client:port -> internal:public_port),
+// which the firewall's connection tracking then maps to the public address as a related
+// packet.
+func (g *Gateway) reverseError(p *packet.Parsed, now time.Time) Reason {
+	in, err := p.Embedded()
+	if err != nil {
+		return ReasonMalformed
+	}
+	sport, dport, ok := in.FlowPorts()
+	if !ok || in.Proto() != packet.TCP && in.Proto() != packet.UDP {
+		return ReasonNoGatewayFlow
+	}
+	restored, rw, ok := g.flows.ReplyFlow(portKey(in.Src(), sport, uint8(in.Proto())), now)
+	if !ok || rw.Src != in.Src() || rw.Dst != in.Dst() || rw.DstPort != dport {
+		return ReasonNoGatewayFlow
+	}
+	if in.SetAddrs(restored.Dst, restored.Src) != nil || in.SetPorts(restored.DstPort, restored.SrcPort) != nil ||
+		p.SetAddrs(restored.Src, restored.Dst) != nil {
+		return ReasonRewrite
+	}
+	return ReasonNone
+}
+
 // tcpEnding reports a TCP segment with FIN or RST set: its connection is ending, so its
 // gateway flow may expire soon (conntrack's ClosingTimeout) instead of after the TCP
 // idle timeout.

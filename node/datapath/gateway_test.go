@@ -281,3 +281,40 @@ func TestGatewayAllocations(t *testing.T) {
 		t.Errorf("gateway forward+reply: %v allocations per packet pair, want 0", allocs)
 	}
 }
+
+// A service's ICMP error about a client's flow reaches the client quoting the packet the
+// client sent: a UDP client behind the gateway sees its port unreachable.
+func TestGatewayICMPError(t *testing.T) {
+	e, _ := newGatewayEngine(t, conntrack.Config{})
+	sent := packettest.IP4(client1, gwInternal, packettest.UDP, packettest.UDPDatagram(33000, 5353, packettest.Payload(40)))
+	p := decode(t, append([]byte(nil), sent...))
+	r := e.Outbound(p, t0)
+	if r.Verdict != Tunnel {
+		t.Fatalf("Outbound = %+v", r)
+	}
+	_, inst := endpointNS(t, r.Endpoint)
+	gp := p.SrcPort
+	// The instance's node answers with a port unreachable as it translates errors: from
+	// the instance's Instance IP, quoting the datagram as the gateway's Namespace IP sent
+	// it to the instance's Instance IP.
+	quoted := packettest.IP4(gwSelf, inst, packettest.UDP, packettest.UDPDatagram(gp, 53, packettest.Payload(40)))
+	errPkt := decode(t, packettest.IP4(inst, gwSelf, packettest.ICMPv4, packettest.ICMPError(3, 3, 0, quoted[:28])))
+	if r := e.Inbound(errPkt, t0); r.Verdict != Deliver {
+		t.Fatalf("Inbound error = %+v, want Deliver", r)
+	}
+	check(t, errPkt, gwInternal, client1)
+	in, err := errPkt.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, dp, _ := in.FlowPorts()
+	if in.Src() != ip(client1) || in.Dst() != ip(gwInternal) || sp != 33000 || dp != 5353 {
+		t.Errorf("the client's error quotes %v, want its own datagram %s:33000 > %s:5353", &in, client1, gwInternal)
+	}
+	// An error quoting a gateway port of no flow is dropped.
+	stray := packettest.IP4(gwSelf, inst, packettest.UDP, packettest.UDPDatagram(gp+1, 53, packettest.Payload(40)))
+	q := decode(t, packettest.IP4(inst, gwSelf, packettest.ICMPv4, packettest.ICMPError(3, 3, 0, stray[:28])))
+	if r := e.Inbound(q, t0); r.Verdict != Drop {
+		t.Errorf("an error about no flow = %+v, want Drop", r)
+	}
+}
