@@ -305,6 +305,50 @@ func eventually(t *testing.T, ns *netnstest.NS, addr netip.Addr, want func(strin
 
 func anyAnswer(string) bool { return true }
 
+// udpEcho sends "ping" from ns to `to` on a connected UDP socket until an answer comes
+// (at most 20 tries) and returns it. A connected socket accepts only datagrams from the
+// address it dialled, so an answer proves the reply's source was mapped back.
+func udpEcho(t *testing.T, ns *netnstest.NS, to netip.AddrPort) string {
+	t.Helper()
+	c, err := ns.Dial("udp", to.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 2048)
+	for range 20 {
+		c.Write([]byte("ping"))
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if n, err := c.Read(buf); err == nil {
+			return string(buf[:n])
+		}
+	}
+	return ""
+}
+
+// positiveMetrics asserts that each metric line starting with a prefix in want is on
+// n's /metrics with a value other than 0.
+func positiveMetrics(t *testing.T, n *dpNode, want ...string) {
+	t.Helper()
+	resp, err := n.api.Get("http://node/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, w := range want {
+		line := ""
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, w) {
+				line = l
+			}
+		}
+		if line == "" || strings.HasSuffix(line, " 0") {
+			t.Errorf("node metrics: %q is %q, want a positive value", w, line)
+		}
+	}
+}
+
 func TestDatapath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("datapath suite: -short")
@@ -358,23 +402,8 @@ func TestDatapath(t *testing.T) {
 	})
 	t.Run("UDPEcho", func(t *testing.T) {
 		for _, ip := range []netip.Addr{web.RRIP, web.ClosestIPv6} {
-			c, err := a.Dial("udp", netip.AddrPortFrom(ip, 7).String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			// A connected UDP socket accepts only datagrams from the address it dialled:
-			// an answer proves the reply's source was mapped back to the Service IP.
-			buf := make([]byte, 2048)
-			var got string
-			for attempt := 0; attempt < 20 && got == ""; attempt++ {
-				c.Write([]byte("ping"))
-				c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-				if n, err := c.Read(buf); err == nil {
-					got = string(buf[:n])
-				}
-			}
-			if !strings.HasSuffix(got, ":ping") {
+			// An answer proves the reply's source was mapped back to the Service IP.
+			if got := udpEcho(t, a, netip.AddrPortFrom(ip, 7)); !strings.HasSuffix(got, ":ping") {
 				t.Errorf("UDP echo via %s: %q", ip, got)
 			}
 		}
@@ -394,23 +423,7 @@ func TestDatapath(t *testing.T) {
 		}
 	})
 	t.Run("Metrics", func(t *testing.T) {
-		resp, err := p.nodes[0].api.Get("http://node/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		for _, want := range []string{`semnet_node_packets_total{direction="tunnel_tx"}`, `semnet_node_lookups_total{result="miss"}`, `semnet_node_flows `} {
-			line := ""
-			for _, l := range strings.Split(string(b), "\n") {
-				if strings.HasPrefix(l, want) {
-					line = l
-				}
-			}
-			if line == "" || strings.HasSuffix(line, " 0") {
-				t.Errorf("node 1 metrics: %q is %q, want a positive count", want, line)
-			}
-		}
+		positiveMetrics(t, p.nodes[0], `semnet_node_packets_total{direction="tunnel_tx"}`, `semnet_node_lookups_total{result="miss"}`, `semnet_node_flows `)
 	})
 	t.Run("ClosestFailover", func(t *testing.T) {
 		zero := 0

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/semnet/semnet/proto/api"
-	"github.com/semnet/semnet/proto/nodeapi"
 	"github.com/semnet/semnet/shared/netnstest"
 )
 
@@ -168,25 +167,10 @@ func TestGateway(t *testing.T) {
 		}
 	})
 	t.Run("UDP", func(t *testing.T) {
-		for _, to := range []netip.AddrPort{netip.AddrPortFrom(gwPublic, 7007)} {
-			c, err := c1.Dial("udp", to.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			// Connected: only datagrams from the public address are accepted.
-			buf := make([]byte, 2048)
-			var got string
-			for attempt := 0; attempt < 20 && got == ""; attempt++ {
-				c.Write([]byte("ping"))
-				c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-				if n, err := c.Read(buf); err == nil {
-					got = string(buf[:n])
-				}
-			}
-			if !strings.HasSuffix(got, ":ping") {
-				t.Errorf("UDP echo via the gateway %s: %q", to, got)
-			}
+		// Connected: only datagrams from the public address are accepted.
+		to := netip.AddrPortFrom(gwPublic, 7007)
+		if got := udpEcho(t, c1, to); !strings.HasSuffix(got, ":ping") {
+			t.Errorf("UDP echo via the gateway %s: %q", to, got)
 		}
 	})
 	t.Run("SameClientPort", func(t *testing.T) {
@@ -299,23 +283,6 @@ func TestGateway(t *testing.T) {
 		}
 	})
 	t.Run("Metrics", func(t *testing.T) {
-		resp, err := p.nodes[0].api.Get("http://node/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		for _, want := range []string{"semnet_node_gateway_flows ", "semnet_node_gateway_exposures "} {
-			line := ""
-			for _, l := range strings.Split(string(b), "\n") {
-				if strings.HasPrefix(l, want) {
-					line = l
-				}
-			}
-			if line == "" || strings.HasSuffix(line, " 0") {
-				t.Errorf("gateway metrics: %q is %q, want a positive value", want, line)
-			}
-		}
+		positiveMetrics(t, p.nodes[0], "semnet_node_gateway_flows ", "semnet_node_gateway_exposures ")
 	})
-	_ = nodeapi.PathDeploy
 }

@@ -144,14 +144,7 @@ func (g *Gateway) self(a netip.Addr) netip.Addr {
 func (g *Gateway) forward(p *packet.Parsed, now time.Time) Reason {
 	key := fragKeyOf(p)
 	if p.IsNonFirstFragment() {
-		f, ok := g.frags.get(key, now)
-		if !ok {
-			return ReasonFragment
-		}
-		if p.SetAddrs(f.src, f.dst) != nil {
-			return ReasonRewrite
-		}
-		return ReasonNone
+		return g.followFragment(p, key, now)
 	}
 	if !p.HasPorts() {
 		return ReasonNoExposure
@@ -217,14 +210,7 @@ func portKey(self netip.Addr, port uint16, proto uint8) conntrack.Tuple {
 func (g *Gateway) reverse(p *packet.Parsed, now time.Time) Reason {
 	key := fragKeyOf(p)
 	if p.IsNonFirstFragment() {
-		f, ok := g.frags.get(key, now)
-		if !ok {
-			return ReasonFragment
-		}
-		if p.SetAddrs(f.src, f.dst) != nil {
-			return ReasonRewrite
-		}
-		return ReasonNone
+		return g.followFragment(p, key, now)
 	}
 	if !p.HasPorts() {
 		return ReasonNoGatewayFlow
@@ -269,6 +255,19 @@ func (g *Gateway) reverseError(p *packet.Parsed, now time.Time) Reason {
 	}
 	if in.SetAddrs(restored.Dst, restored.Src) != nil || in.SetPorts(restored.DstPort, restored.SrcPort) != nil ||
 		p.SetAddrs(restored.Src, restored.Dst) != nil {
+		return ReasonRewrite
+	}
+	return ReasonNone
+}
+
+// followFragment rewrites a later fragment as its datagram's first fragment was: it has
+// no ports to look up.
+func (g *Gateway) followFragment(p *packet.Parsed, key fragKey, now time.Time) Reason {
+	f, ok := g.frags.get(key, now)
+	if !ok {
+		return ReasonFragment
+	}
+	if p.SetAddrs(f.src, f.dst) != nil {
 		return ReasonRewrite
 	}
 	return ReasonNone
