@@ -275,8 +275,13 @@ func (p *pattern) Read(b []byte) (int, error) {
 
 // get fetches http://addr/path from inside ns, on a fresh connection.
 func get(ctx context.Context, ns *netnstest.NS, addr netip.Addr, path string) (string, error) {
+	return getAt(ctx, ns, netip.AddrPortFrom(addr, 80), path)
+}
+
+// getAt fetches http://to/path from inside ns on a fresh connection.
+func getAt(ctx context.Context, ns *netnstest.NS, to netip.AddrPort, path string) (string, error) {
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+netip.AddrPortFrom(addr, 80).String()+path, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+to.String()+path, nil)
 	resp, err := hc.Do(req)
 	if err != nil {
 		return "", err
@@ -290,17 +295,38 @@ func get(ctx context.Context, ns *netnstest.NS, addr netip.Addr, path string) (s
 // push takes a moment to arrive) and returns the answer.
 func eventually(t *testing.T, ns *netnstest.NS, addr netip.Addr, want func(string) bool) string {
 	t.Helper()
+	return eventuallyAt(t, ns, netip.AddrPortFrom(addr, 80), want)
+}
+
+// eventuallyAt is eventually for any address and port.
+func eventuallyAt(t *testing.T, ns *netnstest.NS, to netip.AddrPort, want func(string) bool) string {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		got, err := get(t.Context(), ns, addr, "/")
+		got, err := getAt(t.Context(), ns, to, "/")
 		if err == nil && want(got) {
 			return got
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("GET http://%s/ from %s: %q, %v", addr, ns, got, err)
+			t.Fatalf("GET http://%s/ from %s: %q, %v", to, ns, got, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// spread sends 20 requests from ns to `to`, one connection each, and counts the answers;
+// it fails the test on an error.
+func spread(t *testing.T, ns *netnstest.NS, to netip.AddrPort) map[string]int {
+	t.Helper()
+	seen := map[string]int{}
+	for range 20 {
+		got, err := getAt(t.Context(), ns, to, "/")
+		if err != nil {
+			t.Fatalf("GET http://%s/ from %s: %v", to, ns, err)
+		}
+		seen[got]++
+	}
+	return seen
 }
 
 func anyAnswer(string) bool { return true }
@@ -363,14 +389,7 @@ func TestDatapath(t *testing.T) {
 	t.Run("RoundRobin", func(t *testing.T) {
 		for _, ip := range []netip.Addr{web.RRIP, web.RRIPv6} {
 			eventually(t, a, ip, anyAnswer)
-			seen := map[string]int{}
-			for range 20 {
-				got, err := get(t.Context(), a, ip, "/")
-				if err != nil {
-					t.Fatalf("GET via RR %s: %v", ip, err)
-				}
-				seen[got]++
-			}
+			seen := spread(t, a, netip.AddrPortFrom(ip, 80))
 			if seen["web0"] == 0 || seen["web1"] == 0 || seen["web0"]+seen["web1"] != 20 {
 				t.Errorf("RR %s spread %v, want both instances", ip, seen)
 			}

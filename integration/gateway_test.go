@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -64,36 +63,6 @@ func (p *gwPlatform) expose(t testing.TB, svc api.Service, req api.ExposureReque
 	return e
 }
 
-// getAt fetches http://to/path from inside ns on a fresh connection.
-func getAt(ctx context.Context, ns *netnstest.NS, to netip.AddrPort, path string) (string, error) {
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+to.String()+path, nil)
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return string(b), err
-}
-
-// eventuallyAt retries getAt until it answers (the gateway learns of an exposure, and of
-// the service's instances, a moment after it is created).
-func eventuallyAt(t *testing.T, ns *netnstest.NS, to netip.AddrPort) string {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got, err := getAt(t.Context(), ns, to, "/")
-		if err == nil {
-			return got
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET http://%s/ from %s: %v", to, ns, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // dialFrom opens a TCP connection from ns with a fixed local address and port.
 func dialFrom(ns *netnstest.NS, local, to netip.AddrPort) (net.Conn, error) {
 	var c net.Conn
@@ -142,15 +111,8 @@ func TestGateway(t *testing.T) {
 
 	t.Run("RoundRobinTCP", func(t *testing.T) {
 		for _, to := range []netip.AddrPort{rr, rr6} {
-			eventuallyAt(t, c1, to)
-			seen := map[string]int{}
-			for range 20 {
-				got, err := getAt(t.Context(), c1, to, "/")
-				if err != nil {
-					t.Fatalf("GET via gateway %s: %v", to, err)
-				}
-				seen[got]++
-			}
+			eventuallyAt(t, c1, to, anyAnswer)
+			seen := spread(t, c1, to)
 			if seen["web0"] == 0 || seen["web1"] == 0 || seen["web0"]+seen["web1"] != 20 {
 				t.Errorf("gateway %s spread %v, want both instances", to, seen)
 			}
@@ -159,7 +121,7 @@ func TestGateway(t *testing.T) {
 	t.Run("Closest", func(t *testing.T) {
 		// Closest to the gateway in Munich: Berlin's web0.
 		to := netip.AddrPortFrom(gwPublic, 8081)
-		eventuallyAt(t, c1, to)
+		eventuallyAt(t, c1, to, anyAnswer)
 		for range 5 {
 			if got, err := getAt(t.Context(), c1, to, "/"); err != nil || got != "web0" {
 				t.Errorf("GET via the gateway's Closest exposure = %q, %v; want web0", got, err)
@@ -176,7 +138,7 @@ func TestGateway(t *testing.T) {
 	t.Run("SameClientPort", func(t *testing.T) {
 		// Two clients, one source port, at once: the reference keyed its forward table by
 		// that port and mixed them up.
-		eventuallyAt(t, c1, rr)
+		eventuallyAt(t, c1, rr, anyAnswer)
 		var conns []*keepAlive
 		for i, c := range p.clients {
 			conn, err := dialFrom(c, netip.AddrPortFrom(outside[i], 40000), rr)
@@ -197,7 +159,7 @@ func TestGateway(t *testing.T) {
 	})
 	t.Run("Concurrent", func(t *testing.T) {
 		const n = 1000
-		eventuallyAt(t, c1, rr)
+		eventuallyAt(t, c1, rr, anyAnswer)
 		var wg sync.WaitGroup
 		errs := make(chan error, n)
 		start := time.Now()
@@ -247,7 +209,7 @@ func TestGateway(t *testing.T) {
 		}
 	})
 	t.Run("RemoveExposure", func(t *testing.T) {
-		eventuallyAt(t, c1, rr)
+		eventuallyAt(t, c1, rr, anyAnswer)
 		conn, err := c1.Dial("tcp", rr.String())
 		if err != nil {
 			t.Fatal(err)
