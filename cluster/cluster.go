@@ -163,7 +163,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	s.reports = report.New(rc, log.With("component", "report"), promReg)
 	s.spares = subnets.New(rc, c.ID, c.Spares, log.With("component", "subnets"))
 	nodeSrv = nodes.New(runCtx, s.table, s.broker, s.reports, s.spares, nodes.Options{
-		Location: &loc, Gateways: relay, Logger: log.With("component", "nodes"), Registerer: promReg,
+		Location: &loc, ClusterID: c.ID, Gateways: relay, Logger: log.With("component", "nodes"), Registerer: promReg,
 	})
 	s.broker.OnDisconnect(nodeSrv.NodeGone)
 	if err := s.broker.Subscribe(mqttapi.ClusterSubscription, nodeSrv.Handle); err != nil {

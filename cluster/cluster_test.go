@@ -193,7 +193,13 @@ func TestWorkerContract(t *testing.T) {
 	if ids, _ := p.RC.Interests(ctx, "c1"); len(ids) != 1 {
 		t.Fatalf("interest dropped while w1 runs an instance: %v", ids)
 	}
-	w1.publish(mqttapi.SuffixUndeployed, fmt.Sprintf(`{"appname":%q,"instance_number":0}`, svc.JobName))
+	// A stop from a host the instance does not run on (it migrated from there) is ignored.
+	w2.publish(mqttapi.SuffixUndeployed, fmt.Sprintf(`{"appname":%q,"instance_number":0,"host_ip":"127.0.0.2","host_port":50103}`, svc.JobName))
+	time.Sleep(200 * time.Millisecond)
+	if e, err := p.RC.Resolve(ctx, svc.JobName, ""); err != nil || len(e.Instances) != 1 || e.Instances[0].ClusterID != "c1" {
+		t.Fatalf("after a stop from elsewhere: %+v, %v; want the instance running in c1", e.Instances, err)
+	}
+	w1.publish(mqttapi.SuffixUndeployed, fmt.Sprintf(`{"appname":%q,"instance_number":0,"host_ip":"127.0.0.1","host_port":50103}`, svc.JobName))
 	waitFor(t, "root to drop the cluster's interest", func() bool {
 		ids, err := p.RC.Interests(ctx, "c1")
 		return err == nil && len(ids) == 0

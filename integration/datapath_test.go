@@ -107,10 +107,11 @@ func waitReady(t testing.TB, hc *http.Client, url, what string) {
 
 // dpNode is a worker host running `semnet node`.
 type dpNode struct {
-	ns     *netnstest.NS
-	proc   *exec.Cmd
-	socket string
-	api    *http.Client // over the unix socket
+	ns      *netnstest.NS
+	proc    *exec.Cmd
+	socket  string
+	cluster string       // the id of the cluster it belongs to
+	api     *http.Client // over the unix socket
 }
 
 func (n *dpNode) call(t testing.TB, path string, body, out any) {
@@ -139,12 +140,45 @@ type dpPlatform struct {
 	nodes []*dpNode
 }
 
-// startDatapathPlatform starts the platform with the given semnet binary. setup, when
-// given, is called for node i (from 0) before it starts, and returns extra arguments for
-// its command line.
+// clusterSpec is one cluster service of a test platform.
+type clusterSpec struct {
+	id       string
+	lat, lon float64
+}
+
+// platformSpec describes a test platform: its clusters (all run in the control host,
+// each with its own REST and MQTT ports) and worker nodes.
+type platformSpec struct {
+	clusters []clusterSpec // default: c1 in Munich
+	nodes    int
+	// clusterOf gives the index in clusters of node i (from 0); default: the first.
+	clusterOf func(i int) int
+	// setup, when given, is called for node i before it starts, and returns extra
+	// arguments for its command line.
+	setup func(i int, ns *netnstest.NS) []string
+}
+
+// startDatapathPlatform starts a platform of one cluster and the given number of nodes
+// with the given semnet binary; see platformSpec for setup.
 func startDatapathPlatform(t testing.TB, bin string, nodes int, setup ...func(i int, ns *netnstest.NS) []string) *dpPlatform {
 	t.Helper()
+	spec := platformSpec{nodes: nodes}
+	if len(setup) > 0 {
+		spec.setup = setup[0]
+	}
+	return startPlatform(t, bin, spec)
+}
+
+// startPlatform starts the platform spec describes with the given semnet binary.
+func startPlatform(t testing.TB, bin string, spec platformSpec) *dpPlatform {
+	t.Helper()
 	netnstest.Require(t)
+	if len(spec.clusters) == 0 {
+		spec.clusters = []clusterSpec{{id: "c1", lat: 48.14, lon: 11.58}}
+	}
+	if spec.clusterOf == nil {
+		spec.clusterOf = func(int) int { return 0 }
+	}
 	u := netnstest.NewUnderlay(t)
 	p := &dpPlatform{ctrl: netnstest.New(t, "ctrl")}
 	u.Attach(t, p.ctrl, "eth0", netip.PrefixFrom(ctrlIP, 24))
@@ -161,33 +195,37 @@ func startDatapathPlatform(t testing.TB, bin string, nodes int, setup ...func(i 
 
 	var auth strings.Builder
 	auth.WriteString("auth:\n")
-	for i := range nodes {
+	for i := range spec.nodes {
 		fmt.Fprintf(&auth, "  - {username: w%d, password: pw-%d, allow: true}\n", i+1, i+1)
 	}
 	authFile := filepath.Join(dir, "workers.yaml")
 	if err := os.WriteFile(authFile, []byte(auth.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	clusterREST := netip.AddrPortFrom(ctrlIP, 10110).String()
-	mqtt := netip.AddrPortFrom(ctrlIP, 10003).String()
-	startIn(t, p.ctrl, bin, "cluster", "cluster", "--id", "c1", "--root", "http://"+rootAddr, "--root-token", token,
-		"--listen", clusterREST, "--mqtt-listen", mqtt, "--mqtt-auth", authFile,
-		"--lat", "48.14", "--lon", "11.58", "--log-level", "warn")
-	waitReady(t, inCtrl, "http://"+clusterREST+"/readyz", "cluster")
+	mqtt := make([]string, len(spec.clusters))
+	for k, c := range spec.clusters {
+		clusterREST := netip.AddrPortFrom(ctrlIP, uint16(10110+k)).String()
+		mqtt[k] = netip.AddrPortFrom(ctrlIP, uint16(10003+k)).String()
+		startIn(t, p.ctrl, bin, "cluster "+c.id, "cluster", "--id", c.id, "--root", "http://"+rootAddr, "--root-token", token,
+			"--listen", clusterREST, "--mqtt-listen", mqtt[k], "--mqtt-auth", authFile,
+			"--lat", fmt.Sprint(c.lat), "--lon", fmt.Sprint(c.lon), "--log-level", "warn")
+		waitReady(t, inCtrl, "http://"+clusterREST+"/readyz", "cluster "+c.id)
+	}
 
-	for i := range nodes {
+	for i := range spec.nodes {
+		k := spec.clusterOf(i)
 		ns := netnstest.New(t, fmt.Sprintf("node%d", i+1))
 		u.Attach(t, ns, "eth0", netip.PrefixFrom(nodeIP(i+1), 24))
 		socket := filepath.Join(dir, fmt.Sprintf("node%d.sock", i+1))
 		loc := nodeLocations[i%len(nodeLocations)]
-		args := []string{"node", "--id", fmt.Sprintf("w%d", i+1), "--cluster-mqtt", mqtt,
+		args := []string{"node", "--id", fmt.Sprintf("w%d", i+1), "--cluster-mqtt", mqtt[k],
 			"--password", fmt.Sprintf("pw-%d", i+1), "--host-ip", nodeIP(i + 1).String(), "--socket", socket,
 			"--lat", fmt.Sprint(loc.lat), "--lon", fmt.Sprint(loc.lon), "--log-level", "info"}
-		for _, f := range setup {
-			args = append(args, f(i, ns)...)
+		if spec.setup != nil {
+			args = append(args, spec.setup(i, ns)...)
 		}
 		proc := startIn(t, ns, bin, fmt.Sprintf("node %d", i+1), args...)
-		n := &dpNode{ns: ns, proc: proc, socket: socket, api: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		n := &dpNode{ns: ns, proc: proc, socket: socket, cluster: spec.clusters[k].id, api: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, "unix", socket)
@@ -210,19 +248,31 @@ func (p *dpPlatform) deploy(t testing.TB, name string, on ...int) (api.Service, 
 	}
 	var insts []*netnstest.NS
 	for i, node := range on {
-		num := i
-		if _, err := p.rc.CreateInstance(ctx, svc.JobName, api.InstanceRequest{Number: &num, ClusterID: "c1"}); err != nil {
-			t.Fatal(err)
-		}
-		ns := netnstest.New(t, fmt.Sprintf("%s%d", name, i))
-		var resp nodeapi.DeployResponse
-		p.nodes[node].call(t, nodeapi.PathDeploy, nodeapi.DeployRequest{NetNS: ns.Path, ServiceName: svc.JobName, InstanceNumber: num}, &resp)
-		if resp.NsAddress == "" || resp.NsAddressV6 == "" {
-			t.Fatalf("deploy answered %+v", resp)
-		}
-		insts = append(insts, ns)
+		insts = append(insts, p.addInstance(t, svc, i, node))
 	}
 	return svc, insts
+}
+
+// addInstance creates instance num of svc at root in node's cluster and attaches a new
+// namespace as that instance to the node.
+func (p *dpPlatform) addInstance(t testing.TB, svc api.Service, num, node int) *netnstest.NS {
+	t.Helper()
+	if _, err := p.rc.CreateInstance(t.Context(), svc.JobName, api.InstanceRequest{Number: &num, ClusterID: p.nodes[node].cluster}); err != nil {
+		t.Fatal(err)
+	}
+	return p.attach(t, svc, num, node)
+}
+
+// attach attaches a new namespace as instance num of svc to node (which reports it).
+func (p *dpPlatform) attach(t testing.TB, svc api.Service, num, node int) *netnstest.NS {
+	t.Helper()
+	ns := netnstest.New(t, fmt.Sprintf("%s%d", svc.Service, num))
+	var resp nodeapi.DeployResponse
+	p.nodes[node].call(t, nodeapi.PathDeploy, nodeapi.DeployRequest{NetNS: ns.Path, ServiceName: svc.JobName, InstanceNumber: num}, &resp)
+	if resp.NsAddress == "" || resp.NsAddressV6 == "" {
+		t.Fatalf("deploy answered %+v", resp)
+	}
+	return ns
 }
 
 // serve runs, inside ns, an HTTP server on port 80 (v4 and v6) answering its name on /

@@ -20,7 +20,7 @@ import (
 //	go test -run '^$' -bench Gateway -benchtime 1x ./integration/
 func BenchmarkGateway(b *testing.B) {
 	netnstest.RequireTool(b, "iperf3", "iperf3")
-	p := startGatewayPlatform(b, benchBinary(b))
+	p := startGatewayPlatform(b, benchBinary(b), platformSpec{})
 	web, servers := p.deploy(b, "web", 1)
 	serve(b, servers[0], "web0")
 	_, insts := p.deploy(b, "client", 0)

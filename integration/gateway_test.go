@@ -33,18 +33,24 @@ type gwPlatform struct {
 	clients []*netnstest.NS
 }
 
-func startGatewayPlatform(t testing.TB, bin string) *gwPlatform {
+// startGatewayPlatform starts the platform spec describes (three nodes of one cluster
+// when spec is zero), node 1 being the gateway.
+func startGatewayPlatform(t testing.TB, bin string, spec platformSpec) *gwPlatform {
 	t.Helper()
 	netnstest.Require(t)
 	pub := netnstest.NewUnderlay(t)
 	p := &gwPlatform{}
-	p.dpPlatform = startDatapathPlatform(t, bin, 3, func(i int, ns *netnstest.NS) []string {
+	if spec.nodes == 0 {
+		spec.nodes = 3
+	}
+	spec.setup = func(i int, ns *netnstest.NS) []string {
 		if i != 0 {
 			return nil
 		}
 		pub.Attach(t, ns, "pub0", netip.PrefixFrom(gwPublic, 24), netip.PrefixFrom(gwPublic6, 64))
 		return []string{"--gateway", "--public-ip", gwPublic.String(), "--public-ip", gwPublic6.String()}
-	})
+	}
+	p.dpPlatform = startPlatform(t, bin, spec)
 	for i := range outside {
 		c := netnstest.New(t, fmt.Sprintf("out%d", i+1))
 		pub.Attach(t, c, "eth0", netip.PrefixFrom(outside[i], 24), netip.PrefixFrom(outside6[i], 64))
@@ -99,7 +105,7 @@ func TestGateway(t *testing.T) {
 	if testing.Short() {
 		t.Skip("gateway suite: -short")
 	}
-	p := startGatewayPlatform(t, semnetBinary(t))
+	p := startGatewayPlatform(t, semnetBinary(t), platformSpec{})
 	web, servers := p.deploy(t, "web", 1, 2) // web0 in Berlin (node 2), web1 in Paris (node 3)
 	serve(t, servers[0], "web0")
 	serve(t, servers[1], "web1")

@@ -418,7 +418,8 @@ func (n *Node) Undeploy(ctx context.Context, job string, number int) error {
 	if err := n.addrs.Release(in.ns4); err != nil {
 		n.log.Error("release namespace IPs", "job", job, "instance", number, "err", err)
 	}
-	if err := n.link.Undeployed(ctx, mqttapi.Undeployed{AppName: job, InstanceNumber: refapi.FlexInt(number)}); err != nil {
+	if err := n.link.Undeployed(ctx, mqttapi.Undeployed{AppName: job, InstanceNumber: refapi.FlexInt(number),
+		HostIP: n.cfg.HostIP.String(), HostPort: refapi.FlexInt(n.cfg.TunnelPort)}); err != nil {
 		return fmt.Errorf("node: report %s instance %d undeployed: %w", job, number, err)
 	}
 	return nil

@@ -215,7 +215,7 @@ func (s *Server) deployed(nodeID string, payload []byte) error {
 	if d.InstanceNumber < 0 {
 		return invalidf("instance_number %d must not be negative", d.InstanceNumber)
 	}
-	p := api.Placement{Status: "running"}
+	p := api.Placement{Status: "running", ClusterID: s.opt.ClusterID}
 	if d.Status == "failed" || d.Status == "FAILED" {
 		p.Status = "failed"
 	}
@@ -254,7 +254,16 @@ func (s *Server) undeployed(nodeID string, payload []byte) error {
 	if u.InstanceNumber < 0 {
 		return invalidf("instance_number %d must not be negative", u.InstanceNumber)
 	}
-	s.reports.Enqueue(report.Report{Node: nodeID, Job: u.AppName, Instance: int(u.InstanceNumber), Placement: api.Placement{Status: "stopped"}})
+	p := api.Placement{Status: "stopped", ClusterID: s.opt.ClusterID}
+	var err error
+	if p.HostIP, err = parseAddr("host_ip", u.HostIP, false); err != nil {
+		return err
+	}
+	if p.HostIP.IsValid() && (u.HostPort < 1 || u.HostPort > 65535) {
+		return invalidf("host_port %d must be between 1 and 65535", u.HostPort)
+	}
+	p.HostPort = int(u.HostPort)
+	s.reports.Enqueue(report.Report{Node: nodeID, Job: u.AppName, Instance: int(u.InstanceNumber), Placement: p})
 	if s.in.undeploy(nodeID, u.AppName) {
 		s.forget(u.AppName)
 	}

@@ -65,6 +65,9 @@ type Options struct {
 	// Location is the cluster's; an instance whose node reports no location of its own
 	// is placed here for the Closest policy.
 	Location *geo.Point
+	// ClusterID names this cluster in the placements it reports to root, so an instance
+	// that migrated here from another cluster moves with it.
+	ClusterID string
 	// MaxPendingMisses bounds table queries waiting for root at once (default 1024);
 	// beyond it queries are answered with an error at once.
 	MaxPendingMisses int

@@ -85,6 +85,10 @@ type Placement struct {
 	HostPort      int        `json:"host_port"`
 	Location      *geo.Point `json:"location,omitempty"`
 	Status        string     `json:"status"` // running | failed | stopped
+	// ClusterID is the cluster reporting the placement, when it says: a running or failed
+	// instance moves to it (it migrated), and a stop from a cluster the instance has left
+	// is ignored. With HostIP on a stop, a stop from a host it has left is ignored too.
+	ClusterID string `json:"cluster_id,omitempty"`
 }
 
 // Instance is one replica with its Instance IPs and, once placed, its placement.

@@ -25,6 +25,10 @@ type Deployed struct {
 type Undeployed struct {
 	AppName        string         `json:"appname"`
 	InstanceNumber refapi.FlexInt `json:"instance_number"`
+	// HostIP and HostPort (semnet nodes; reference nodes leave them out) say where the
+	// instance stopped, so a stop arriving after the instance migrated elsewhere is ignored.
+	HostIP   string         `json:"host_ip,omitempty"`
+	HostPort refapi.FlexInt `json:"host_port,omitempty"`
 }
 
 // AddressChanged is published on service/address-changed when the node's tunnel

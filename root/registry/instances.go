@@ -131,14 +131,51 @@ func (r *Registry) Place(ctx context.Context, key string, number int, p api.Plac
 	if err := r.validatePlacement(p); err != nil {
 		return store.Instance{}, s, err
 	}
-	in, err := r.place(ctx, s, number, p, "")
+	if p.ClusterID != "" {
+		if _, err := r.Cluster(ctx, p.ClusterID); err != nil {
+			return store.Instance{}, s, err
+		}
+	}
+	moveTo := p.ClusterID
+	if p.Status == store.StatusStopped {
+		moveTo = "" // stopping somewhere is no move
+	}
+	in, err := r.place(ctx, s, number, p, moveTo)
+	if errors.Is(err, errStalePlacement) {
+		r.log.Info("late stop of a migrated instance ignored", "service", s.JobName(), "instance", number,
+			"stopped_on", p.HostIP, "stopped_in", p.ClusterID, "runs_on", in.HostIP, "runs_in", in.ClusterID)
+		return in, s, nil
+	}
 	return in, s, err
 }
 
+// errStalePlacement is a stop reported by a node or cluster the instance has already
+// left: instances migrate by starting in the new place before (or while) the old one is
+// torn down, and two clusters' reports reach root in no particular order.
+var errStalePlacement = errors.New("the instance runs elsewhere")
+
+// stale tells whether p stops or fails an instance that runs somewhere else than where p
+// comes from (a host, or a cluster when the node did not say its host).
+func stale(in store.Instance, p api.Placement) bool {
+	if p.Status == store.StatusRunning || in.Status != store.StatusRunning {
+		return false
+	}
+	if p.HostIP.IsValid() {
+		return p.HostIP != in.HostIP || p.HostPort != in.HostPort
+	}
+	return p.ClusterID != "" && p.ClusterID != in.ClusterID
+}
+
 // place stores a validated placement of instance number of s, and moves the instance to
-// clusterID unless that is empty.
+// clusterID unless that is empty. A stale stop (see stale) changes nothing: it returns
+// the instance as it is with errStalePlacement.
 func (r *Registry) place(ctx context.Context, s store.Service, number int, p api.Placement, clusterID string) (store.Instance, error) {
+	var current store.Instance
 	out, err := r.store.UpdateInstance(ctx, s.ID, number, func(in *store.Instance) error {
+		if stale(*in, p) {
+			current = *in
+			return errStalePlacement
+		}
 		if p.NamespaceIP.IsValid() || p.Status == store.StatusRunning {
 			in.NamespaceIP = store.AddrPair{V4: p.NamespaceIP, V6: p.NamespaceIPv6}
 			in.HostIP, in.HostPort = p.HostIP, p.HostPort
@@ -154,6 +191,9 @@ func (r *Registry) place(ctx context.Context, s store.Service, number int, p api
 		in.UpdatedAt = r.now().UTC()
 		return nil
 	})
+	if errors.Is(err, errStalePlacement) {
+		return current, err
+	}
 	if err != nil {
 		return store.Instance{}, fmt.Errorf("place instance %d of %s: %w", number, s.JobName(), err)
 	}

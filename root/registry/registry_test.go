@@ -395,6 +395,64 @@ func TestPlacementValidation(t *testing.T) {
 	}
 }
 
+// An instance migrating between clusters starts in the new place while the old one is
+// torn down; the two clusters' reports reach root in either order.
+func TestMigrationAcrossClusters(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	for _, id := range []string{"c1", "c2"} {
+		if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: id, Address: "127.0.0.1", Port: 10110}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := e.service("web")
+	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	old := netip.MustParseAddr("192.0.2.1")
+	moved := netip.MustParseAddr("192.0.2.2")
+	running := func(host netip.Addr, nsip, cluster string) api.Placement {
+		return api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr(nsip), HostIP: host, HostPort: 50103, ClusterID: cluster}
+	}
+	check := func(what, status string, host netip.Addr, cluster string) {
+		t.Helper()
+		in, _, err := e.reg.Instance(ctx, s.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.Status != status || in.HostIP != host || in.ClusterID != cluster {
+			t.Fatalf("%s: %s on %s in %s, want %s on %s in %s", what, in.Status, in.HostIP, in.ClusterID, status, host, cluster)
+		}
+	}
+	if _, _, err := e.reg.Place(ctx, s.ID, 0, running(old, "10.18.0.2", "c1")); err != nil {
+		t.Fatal(err)
+	}
+	// The new place reports first; the old host's stop arrives late and changes nothing.
+	if _, _, err := e.reg.Place(ctx, s.ID, 0, running(moved, "10.18.0.66", "c2")); err != nil {
+		t.Fatal(err)
+	}
+	check("after the move", "running", moved, "c2")
+	for _, late := range []api.Placement{
+		{Status: "stopped", HostIP: old, HostPort: 50103, ClusterID: "c1"},
+		{Status: "stopped", ClusterID: "c1"},             // a reference node says no host
+		{Status: "failed", HostIP: old, HostPort: 50103}, // a reference cluster says no cluster
+	} {
+		if _, _, err := e.reg.Place(ctx, s.ID, 0, late); err != nil {
+			t.Fatalf("late %+v: %v", late, err)
+		}
+		check(fmt.Sprintf("after a late %+v", late), "running", moved, "c2")
+	}
+	// A stop from where it runs applies, and does not move it.
+	if _, _, err := e.reg.Place(ctx, s.ID, 0, api.Placement{Status: "stopped", HostIP: moved, HostPort: 50103, ClusterID: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	check("stopped where it runs", "stopped", moved, "c2")
+	// A placement naming an unknown cluster is refused.
+	if _, _, err := e.reg.Place(ctx, s.ID, 0, running(old, "10.18.0.2", "nowhere")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown cluster: %v, want ErrNotFound", err)
+	}
+}
+
 func TestSubnetPairs(t *testing.T) {
 	plan := addrplan.Default()
 	e := newEnv(t, plan)
