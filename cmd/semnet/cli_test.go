@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -91,12 +90,7 @@ func TestEnvironmentFillsFlagsAndCommandLineWins(t *testing.T) {
 
 func TestRootStartsWithInsecureOnLoopback(t *testing.T) {
 	// Passes validation, opens the store, serves /readyz, and stops when the context ends.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := loopbackPort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/semnet/semnet/cluster"
+	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/root"
 	"github.com/semnet/semnet/shared/geo"
 )
@@ -20,13 +21,17 @@ func newUpCommand() *cobra.Command {
 		f                              rootFlags
 		clusterListen, mqttListen, cid string
 		lat, lon                       float64
+		nodes                          int
+		demo                           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run every tier on this machine with embedded defaults (a local platform to try)",
 		Long: `up runs semnet on one machine with no external services: the root service with its
-embedded store in --data-dir, and one cluster service (in-memory cache, MQTT broker on
-loopback admitting workers by client id). It generates an API token unless --token
+embedded store in --data-dir, one cluster service (in-memory cache, MQTT broker on
+loopback admitting workers by client id), and --nodes simulated worker nodes: MQTT
+clients that take a subnet and report instances like a real node, without a datapath,
+carrying the demo service (--demo). It generates an API token unless --token
 (SEMNET_TOKEN) is given, and prints it with commands to try.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -58,14 +63,24 @@ loopback admitting workers by client id). It generates an API token unless --tok
 				fmt.Fprintln(os.Stderr, "warning: the cluster has not registered with root yet (see the log)")
 			case <-cmd.Context().Done():
 			}
+			rc, err := client.New("http://"+srv.Addr.String(), f.token, nil)
+			if err != nil {
+				return errors.Join(err, cl.Close(), srv.Close())
+			}
+			sp, err := startSimulated(cmd.Context(), rc, cid, cl.MQTTAddr.String(), nodes, demo, c.Logger.With("tier", "simnode"))
+			if err != nil {
+				return errors.Join(fmt.Errorf("simulated nodes: %w", err), cl.Close(), srv.Close())
+			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "semnet is up.\n  root API:     http://%s  (store: %s)\n", srv.Addr, f.dataDir)
 			fmt.Fprintf(out, "  cluster %q:  REST http://%s, MQTT for worker nodes at %s (client id = worker id)\n", cid, cl.Addr, cl.MQTTAddr)
 			if f.token != "" {
 				fmt.Fprintf(out, "  token:        %s\n\nTry:\n  export SEMNET_TOKEN=%s\n", f.token, f.token)
 			}
+			sp.describe(out, srv.Addr.String(), cl.MQTTAddr.String())
 			fmt.Fprintf(out, "  curl -s -H \"Authorization: Bearer $SEMNET_TOKEN\" http://%s/api/v1/pools\n\nStop with Ctrl-C.\n", srv.Addr)
 			<-cmd.Context().Done()
+			sp.Close()
 			return errors.Join(cl.Close(), srv.Close())
 		},
 	}
@@ -73,6 +88,8 @@ loopback admitting workers by client id). It generates an API token unless --tok
 	cmd.Flags().StringVar(&cid, "cluster-id", "local", "id of the cluster up runs")
 	cmd.Flags().StringVar(&clusterListen, "cluster-listen", "127.0.0.1:10110", "address the cluster's REST API listens on")
 	cmd.Flags().StringVar(&mqttListen, "mqtt-listen", "127.0.0.1:10003", "address the cluster's MQTT broker listens on (loopback: workers are admitted by client id)")
+	cmd.Flags().IntVar(&nodes, "nodes", 2, "simulated worker nodes to run (MQTT clients reporting instances, no datapath)")
+	cmd.Flags().BoolVar(&demo, "demo", true, "deploy the demo service "+demoService.App+"."+demoService.AppNS+"."+demoService.Service+"."+demoService.ServiceNS+" with an instance on each simulated node")
 	cmd.Flags().Float64Var(&lat, "lat", 48.14, "the cluster's latitude")
 	cmd.Flags().Float64Var(&lon, "lon", 11.58, "the cluster's longitude")
 	bindEnv(cmd)

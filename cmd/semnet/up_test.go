@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/semnet/semnet/proto/api/client"
+)
+
+// lockedBuffer is an output both the command and the test touch.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func loopbackPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestUpRunsAPlatformWithADemo runs `semnet up` in-process twice on one data directory:
+// root, a cluster, two simulated nodes, and the demo service with an instance on each,
+// running where the nodes said; the second run takes the demo over instead of failing.
+func TestUpRunsAPlatformWithADemo(t *testing.T) {
+	dir := t.TempDir()
+	rootAddr := loopbackPort(t)
+	for run := range 2 {
+		ctx, cancel := context.WithCancel(t.Context())
+		cmd := newRootCommand()
+		out := &lockedBuffer{}
+		cmd.SetOut(out)
+		cmd.SetErr(out)
+		cmd.SetArgs([]string{"up", "--token", "up-test-token-0123456789", "--data-dir", dir, "--listen", rootAddr,
+			"--cluster-listen", loopbackPort(t), "--mqtt-listen", loopbackPort(t), "--log-level", "warn"})
+		done := make(chan error, 1)
+		go func() { done <- cmd.ExecuteContext(ctx) }()
+
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(out.String(), "Stop with Ctrl-C") {
+			select {
+			case err := <-done:
+				t.Fatalf("run %d: up ended: %v\n%s", run, err, out)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("run %d: up printed no summary:\n%s", run, out)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		for _, want := range []string{"sim-1 (Munich) sim-2 (Berlin)", "demo service: demo.app.web.default", "mosquitto_rr"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("run %d: output lacks %q:\n%s", run, want, out)
+			}
+		}
+		rc, err := client.New("http://"+rootAddr, "up-test-token-0123456789", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			e, err := rc.Resolve(ctx, "demo.app.web.default", "")
+			if err == nil && len(e.Instances) == 2 && e.Instances[0].HostPort != e.Instances[1].HostPort {
+				if !strings.Contains(out.String(), e.Service.RRIP.String()) {
+					t.Errorf("run %d: the summary does not show the RR IP %s:\n%s", run, e.Service.RRIP, out)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("run %d: demo at root: %+v, %v; want 2 instances on two nodes", run, e.Instances, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("run %d: up ended with %v", run, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("run %d: up did not stop", run)
+		}
+	}
+}
