@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -25,7 +26,11 @@ var ErrGoexit = errors.New("nsthread: the function called runtime.Goexit (t.Fata
 // not in the namespace. Sockets and netlink handles f creates keep the namespace after
 // the thread switches back. A panic in f is raised again in the caller once the thread
 // is back in its own namespace.
-func Do(ns netns.NsHandle, f func() error) error {
+func Do(ns netns.NsHandle, f func() error) error { return run(ns, true, f) }
+
+// run runs f on a locked thread, switched into ns when enter is set, and switches the
+// thread back to its own namespace afterwards (f may have moved it).
+func run(ns netns.NsHandle, enter bool, f func() error) error {
 	type result struct {
 		err      error
 		panic    any
@@ -44,10 +49,12 @@ func Do(ns netns.NsHandle, f func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread() // setns failed: the thread never left
-			res.err = fmt.Errorf("nsthread: enter network namespace: %w", err)
-			return
+		if enter {
+			if err := netns.Set(ns); err != nil {
+				runtime.UnlockOSThread() // setns failed: the thread never left
+				res.err = fmt.Errorf("nsthread: enter network namespace: %w", err)
+				return
+			}
 		}
 		defer func() {
 			if v := recover(); v != nil {
@@ -66,4 +73,30 @@ func Do(ns netns.NsHandle, f func() error) error {
 		panic(res.panic)
 	}
 	return res.err
+}
+
+// New creates a network namespace with lo up and returns a handle to it; the calling
+// goroutine's thread is untouched. The namespace has no name: it lives while the handle
+// is open or a process or socket is inside it, so a crash leaks nothing. Start a process
+// inside it with Do(ns, cmd.Start).
+func New() (netns.NsHandle, error) {
+	var ns netns.NsHandle
+	err := run(netns.None(), false, func() error {
+		var err error
+		// netns.New unshares this thread into the new namespace; do moves it back.
+		ns, err = netns.New()
+		if err != nil {
+			return fmt.Errorf("nsthread: new network namespace: %w", err)
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			ns.Close()
+			return fmt.Errorf("nsthread: set lo up in the new namespace: %w", err)
+		}
+		return nil
+	})
+	return ns, err
 }
