@@ -28,7 +28,7 @@ SEMNET_TOKEN for --token or SEMNET_MONGO_URI for --mongo-uri.`,
 		SilenceErrors: true,
 		Version:       version,
 	}
-	cmd.AddCommand(newRootServiceCommand(), newClusterCommand(), newNodeCommand(), newUpCommand(), newVersionCommand(), newProbeCommand())
+	cmd.AddCommand(newRootServiceCommand(), newClusterCommand(), newNodeCommand(), newUpCommand(), newVersionCommand(), newProbeCommand(), newDemoCommand())
 	return cmd
 }
 

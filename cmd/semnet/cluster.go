@@ -77,7 +77,10 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 }
 
 func newClusterCommand() *cobra.Command {
-	var f clusterFlags
+	var (
+		f clusterFlags
+		c cluster.Config
+	)
 	cmd := &cobra.Command{
 		Use:   "cluster",
 		Short: "Run a cluster service: MQTT broker for worker nodes, table cache, relay to root",
@@ -92,11 +95,13 @@ networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-au
 
 It answers /readyz with 200 once it serves.`,
 		Args: cobra.NoArgs,
+		// The configuration is checked before anything starts (and by the compose test).
+		PreRunE: func(*cobra.Command, []string) error {
+			var err error
+			c, err = f.config()
+			return err
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.config()
-			if err != nil {
-				return err
-			}
 			srv, err := cluster.Start(cmd.Context(), c)
 			if err != nil {
 				return err
@@ -107,6 +112,9 @@ It answers /readyz with 200 once it serves.`,
 		},
 	}
 	f.register(cmd.Flags())
+	for _, name := range []string{"id", "root"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
 	bindEnv(cmd)
 	return cmd
 }

@@ -56,7 +56,10 @@ func (f *rootFlags) config() (root.Config, error) {
 }
 
 func newRootServiceCommand() *cobra.Command {
-	var f rootFlags
+	var (
+		f rootFlags
+		c root.Config
+	)
 	cmd := &cobra.Command{
 		Use:   "root",
 		Short: "Run the root service: address allocation, instance records, REST API",
@@ -66,11 +69,13 @@ serves the REST API (/api/v1 and the reference /api/net) and streams changes to 
 
 It answers /readyz with 200 once it serves.`,
 		Args: cobra.NoArgs,
+		// The configuration is checked before anything starts (and by the compose test).
+		PreRunE: func(*cobra.Command, []string) error {
+			var err error
+			c, err = f.config()
+			return err
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.config()
-			if err != nil {
-				return err
-			}
 			srv, err := root.Start(cmd.Context(), c)
 			if err != nil {
 				return err
