@@ -95,12 +95,7 @@ networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-au
 
 It answers /readyz with 200 once it serves.`,
 		Args: cobra.NoArgs,
-		// The configuration is checked before anything starts (and by the compose test).
-		PreRunE: func(*cobra.Command, []string) error {
-			var err error
-			c, err = f.config()
-			return err
-		},
+		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := cluster.Start(cmd.Context(), c)
 			if err != nil {

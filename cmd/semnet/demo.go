@@ -113,11 +113,7 @@ It prints the Service IPs and what to try, runs until SIGTERM or Ctrl-C, then de
 its instances and deletes them at root (the service and its exposures stay). Root and
 the node socket are retried until they answer.`,
 		Args: cobra.NoArgs,
-		PreRunE: func(*cobra.Command, []string) error {
-			var err error
-			c, err = f.config()
-			return err
-		},
+		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), f, c)
 		},

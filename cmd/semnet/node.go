@@ -195,12 +195,7 @@ With --gateway the node also serves the platform's exposures (POST
 port to the datapath, which gives each client flow a port of its own and balances it to
 the service like any other flow.`,
 		Args: cobra.NoArgs,
-		// The configuration is checked before anything starts (and by the compose test).
-		PreRunE: func(*cobra.Command, []string) error {
-			var err error
-			c, err = f.config()
-			return err
-		},
+		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n, err := node.Start(cmd.Context(), c)
 			if err != nil {

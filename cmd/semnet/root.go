@@ -69,12 +69,7 @@ serves the REST API (/api/v1 and the reference /api/net) and streams changes to 
 
 It answers /readyz with 200 once it serves.`,
 		Args: cobra.NoArgs,
-		// The configuration is checked before anything starts (and by the compose test).
-		PreRunE: func(*cobra.Command, []string) error {
-			var err error
-			c, err = f.config()
-			return err
-		},
+		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := root.Start(cmd.Context(), c)
 			if err != nil {
