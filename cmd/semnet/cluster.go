@@ -94,7 +94,7 @@ a client certificate (--mqtt-client-ca; certificate name = worker id), or, on tr
 networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-auth.
 
 It answers /readyz with 200 once it serves.`,
-		Args: cobra.NoArgs,
+		Args:    cobra.NoArgs,
 		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := cluster.Start(cmd.Context(), c)

@@ -112,7 +112,7 @@ through the platform's gateways.
 It prints the Service IPs and what to try, runs until SIGTERM or Ctrl-C, then detaches
 its instances and deletes them at root (the service and its exposures stay). Root and
 the node socket are retried until they answer.`,
-		Args: cobra.NoArgs,
+		Args:    cobra.NoArgs,
 		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), f, c)

@@ -194,7 +194,7 @@ With --gateway the node also serves the platform's exposures (POST
 /api/v1/services/{job}/exposures at root) on its --public-ip: nftables sends an exposed
 port to the datapath, which gives each client flow a port of its own and balances it to
 the service like any other flow.`,
-		Args: cobra.NoArgs,
+		Args:    cobra.NoArgs,
 		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n, err := node.Start(cmd.Context(), c)

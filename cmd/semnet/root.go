@@ -68,7 +68,7 @@ geo-tagged instance records (embedded store by default, MongoDB with --mongo-uri
 serves the REST API (/api/v1 and the reference /api/net) and streams changes to clusters.
 
 It answers /readyz with 200 once it serves.`,
-		Args: cobra.NoArgs,
+		Args:    cobra.NoArgs,
 		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := root.Start(cmd.Context(), c)
