@@ -59,6 +59,10 @@ func bindEnv(cmd *cobra.Command) {
 	prev := cmd.PreRunE
 	cmd.PreRunE = func(c *cobra.Command, args []string) error {
 		err := fillFromEnv(c.Flags(), os.LookupEnv)
+		if err == nil {
+			// Before the command's own checks, which would trip over the missing value.
+			err = c.ValidateRequiredFlags()
+		}
 		if err == nil && prev != nil {
 			err = prev(c, args)
 		}
