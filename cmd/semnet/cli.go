@@ -28,7 +28,7 @@ SEMNET_TOKEN for --token or SEMNET_MONGO_URI for --mongo-uri.`,
 		SilenceErrors: true,
 		Version:       version,
 	}
-	cmd.AddCommand(newRootServiceCommand(), newClusterCommand(), newNodeCommand(), newUpCommand(), newVersionCommand(), newProbeCommand())
+	cmd.AddCommand(newRootServiceCommand(), newClusterCommand(), newNodeCommand(), newUpCommand(), newVersionCommand(), newProbeCommand(), newDemoCommand())
 	return cmd
 }
 
@@ -58,20 +58,41 @@ func bindEnv(cmd *cobra.Command) {
 	})
 	prev := cmd.PreRunE
 	cmd.PreRunE = func(c *cobra.Command, args []string) error {
-		var err error
-		c.Flags().VisitAll(func(f *pflag.Flag) {
-			if f.Changed || f.Name == "help" || err != nil {
-				return
-			}
-			if v, ok := os.LookupEnv(envName(f.Name)); ok {
-				if e := c.Flags().Set(f.Name, v); e != nil {
-					err = fmt.Errorf("environment %s=%q: %w", envName(f.Name), v, e)
-				}
-			}
-		})
+		err := fillFromEnv(c.Flags(), os.LookupEnv)
+		if err == nil {
+			// Before the command's own checks, which would trip over the missing value.
+			err = c.ValidateRequiredFlags()
+		}
 		if err == nil && prev != nil {
 			err = prev(c, args)
 		}
+		return err
+	}
+}
+
+// fillFromEnv sets every flag of fs not given on the command line from its environment
+// variable, as lookup finds it.
+func fillFromEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || f.Name == "help" || err != nil {
+			return
+		}
+		if v, ok := lookup(envName(f.Name)); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("environment %s=%q: %w", envName(f.Name), v, e)
+			}
+		}
+	})
+	return err
+}
+
+// checkConfig is a PreRunE that builds a command's configuration into dst: it is
+// checked before anything starts, and the compose test can check it without running.
+func checkConfig[T any](dst *T, build func() (T, error)) func(*cobra.Command, []string) error {
+	return func(*cobra.Command, []string) error {
+		var err error
+		*dst, err = build()
 		return err
 	}
 }

@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
-	"github.com/semnet/semnet/cluster/broker"
 	"github.com/semnet/semnet/shared/testservers"
 )
 
@@ -116,62 +113,6 @@ func TestRootStartsWithInsecureOnLoopback(t *testing.T) {
 	}
 }
 
-// TestComposeCommandsParse checks every semnet command line in docker-compose.yml against
-// the real flag parser, and that its environment variables name real flags.
-func TestComposeCommandsParse(t *testing.T) {
-	b, err := os.ReadFile("../../docker-compose.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc struct {
-		Services map[string]struct {
-			Image       string            `yaml:"image"`
-			Command     []string          `yaml:"command"`
-			Environment map[string]string `yaml:"environment"`
-			Healthcheck struct {
-				Test []string `yaml:"test"`
-			} `yaml:"healthcheck"`
-		} `yaml:"services"`
-	}
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		t.Fatalf("docker-compose.yml: %v", err)
-	}
-	n := 0
-	for name, svc := range doc.Services {
-		if !strings.HasPrefix(svc.Image, "semnet") {
-			continue
-		}
-		n++
-		lines := [][]string{svc.Command}
-		if len(svc.Healthcheck.Test) > 2 && strings.HasSuffix(svc.Healthcheck.Test[1], "/semnet") {
-			lines = append(lines, svc.Healthcheck.Test[2:])
-		}
-		for _, args := range lines {
-			root := newRootCommand()
-			cmd, rest, err := root.Find(args)
-			if err != nil {
-				t.Errorf("%s: %v: %v", name, args, err)
-				continue
-			}
-			if err := cmd.ParseFlags(rest); err != nil {
-				t.Errorf("%s: %v: %v", name, args, err)
-			}
-			if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
-				t.Errorf("%s: %v: %v", name, args, err)
-			}
-			for env := range svc.Environment {
-				flag := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(env, envPrefix), "_", "-"))
-				if strings.HasPrefix(env, envPrefix) && cmd.Name() != "probe" && cmd.Flags().Lookup(flag) == nil {
-					t.Errorf("%s: environment %s names no flag of semnet %s", name, env, cmd.Name())
-				}
-			}
-		}
-	}
-	if n == 0 {
-		t.Fatal("no semnet service in docker-compose.yml")
-	}
-}
-
 // TestMigrateAppliesSchema runs `semnet root migrate` against a real MongoDB-wire server
 // twice: the second run finds the schema current.
 func TestMigrateAppliesSchema(t *testing.T) {
@@ -186,14 +127,4 @@ func TestMigrateAppliesSchema(t *testing.T) {
 	if _, err := execute(t, "root", "migrate"); err == nil || !strings.Contains(err.Error(), "--mongo-uri is required") {
 		t.Errorf("migrate without a URI: %v", err)
 	}
-}
-
-// TestComposeWorkerCredentialsLoad: the credentials file the compose clusters mount is
-// one the broker accepts.
-func TestComposeWorkerCredentialsLoad(t *testing.T) {
-	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", CredentialsFile: "../../docker/workers.yaml"}, nil, nil)
-	if err != nil {
-		t.Fatalf("docker/workers.yaml: %v", err)
-	}
-	b.Close()
 }

@@ -77,7 +77,10 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 }
 
 func newClusterCommand() *cobra.Command {
-	var f clusterFlags
+	var (
+		f clusterFlags
+		c cluster.Config
+	)
 	cmd := &cobra.Command{
 		Use:   "cluster",
 		Short: "Run a cluster service: MQTT broker for worker nodes, table cache, relay to root",
@@ -91,12 +94,9 @@ a client certificate (--mqtt-client-ca; certificate name = worker id), or, on tr
 networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-auth.
 
 It answers /readyz with 200 once it serves.`,
-		Args: cobra.NoArgs,
+		Args:    cobra.NoArgs,
+		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.config()
-			if err != nil {
-				return err
-			}
 			srv, err := cluster.Start(cmd.Context(), c)
 			if err != nil {
 				return err
@@ -107,6 +107,9 @@ It answers /readyz with 200 once it serves.`,
 		},
 	}
 	f.register(cmd.Flags())
+	for _, name := range []string{"id", "root"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
 	bindEnv(cmd)
 	return cmd
 }

@@ -170,7 +170,10 @@ func (f *nodeFlags) config() (node.Config, error) {
 }
 
 func newNodeCommand() *cobra.Command {
-	var f nodeFlags
+	var (
+		f nodeFlags
+		c node.Config
+	)
 	cmd := &cobra.Command{
 		Use:   "node",
 		Short: "Run a worker node: the datapath that resolves, translates and tunnels Service IP traffic",
@@ -191,12 +194,9 @@ With --gateway the node also serves the platform's exposures (POST
 /api/v1/services/{job}/exposures at root) on its --public-ip: nftables sends an exposed
 port to the datapath, which gives each client flow a port of its own and balances it to
 the service like any other flow.`,
-		Args: cobra.NoArgs,
+		Args:    cobra.NoArgs,
+		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.config()
-			if err != nil {
-				return err
-			}
 			n, err := node.Start(cmd.Context(), c)
 			if err != nil {
 				return err
@@ -207,6 +207,9 @@ the service like any other flow.`,
 		},
 	}
 	f.register(cmd.Flags())
+	for _, name := range []string{"id", "cluster-mqtt", "host-ip"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
 	bindEnv(cmd)
 	return cmd
 }

@@ -56,7 +56,10 @@ func (f *rootFlags) config() (root.Config, error) {
 }
 
 func newRootServiceCommand() *cobra.Command {
-	var f rootFlags
+	var (
+		f rootFlags
+		c root.Config
+	)
 	cmd := &cobra.Command{
 		Use:   "root",
 		Short: "Run the root service: address allocation, instance records, REST API",
@@ -65,12 +68,9 @@ geo-tagged instance records (embedded store by default, MongoDB with --mongo-uri
 serves the REST API (/api/v1 and the reference /api/net) and streams changes to clusters.
 
 It answers /readyz with 200 once it serves.`,
-		Args: cobra.NoArgs,
+		Args:    cobra.NoArgs,
+		PreRunE: checkConfig(&c, f.config),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.config()
-			if err != nil {
-				return err
-			}
 			srv, err := root.Start(cmd.Context(), c)
 			if err != nil {
 				return err
