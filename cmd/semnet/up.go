@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,7 +23,8 @@ func newUpCommand() *cobra.Command {
 		clusterListen, mqttListen, cid string
 		lat, lon                       float64
 		nodes                          int
-		demo                           bool
+		demo, datapath                 bool
+		bin                            string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -67,19 +69,50 @@ carrying the demo service (--demo). It generates an API token unless --token
 			if err != nil {
 				return errors.Join(err, cl.Close(), srv.Close())
 			}
-			sp, err := startSimulated(cmd.Context(), rc, cid, cl.MQTTAddr.String(), nodes, demo, c.Logger.With("tier", "simnode"))
+			// With real nodes the demo runs there: a simulated node's instances answer nothing.
+			sp, err := startSimulated(cmd.Context(), rc, cid, cl.MQTTAddr.String(), nodes, demo && !datapath, c.Logger.With("tier", "simnode"))
 			if err != nil {
 				return errors.Join(fmt.Errorf("simulated nodes: %w", err), cl.Close(), srv.Close())
+			}
+			var lab *datapathLab
+			if datapath {
+				if bin == "" {
+					if bin, err = os.Executable(); err != nil {
+						err = fmt.Errorf("find this executable to run the nodes: %w", err)
+					}
+				}
+				if err == nil {
+					lab, err = startDatapath(cmd.Context(), rc, cid, cl.MQTTAddr.String(), bin, filepath.Join(f.dataDir, "run"), demo, c.Logger.With("tier", "lab"))
+				}
+				if err != nil {
+					sp.Close()
+					return errors.Join(fmt.Errorf("--datapath: %w", err), cl.Close(), srv.Close())
+				}
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "semnet is up.\n  root API:     http://%s  (store: %s)\n", srv.Addr, f.dataDir)
 			fmt.Fprintf(out, "  cluster %q:  REST http://%s, MQTT for worker nodes at %s (client id = worker id)\n", cid, cl.Addr, cl.MQTTAddr)
 			if f.token != "" {
-				fmt.Fprintf(out, "  token:        %s\n\nTry:\n  export SEMNET_TOKEN=%s\n", f.token, f.token)
+				fmt.Fprintf(out, "  token:        %s\n", f.token)
 			}
-			sp.describe(out, srv.Addr.String(), cl.MQTTAddr.String())
-			fmt.Fprintf(out, "  curl -s -H \"Authorization: Bearer $SEMNET_TOKEN\" http://%s/api/v1/pools\n\nStop with Ctrl-C.\n", srv.Addr)
+			sp.describe(out)
+			if lab != nil {
+				lab.describe(out)
+			}
+			fmt.Fprintf(out, "\nTry:\n")
+			if f.token != "" {
+				fmt.Fprintf(out, "  export SEMNET_TOKEN=%s\n", f.token)
+			}
+			fmt.Fprintf(out, "  curl -s -H \"Authorization: Bearer $SEMNET_TOKEN\" http://%s/api/v1/pools\n", srv.Addr)
+			sp.try(out, srv.Addr.String(), cl.MQTTAddr.String())
+			if lab != nil {
+				lab.try(out)
+			}
+			fmt.Fprintf(out, "\nStop with Ctrl-C.\n")
 			<-cmd.Context().Done()
+			if lab != nil {
+				lab.Close()
+			}
 			sp.Close()
 			return errors.Join(cl.Close(), srv.Close())
 		},
@@ -90,6 +123,9 @@ carrying the demo service (--demo). It generates an API token unless --token
 	cmd.Flags().StringVar(&mqttListen, "mqtt-listen", "127.0.0.1:10003", "address the cluster's MQTT broker listens on (loopback: workers are admitted by client id)")
 	cmd.Flags().IntVar(&nodes, "nodes", 2, "simulated worker nodes to run (MQTT clients reporting instances, no datapath)")
 	cmd.Flags().BoolVar(&demo, "demo", true, "deploy the demo service "+demoService.App+"."+demoService.AppNS+"."+demoService.Service+"."+demoService.ServiceNS+" with an instance on each simulated node")
+	cmd.Flags().BoolVar(&datapath, "datapath", false, "also run two real worker nodes (semnet node, needs root) in network namespaces up creates and removes on exit, with the demo on them")
+	cmd.Flags().StringVar(&bin, "semnet-binary", "", "the semnet binary --datapath runs the nodes with (default: this one)")
+	_ = cmd.Flags().MarkHidden("semnet-binary")
 	cmd.Flags().Float64Var(&lat, "lat", 48.14, "the cluster's latitude")
 	cmd.Flags().Float64Var(&lon, "lon", 11.58, "the cluster's longitude")
 	bindEnv(cmd)

@@ -3,12 +3,17 @@ package main
 import (
 	"context"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/semnet/semnet/proto/api/client"
+	"github.com/semnet/semnet/shared/netnstest"
 )
 
 // lockedBuffer is an output both the command and the test touch.
@@ -98,6 +103,70 @@ func TestUpRunsAPlatformWithADemo(t *testing.T) {
 			}
 		case <-time.After(20 * time.Second):
 			t.Fatalf("run %d: up did not stop", run)
+		}
+	}
+}
+
+// TestUpDatapath runs `semnet up --datapath`: two real nodes in namespaces of their own
+// with a demo instance each, reached through the RR Service IP from inside an instance
+// with the printed probe line; when up ends, the nodes, instances and namespaces are gone.
+func TestUpDatapath(t *testing.T) {
+	netnstest.Require(t)
+	bin := filepath.Join(t.TempDir(), "semnet")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cmd := newRootCommand()
+	out := &lockedBuffer{}
+	cmd.SetOut(out)
+	cmd.SetErr(out)
+	cmd.SetArgs([]string{"up", "--datapath", "--nodes", "0", "--semnet-binary", bin, "--token", "up-test-token-0123456789",
+		"--data-dir", t.TempDir(), "--listen", loopbackPort(t), "--cluster-listen", loopbackPort(t), "--mqtt-listen", loopbackPort(t),
+		"--log-level", "warn"})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "Stop with Ctrl-C") {
+		select {
+		case err := <-done:
+			t.Fatalf("up ended: %v\n%s", err, out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("up printed no summary:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	summary := out.String()
+	probe := regexp.MustCompile(`probe --print --netns (/proc/\d+/ns/net) (http://\S+/)`).FindStringSubmatch(summary)
+	pids := regexp.MustCompile(`pid (\d+)\)`).FindAllStringSubmatch(summary, -1)
+	if probe == nil || len(pids) != 2 {
+		t.Fatalf("no probe line or not two node pids in:\n%s", summary)
+	}
+	seen := map[string]int{}
+	for range 30 {
+		got, err := executeContext(ctx, "probe", "--print", "--timeout", "5s", "--netns", probe[1], probe[2])
+		if err == nil {
+			seen[strings.TrimSpace(got)]++
+		}
+	}
+	if seen["hello from demo.app.web.default instance 0"] == 0 || seen["hello from demo.app.web.default instance 1"] == 0 {
+		t.Errorf("RR through %s from %s: %v, want both demo instances\n%s", probe[2], probe[1], seen, summary)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("up ended with %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("up did not stop")
+	}
+	for _, gone := range []string{probe[1], "/proc/" + pids[0][1], "/proc/" + pids[1][1]} {
+		if _, err := os.Stat(gone); err == nil {
+			t.Errorf("%s still exists after up ended", gone)
 		}
 	}
 }

@@ -95,8 +95,8 @@ func ensureService(ctx context.Context, rc *client.Client, req api.ServiceReques
 	return svc, nil
 }
 
-// describe prints what runs and what to try with it.
-func (sp *simPlatform) describe(w io.Writer, rootAddr, mqtt string) {
+// describe prints what runs.
+func (sp *simPlatform) describe(w io.Writer) {
 	if len(sp.nodes) == 0 {
 		return
 	}
@@ -105,12 +105,17 @@ func (sp *simPlatform) describe(w io.Writer, rootAddr, mqtt string) {
 		fmt.Fprintf(w, " sim-%d (%s)", i+1, simPlaces[i].name)
 	}
 	fmt.Fprintln(w)
-	if sp.svc.JobName == "" {
+	if s := sp.svc; s.JobName != "" {
+		fmt.Fprintf(w, "  demo service: %s  RR %s %s  Closest %s %s\n", s.JobName, s.RRIP, s.RRIPv6, s.ClosestIP, s.ClosestIPv6)
+	}
+}
+
+// try prints what to try with the demo on the simulated nodes.
+func (sp *simPlatform) try(w io.Writer, rootAddr, mqtt string) {
+	s := sp.svc
+	if s.JobName == "" {
 		return
 	}
-	s := sp.svc
-	fmt.Fprintf(w, "  demo service: %s  RR %s %s  Closest %s %s\n", s.JobName, s.RRIP, s.RRIPv6, s.ClosestIP, s.ClosestIPv6)
-	fmt.Fprintf(w, "\nTry (with SEMNET_TOKEN exported):\n")
 	fmt.Fprintf(w, "  # where the demo runs, nearest to Berlin first (the Closest order):\n")
 	fmt.Fprintf(w, "  curl -s -H \"Authorization: Bearer $SEMNET_TOKEN\" 'http://%s/api/v1/resolve/%s?lat=52.4&lon=13.1'\n", rootAddr, s.ClosestIP)
 	fmt.Fprintf(w, "  # what a worker node asks its cluster (apt install mosquitto-clients):\n")
