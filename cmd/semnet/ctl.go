@@ -44,8 +44,8 @@ name (app.app_ns.service.service_ns), a service ID, or any of the service's IPs 
 v6); shell completion offers the job names root knows.
 
 Output is a table (-o table, the default: one header line, columns separated by
-spaces, in a fixed order) or JSON (-o json: the objects exactly as root returns them,
-indented). Errors root answers are printed with their status and root's explanation,
+spaces in a fixed order, "-" for an empty cell) or JSON (-o json: the objects exactly as
+root returns them, indented; list commands print one array of them). Errors root answers are printed with their status and root's explanation,
 e.g. "semnet: 404 Not Found: service a.b.c.d not found", and the exit status is 1.
 
 --root, --token and --output can also be set from SEMNET_ROOT, SEMNET_TOKEN and

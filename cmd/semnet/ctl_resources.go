@@ -277,11 +277,58 @@ quarantine before reuse, and the exposures targeting it are deleted.`,
 			return fmt.Sprintf("instance %d of %s", n, args[0]), c.DeleteInstance(ctx, args[0], n)
 		}),
 	}
+	var pl api.Placement
+	var plLoc geo.Point
+	var nsIP, nsIPv6, hostIP string
+	var place *cobra.Command
+	place = &cobra.Command{
+		Use:   "place SERVICE N --status running --namespace-ip IP --host-ip IP",
+		Short: "Report where instance N runs and its status (as its cluster does)",
+		Long: `place records the placement of instance N of SERVICE the way its cluster reports it
+when a node deploys, moves or loses it: its Namespace IPs, the node's tunnel endpoint
+(--host-ip, --host-port), the node's location and the status (running, failed,
+stopped). Only running instances with a Namespace IP and host are in the table entry.
+It is for trying the platform without nodes and for testing failover by hand.`,
+		Example: `  semnet ctl instances place shop.prod.web.eu 0 --status running --namespace-ip 10.18.0.2 --host-ip 127.0.0.1 --lat 48.14 --lon 11.58
+  semnet ctl instances place shop.prod.web.eu 0 --status stopped`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: f.completeServices(),
+		RunE: showOne(f, instanceView, func(ctx context.Context, c *client.Client, args []string) (api.Instance, error) {
+			n, err := instanceNumber(args[1])
+			if err != nil {
+				return api.Instance{}, err
+			}
+			for _, a := range []struct {
+				flag, v string
+				dst     *netip.Addr
+			}{{"namespace-ip", nsIP, &pl.NamespaceIP}, {"namespace-ip-v6", nsIPv6, &pl.NamespaceIPv6}, {"host-ip", hostIP, &pl.HostIP}} {
+				if a.v == "" {
+					continue
+				}
+				if *a.dst, err = netip.ParseAddr(a.v); err != nil {
+					return api.Instance{}, fmt.Errorf("--%s: %w", a.flag, err)
+				}
+			}
+			if place.Flags().Changed("lat") {
+				pl.Location = &plLoc
+			}
+			return c.PlaceInstance(ctx, args[0], n, pl)
+		}),
+	}
+	fs := place.Flags()
+	fs.StringVar(&pl.Status, "status", "running", "running, failed or stopped")
+	fs.StringVar(&nsIP, "namespace-ip", "", "the instance's IPv4 Namespace IP")
+	fs.StringVar(&nsIPv6, "namespace-ip-v6", "", "the instance's IPv6 Namespace IP")
+	fs.StringVar(&hostIP, "host-ip", "", "address of the node running it (its tunnel endpoint)")
+	fs.IntVar(&pl.HostPort, "host-port", 50103, "tunnel port of that node")
+	fs.Float64Var(&plLoc.Lat, "lat", 0, "latitude of the node, decimal degrees")
+	fs.Float64Var(&plLoc.Lon, "lon", 0, "longitude of the node, decimal degrees")
+	place.MarkFlagsRequiredTogether("lat", "lon")
 	return ctlGroup("instances", "List, show, create and delete a service's instances",
 		`instances manages the replicas of a service. Each has a number, an Instance IP pair
 that stays with it across migrations, and, once a node runs it, a placement: Namespace
 IPs, the node's tunnel endpoint, its location and status.`,
-		list, get, create, del)
+		list, get, create, place, del)
 }
 
 // --- clusters ---

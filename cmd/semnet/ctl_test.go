@@ -126,15 +126,19 @@ func TestCtl(t *testing.T) {
 			t.Fatalf("instances create #%d = %+v", n, in)
 		}
 	}
-	// Instance 0 runs in Munich, 1 in Berlin (both families); placements come from
-	// clusters, not ctl.
-	for n, p := range []api.Placement{
-		{NamespaceIP: netip.MustParseAddr("10.18.0.2"), NamespaceIPv6: netip.MustParseAddr("fc00::2"), HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 50103, Location: &munichPt, Status: "running"},
-		{NamespaceIP: netip.MustParseAddr("10.18.0.66"), NamespaceIPv6: netip.MustParseAddr("fc00::102"), HostIP: netip.MustParseAddr("127.0.0.2"), HostPort: 50103, Location: &berlinPt, Status: "running"},
-	} {
-		if _, err := c.PlaceInstance(ctx, job, n, p); err != nil {
-			t.Fatal(err)
-		}
+	// Instance 0 runs in Munich, 1 in Berlin (both families); one placed as a cluster
+	// reports it, the other with ctl.
+	if _, err := c.PlaceInstance(ctx, job, 0, api.Placement{NamespaceIP: netip.MustParseAddr("10.18.0.2"), NamespaceIPv6: netip.MustParseAddr("fc00::2"),
+		HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 50103, Location: &munichPt, Status: "running"}); err != nil {
+		t.Fatal(err)
+	}
+	placed := ctlJSON[api.Instance](t, url, "instances", "place", job, "1", "--namespace-ip", "10.18.0.66", "--namespace-ip-v6", "fc00::102",
+		"--host-ip", "127.0.0.2", "--lat", "52.52", "--lon", "13.40")
+	if placed.Status != "running" || placed.HostPort != 50103 || placed.NamespaceIP != netip.MustParseAddr("10.18.0.66") {
+		t.Errorf("instances place = %+v", placed)
+	}
+	if _, err := ctlRun(t, url, "instances", "place", job, "1", "--host-ip", "nowhere"); err == nil || !strings.Contains(err.Error(), "--host-ip") {
+		t.Errorf("place with a bad address: %v", err)
 	}
 
 	// pools: two Service IPs and two Instance IPs per family more than before.
@@ -215,6 +219,16 @@ func TestCtl(t *testing.T) {
 	}
 	if row := tableRow(out, "1"); len(row) != 10 || row[5] != "10.18.0.66" || row[9] != "24.3" {
 		t.Errorf("resolve table: instance 1 row %q (want its distance from Potsdam, 24.3 km) in\n%s", row, out)
+	}
+	// Berlin stops: Closest falls to Munich, and the stopped instance is nobody's pick.
+	ctlOK(t, url, "instances", "place", job, "1", "--status", "stopped", "--namespace-ip", "10.18.0.66", "--host-ip", "127.0.0.2", "--lat", "52.52", "--lon", "13.40")
+	r = ctlJSON[resolution](t, url, "resolve", job, "--lat", "52.4", "--lon", "13.1")
+	if got := near(r, api.PolicyClosest, svc.ClosestIP); !slices.Equal(got, []int{0}) {
+		t.Errorf("Berlin stopped: closest = %v, want [0]", got)
+	}
+	r = ctlJSON[resolution](t, url, "resolve", in1.InstanceIP.String())
+	if got := near(r, api.PolicyInstance, in1.InstanceIP); len(got) != 0 {
+		t.Errorf("stopped instance's own IP: candidates %v, want none", got)
 	}
 	if _, err := ctlRun(t, url, "resolve", job, "--lat", "52.4"); err == nil || !strings.Contains(err.Error(), "lon") {
 		t.Errorf("resolve with --lat only: %v, want an error naming --lon", err)
