@@ -2,7 +2,11 @@
 # detector against real servers (see .ci/with-servers).
 GO ?= go
 
-.PHONY: run test build vet fuzz-smoke bench
+# VERSION is what `semnet version` reports for binaries built here.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+RELEASE_ARCHS ?= amd64 arm64
+
+.PHONY: run test build release vet fuzz-smoke bench
 
 run:
 	$(GO) run ./cmd/semnet up
@@ -11,7 +15,16 @@ test:
 	./.ci/with-servers $(GO) test -race -count=1 ./...
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/semnet ./cmd/semnet
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/semnet ./cmd/semnet
+
+# Static Linux binaries bin/semnet-VERSION-linux-ARCH and their SHA-256 sums.
+release:
+	@for arch in $(RELEASE_ARCHS); do \
+		echo "bin/semnet-$(VERSION)-linux-$$arch"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" \
+			-o bin/semnet-$(VERSION)-linux-$$arch ./cmd/semnet || exit 1; \
+	done
+	cd bin && sha256sum $(foreach a,$(RELEASE_ARCHS),semnet-$(VERSION)-linux-$(a)) > semnet-$(VERSION).sha256
 
 vet:
 	gofmt -l . | (! grep .) && $(GO) vet ./...

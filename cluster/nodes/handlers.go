@@ -114,31 +114,8 @@ func (s *Server) encoded(e *cache.Entry, key string) ([]byte, error) {
 
 // render turns a cached entry into the contract's result for a query by key.
 func (s *Server) render(e *cache.Entry, key string) mqttapi.TableQueryResult {
-	sv := e.Table.Service
-	out := mqttapi.TableQueryResult{
-		AppName: sv.JobName, QueryKey: key, Revision: e.Revision, Stale: s.table.Stale(),
-		InstanceList: make([]mqttapi.TableInstance, 0, len(e.Table.Instances)),
-	}
-	for _, in := range e.Table.Instances {
-		if in.Status != "running" || !in.NamespaceIP.IsValid() {
-			continue
-		}
-		ti := mqttapi.TableInstance{
-			InstanceNumber: in.Number, InstanceIP: in.InstanceIP, InstanceIPv6: in.InstanceIPv6,
-			ClusterID: in.ClusterID, NamespaceIP: in.NamespaceIP, NamespaceIPv6: in.NamespaceIPv6,
-			HostIP: in.HostIP, HostPort: in.HostPort, Status: in.Status,
-			ServiceIP: []mqttapi.ServiceIP{
-				{IPType: mqttapi.IPTypeRR, Address: sv.RRIP, AddressV6: sv.RRIPv6},
-				{IPType: mqttapi.IPTypeClosest, Address: sv.ClosestIP, AddressV6: sv.ClosestIPv6},
-				{IPType: mqttapi.IPTypeInstanceIP, Address: in.InstanceIP, AddressV6: in.InstanceIPv6},
-			},
-		}
-		if in.Location != nil {
-			lat, lon := in.Location.Lat, in.Location.Lon
-			ti.Lat, ti.Lon = &lat, &lon
-		}
-		out.InstanceList = append(out.InstanceList, ti)
-	}
+	out := mqttapi.ResultFromEntry(e.Table, key)
+	out.Revision, out.Stale = e.Revision, s.table.Stale()
 	return out
 }
 

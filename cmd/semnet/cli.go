@@ -11,9 +11,6 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// version is set at release build time with -ldflags "-X main.version=v1.2.3".
-var version = "dev"
-
 func newRootCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "semnet",
@@ -26,19 +23,10 @@ Every flag can also be set with an environment variable SEMNET_<FLAG>, e.g.
 SEMNET_TOKEN for --token or SEMNET_MONGO_URI for --mongo-uri.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       version,
+		Version:       currentVersion().Version,
 	}
-	cmd.AddCommand(newRootServiceCommand(), newClusterCommand(), newNodeCommand(), newUpCommand(), newVersionCommand(), newProbeCommand(), newDemoCommand())
+	cmd.AddCommand(newRootServiceCommand(), newClusterCommand(), newNodeCommand(), newUpCommand(), newVersionCommand(), newProbeCommand(), newDemoCommand(), newCtlCommand())
 	return cmd
-}
-
-func newVersionCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the semnet version",
-		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "semnet", version) },
-	}
 }
 
 // envPrefix is the prefix of the environment variable behind every flag.
@@ -51,11 +39,7 @@ func envName(flag string) string {
 // bindEnv documents each flag's environment variable in --help and, before the command
 // runs, fills every flag not given on the command line from its variable.
 func bindEnv(cmd *cobra.Command) {
-	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Name != "help" {
-			f.Usage += fmt.Sprintf(" [env %s]", envName(f.Name))
-		}
-	})
+	annotateEnv(cmd.Flags())
 	prev := cmd.PreRunE
 	cmd.PreRunE = func(c *cobra.Command, args []string) error {
 		err := fillFromEnv(c.Flags(), os.LookupEnv)
@@ -68,6 +52,15 @@ func bindEnv(cmd *cobra.Command) {
 		}
 		return err
 	}
+}
+
+// annotateEnv appends each flag's environment variable to its usage.
+func annotateEnv(fs *pflag.FlagSet) {
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "help" {
+			f.Usage += fmt.Sprintf(" [env %s]", envName(f.Name))
+		}
+	})
 }
 
 // fillFromEnv sets every flag of fs not given on the command line from its environment

@@ -90,7 +90,11 @@ func newMigrateCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Apply the MongoDB schema migrations (collections and unique indexes) and exit",
-		Args:  cobra.NoArgs,
+		Long: `migrate brings the MongoDB database --mongo-db at --mongo-uri to the current schema
+(collections, unique indexes on every address) and prints its version. Root applies the
+migrations itself at start unless --no-migrate; this is for deployments where the
+schema is changed by an operator first. The embedded store needs none.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if uri == "" {
 				return fmt.Errorf("--mongo-uri is required: migrations apply to MongoDB only (the embedded store needs none)")

@@ -384,6 +384,37 @@ func (t *Table) Lookup(dst netip.Addr, now time.Time) (Target, Status) {
 	return e.targets[f][i], Found
 }
 
+// Candidates returns the instances a new flow to dst may go to, in the order dst's
+// policy takes them: for an RR Service IP the usable instances in the sequence Lookup
+// cycles through, for a Closest Service IP nearest first (Lookup takes the first, and the
+// next when it stops), for an Instance IP that instance. It is empty when dst is unknown
+// or nothing is usable. Unlike Lookup it allocates, and it neither marks use nor advances
+// the Round Robin counter: it is for tools that show what the node would pick (semnet
+// ctl resolve), not for packets.
+func (t *Table) Candidates(dst netip.Addr) []Target {
+	r, ok := t.snap.Load().routes.get(dst)
+	if !ok {
+		return nil
+	}
+	e, f := r.e, family(dst)
+	var order []int32
+	switch r.policy {
+	case policyRR:
+		order = e.rr[f]
+	case policyClosest:
+		order = e.closest[f]
+	case policyInstance:
+		if e.usable[f][r.inst] {
+			order = []int32{r.inst}
+		}
+	}
+	out := make([]Target, len(order))
+	for k, i := range order {
+		out[k] = e.targets[f][i]
+	}
+	return out
+}
+
 // Touch marks the entry of a Service or Instance IP as used, for packets of established
 // flows, which skip Lookup. Lock-free, and it writes the shared entry only about once a
 // second.

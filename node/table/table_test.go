@@ -959,3 +959,45 @@ func FuzzApplyJSON(f *testing.F) {
 		}
 	})
 }
+
+// TestCandidates: the whole order each policy takes, consistent with Lookup, and no
+// effect on the Round Robin sequence.
+func TestCandidates(t *testing.T) {
+	tb := newTable(t, &lyon, threeCities(1, nil, status("stopped")))
+	numbers := func(ts []table.Target) []int {
+		var out []int
+		for _, tg := range ts {
+			out = append(out, tg.InstanceNumber)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		dst  netip.Addr
+		want []int
+	}{
+		{cl4, []int{3, 1}}, // Lyon: Paris, then Munich; Berlin is stopped
+		{cl6, []int{3, 1}},
+		{rr4, []int{1, 3}},
+		{inst4(3), []int{3}},
+		{inst6(1), []int{1}},
+		{inst4(2), nil}, // stopped
+		{ip("10.30.9.9"), nil},
+	} {
+		got := tb.Candidates(c.dst)
+		if !slices.Equal(numbers(got), c.want) {
+			t.Errorf("Candidates(%v) = %v, want %v", c.dst, numbers(got), c.want)
+		}
+		if len(got) > 0 {
+			checkTarget(t, c.dst.String(), got[0], table.Found, c.want[0], c.dst.Is6())
+		}
+	}
+	first, _ := tb.Lookup(rr4, t0)
+	tb.Candidates(rr4)
+	second, _ := tb.Lookup(rr4, t0)
+	if first.InstanceNumber != 1 || second.InstanceNumber != 3 {
+		t.Errorf("RR after Candidates: %d, %d; want 1, 3", first.InstanceNumber, second.InstanceNumber)
+	}
+	if tg, _ := tb.Lookup(cl4, t0); tg.InstanceNumber != tb.Candidates(cl4)[0].InstanceNumber {
+		t.Errorf("Lookup(Closest) = %d, not the first candidate", tg.InstanceNumber)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/shared/geo"
 )
 
 // Sentinels an *Error matches with errors.Is.
@@ -293,4 +294,109 @@ func (c *Client) Exposures(ctx context.Context, gateway string) (api.ExposureLis
 func (c *Client) ServiceExposures(ctx context.Context, service string) (api.ExposureList, error) {
 	var out api.ExposureList
 	return out, c.do(ctx, http.MethodGet, "/services/"+esc(service)+"/exposures", nil, &out)
+}
+
+// ResolveFrom is Resolve as seen from a caller at from: instances nearest first, each
+// with its distance.
+func (c *Client) ResolveFrom(ctx context.Context, key string, from geo.Point) (api.TableEntry, error) {
+	var out api.TableEntry
+	q := url.Values{
+		"lat": {strconv.FormatFloat(from.Lat, 'f', -1, 64)},
+		"lon": {strconv.FormatFloat(from.Lon, 'f', -1, 64)},
+	}
+	return out, c.do(ctx, http.MethodGet, "/resolve/"+esc(key)+"?"+q.Encode(), nil, &out)
+}
+
+// Clusters lists the registered clusters.
+func (c *Client) Clusters(ctx context.Context) ([]api.Cluster, error) {
+	var out []api.Cluster
+	return out, c.do(ctx, http.MethodGet, "/clusters", nil, &out)
+}
+
+// Cluster returns one registered cluster.
+func (c *Client) Cluster(ctx context.Context, id string) (api.Cluster, error) {
+	var out api.Cluster
+	return out, c.do(ctx, http.MethodGet, "/clusters/"+esc(id), nil, &out)
+}
+
+// DeleteCluster removes a cluster's registration.
+func (c *Client) DeleteCluster(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/clusters/"+esc(id), nil, nil)
+}
+
+// ServicePage lists up to limit services (root's default when 0) after the service ID
+// after; pass the answer's Next as after for the next page.
+func (c *Client) ServicePage(ctx context.Context, after string, limit int) (api.ServiceList, error) {
+	var out api.ServiceList
+	q := url.Values{}
+	if after != "" {
+		q.Set("after", after)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	path := "/services"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
+// Services lists every service, reading page after page.
+func (c *Client) Services(ctx context.Context) ([]api.Service, error) {
+	out := []api.Service{}
+	after := ""
+	for {
+		p, err := c.ServicePage(ctx, after, 1000)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Items...)
+		if p.Next == "" {
+			return out, nil
+		}
+		after = p.Next
+	}
+}
+
+// Service returns a service by job name, ID or any of its IPs.
+func (c *Client) Service(ctx context.Context, service string) (api.Service, error) {
+	var out api.Service
+	return out, c.do(ctx, http.MethodGet, "/services/"+esc(service), nil, &out)
+}
+
+// Instances lists every instance of a service, whatever its status.
+func (c *Client) Instances(ctx context.Context, service string) ([]api.Instance, error) {
+	var out []api.Instance
+	return out, c.do(ctx, http.MethodGet, "/services/"+esc(service)+"/instances", nil, &out)
+}
+
+// Instance returns instance n of a service.
+func (c *Client) Instance(ctx context.Context, service string, n int) (api.Instance, error) {
+	var out api.Instance
+	return out, c.do(ctx, http.MethodGet, "/services/"+esc(service)+"/instances/"+strconv.Itoa(n), nil, &out)
+}
+
+// Exposure returns exposure id ("tcp-8080") of a service.
+func (c *Client) Exposure(ctx context.Context, service, id string) (api.Exposure, error) {
+	var out api.Exposure
+	return out, c.do(ctx, http.MethodGet, "/services/"+esc(service)+"/exposures/"+esc(id), nil, &out)
+}
+
+// Gateway returns one registered gateway.
+func (c *Client) Gateway(ctx context.Context, id string) (api.Gateway, error) {
+	var out api.Gateway
+	return out, c.do(ctx, http.MethodGet, "/gateways/"+esc(id), nil, &out)
+}
+
+// Subnets lists the allocated worker subnet pairs.
+func (c *Client) Subnets(ctx context.Context) ([]api.Subnet, error) {
+	var out []api.Subnet
+	return out, c.do(ctx, http.MethodGet, "/subnets", nil, &out)
+}
+
+// Pools returns the fill level of every address pool.
+func (c *Client) Pools(ctx context.Context) ([]api.PoolUsage, error) {
+	var out []api.PoolUsage
+	return out, c.do(ctx, http.MethodGet, "/pools", nil, &out)
 }
