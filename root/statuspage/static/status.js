@@ -199,7 +199,7 @@
 
   // ---- map -----------------------------------------------------------------------------
 
-  const W = 760, H = 440, PAD = 30;
+  const W = 760, H = 360, PAD = 26;
   const MIN_SPAN = 2; // degrees: a single site still shows its surroundings
   const MAX_BOX_RADIUS_KM = 300; // larger cluster radii are drawn but don't set the zoom
 
@@ -307,6 +307,9 @@
         Object.assign(attrs, { cx: x, cy: y, r: 5 });
         nodeMarks.append(s('circle', attrs, title));
       }
+      // Unlocated nodes sit left of their cluster: their labels go further left.
+      labels.append(s('text', n.loc ? { class: 'node-label', x: x + 9, y: y + 4 }
+        : { class: 'node-label', x: x - 9, y: y + 4, 'text-anchor': 'end' }, n.label));
     }
     if (!pts.length) labels.append(s('text', { class: 'note', x: W / 2, y: H / 2, 'text-anchor': 'middle' }, 'no cluster or node has a location yet'));
     if (hidden) labels.append(s('text', { class: 'note', x: W - 8, y: 16, 'text-anchor': 'end' }, hidden + ' node(s) without a location or cluster not shown'));
@@ -336,7 +339,7 @@
     const rows = [...clusters].sort((a, b) => a.id.localeCompare(b.id)).map((c) => h('tr', { 'data-cluster': c.id },
       h('td', null, c.id, c.name && c.name !== c.id ? h('span', { class: 'sub' }, c.name) : null),
       h('td', null, statusPill(c.status)),
-      h('td', null, c.location ? fmtLoc(c.location) : '–', c.radius_km ? h('span', { class: 'sub' }, 'radius ' + c.radius_km + ' km') : null),
+      h('td', { class: 'nowrap' }, c.location ? fmtLoc(c.location) : '–', c.radius_km ? h('span', { class: 'sub' }, 'radius ' + c.radius_km + ' km') : null),
       h('td', { class: 'num' }, String(nodes.filter((n) => n.cluster === c.id).length)),
       h('td', { title: c.last_seen }, ago(c.last_seen))));
     fillBody('clusters', rows, 5, 'no clusters registered');
@@ -353,7 +356,7 @@
     const rows = [...d.services].sort((a, b) => a.job_name.localeCompare(b.job_name)).map((svc) => {
       const n = byService.get(svc.id) || { total: 0, running: 0 };
       const exp = d.exposures.filter((e) => e.service_id === svc.id)
-        .map((e) => h('span', { class: 'sub' }, e.protocol + ' ' + e.public_port + ' → ' + e.service_port + ' (' + (e.policy || 'round_robin') + ')'));
+        .map((e) => h('span', { class: 'line' }, e.protocol + ' ' + e.public_port + ' → ' + e.service_port + ' (' + (e.policy || 'round_robin') + ')'));
       return h('tr', { 'data-job': svc.job_name, 'data-service': svc.id },
         h('td', { title: 'service ' + svc.id }, svc.job_name),
         h('td', { class: 'ip', 'data-field': 'rr_ip' }, svc.rr_ip),
@@ -361,7 +364,7 @@
         h('td', { class: 'ip', 'data-field': 'closest_ip' }, svc.closest_ip),
         h('td', { class: 'ip', 'data-field': 'closest_ip_v6' }, svc.closest_ip_v6),
         h('td', { class: 'num', 'data-field': 'instances' }, String(n.total), h('span', { class: 'sub' }, n.running + ' running')),
-        h('td', null, ...(exp.length ? exp : ['–'])));
+        h('td', { 'data-field': 'exposed' }, ...(exp.length ? exp : ['–'])));
     });
     fillBody('services', rows, 7, 'no services deployed');
   }
