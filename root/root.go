@@ -1,7 +1,8 @@
 // Package root runs semnet's root service: it opens the store (embedded bolt by default,
 // MongoDB when given a URI), builds the registry over it, and serves the REST API. The
 // pieces live in subpackages: registry (allocate, record, resolve), store (persist),
-// rest (/api/v1), refapi (the reference platform's /api/net), notify (reference pushes).
+// rest (/api/v1), refapi (the reference platform's /api/net), notify (reference pushes),
+// statuspage (the read-only web page at /ui/).
 package root
 
 import (
@@ -23,6 +24,7 @@ import (
 	"github.com/semnet/semnet/root/refapi"
 	"github.com/semnet/semnet/root/registry"
 	"github.com/semnet/semnet/root/rest"
+	"github.com/semnet/semnet/root/statuspage"
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/root/store/bolt"
 	"github.com/semnet/semnet/root/store/mongo"
@@ -130,8 +132,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		Closing: closing,
 		Tokens:  c.Tokens, Logger: log.With("component", "rest"),
 		Registerer: promReg, Gatherer: promReg,
-		Ready: reg.Ping,
-		Mount: func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
+		Ready:  reg.Ping,
+		Mount:  func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
+		Public: statuspage.Mount,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {

@@ -31,6 +31,9 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// Mount adds more routes under the authenticated /api (the reference API).
 	Mount func(r chi.Router)
+	// Public adds routes outside /api that need no token: the status page's static
+	// files, which hold no data (the page reads /api with the operator's token).
+	Public func(r chi.Router)
 	// MaxWait bounds change-stream long polls.
 	MaxWait time.Duration
 	// Closing, when done, ends long polls at once (with what they have) so a shutdown
@@ -64,6 +67,9 @@ func Handler(reg *registry.Registry, cfg Config) http.Handler {
 			cfg.Mount(r)
 		}
 	})
+	if cfg.Public != nil {
+		cfg.Public(r)
+	}
 	return r
 }
 
