@@ -135,8 +135,11 @@ func newServeInstanceCommand() *cobra.Command {
 		number  int
 	)
 	cmd := &cobra.Command{
-		Use:    "serve-instance",
-		Short:  "Serve one demo instance in this network namespace (run by semnet demo)",
+		Use:   "serve-instance",
+		Short: "Serve one demo instance in this network namespace (run by semnet demo)",
+		Long: `serve-instance is the program of a demo instance, started by semnet demo (and
+semnet up --datapath) in a new network namespace: it brings lo up, answers HTTP on port 80
+and echoes UDP on port 7, writes "ready" on stdout, and exits when its stdin closes.`,
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
