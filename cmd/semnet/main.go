@@ -1,7 +1,8 @@
-// Command semnet is the one binary of semnet: `semnet root`, `semnet up`, and (in later
-// releases) `semnet cluster` and `semnet node`. Every flag can also be set from an
-// environment variable SEMNET_<FLAG> (upper case, '-' as '_'); a flag on the command line
-// wins over the environment.
+// Command semnet is the one binary of semnet: the tiers (`semnet root`, `semnet cluster`,
+// `semnet node`), a local platform (`semnet up`), demo instances (`semnet demo`), the
+// operator's client (`semnet ctl`) and a probe for healthchecks. Every flag can also be
+// set from an environment variable SEMNET_<FLAG> (upper case, '-' as '_'); a flag on the
+// command line wins over the environment.
 package main
 
 import (

@@ -94,6 +94,7 @@ carrying the demo service (--demo). It generates an API token unless --token
 			fmt.Fprintf(out, "  cluster %q:  REST http://%s, MQTT for worker nodes at %s (client id = worker id)\n", cid, cl.Addr, cl.MQTTAddr)
 			if f.token != "" {
 				fmt.Fprintf(out, "  token:        %s\n", f.token)
+				fmt.Fprintf(out, "  status page:  http://%s/ui/#token=%s\n", srv.Addr, f.token)
 			}
 			sp.describe(out)
 			if lab != nil {
