@@ -402,9 +402,8 @@ func udpEcho(t *testing.T, ns *netnstest.NS, to netip.AddrPort) string {
 	return ""
 }
 
-// positiveMetrics asserts that each metric line starting with a prefix in want is on
-// n's /metrics with a value other than 0.
-func positiveMetrics(t *testing.T, n *dpNode, want ...string) {
+// nodeMetrics returns the lines of n's /metrics that start with one of prefixes.
+func nodeMetrics(t *testing.T, n *dpNode, prefixes ...string) string {
 	t.Helper()
 	resp, err := n.api.Get("http://node/metrics")
 	if err != nil {
@@ -412,9 +411,26 @@ func positiveMetrics(t *testing.T, n *dpNode, want ...string) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	var out strings.Builder
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, p := range prefixes {
+			if strings.HasPrefix(l, p) {
+				out.WriteString(l + "\n")
+				break
+			}
+		}
+	}
+	return out.String()
+}
+
+// positiveMetrics asserts that each metric line starting with a prefix in want is on
+// n's /metrics with a value other than 0.
+func positiveMetrics(t *testing.T, n *dpNode, want ...string) {
+	t.Helper()
+	lines := nodeMetrics(t, n, want...)
 	for _, w := range want {
 		line := ""
-		for _, l := range strings.Split(string(b), "\n") {
+		for _, l := range strings.Split(lines, "\n") {
 			if strings.HasPrefix(l, w) {
 				line = l
 			}

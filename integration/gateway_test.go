@@ -191,6 +191,10 @@ func TestGateway(t *testing.T) {
 		}
 		if failed > 0 {
 			t.Errorf("%d of %d concurrent connections through the gateway failed", failed, n)
+			// Where packets went missing: the TUN's and links' drop counters, and the
+			// node's own drop reasons.
+			t.Logf("gateway node links:\n%s", p.nodes[0].ns.Run(t, "ip", "-s", "link"))
+			t.Logf("gateway node metrics:\n%s", nodeMetrics(t, p.nodes[0], "semnet_node_drops_total", "semnet_node_gateway_flows"))
 		}
 		t.Logf("%d concurrent short connections through the gateway in %v", n, time.Since(start).Round(time.Millisecond))
 	})
