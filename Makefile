@@ -32,7 +32,10 @@ vet:
 # Each fuzz target for a few seconds: catches regressions on the committed corpora.
 fuzz-smoke:
 	$(GO) test -run='^$$' -fuzz=FuzzParseRequested -fuzztime=10s ./shared/addrplan/
-	$(GO) test -run='^$$' -fuzz=FuzzRewrite -fuzztime=10s ./node/packet/
+	$(GO) test -run='^$$' -fuzz='^FuzzRewrite$$' -fuzztime=10s ./node/packet/
+	$(GO) test -run='^$$' -fuzz='^FuzzEmbedded$$' -fuzztime=10s ./node/packet/
+	$(GO) test -run='^$$' -fuzz='^FuzzApply$$' -fuzztime=10s ./node/table/
+	$(GO) test -run='^$$' -fuzz='^FuzzApplyJSON$$' -fuzztime=10s ./node/table/
 
 bench:
 	./.ci/with-servers $(GO) test -run='^$$' -bench=. -benchmem ./shared/... ./root/... ./cluster/... ./node/...
