@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -42,10 +43,13 @@ type Config struct {
 	NoMigrate bool
 	// Tokens are the accepted bearer tokens. Empty is allowed only with Insecure, and
 	// then only on a loopback listen address.
-	Tokens   []string
-	Insecure bool
-	Plan     addrplan.Plan
-	Logger   *slog.Logger
+	Tokens []string
+	// ReadTokens may only read (GET) the API: for the status page, monitoring and
+	// `semnet ctl ... list`; anything else they ask is refused with 403.
+	ReadTokens []string
+	Insecure   bool
+	Plan       addrplan.Plan
+	Logger     *slog.Logger
 }
 
 // Validate refuses configurations that would be unsafe or cannot work.
@@ -61,9 +65,17 @@ func (c Config) Validate() error {
 			return fmt.Errorf("--insecure serves the API without authentication, so it only listens on loopback; %q is not a loopback address (try 127.0.0.1%s)", c.Listen, listenaddr.Port(c.Listen, ":10099"))
 		}
 	}
-	for _, t := range c.Tokens {
+	if len(c.ReadTokens) > 0 && len(c.Tokens) == 0 {
+		return errors.New("a read-only token (--read-token) needs an admin token (--token) too: clusters and deployment tools write")
+	}
+	for _, t := range append(slices.Clone(c.Tokens), c.ReadTokens...) {
 		if len(t) < 16 {
 			return errors.New("API token is shorter than 16 characters; use a long random token (e.g. `openssl rand -hex 32`)")
+		}
+	}
+	for _, t := range c.ReadTokens {
+		if slices.Contains(c.Tokens, t) {
+			return errors.New("a token is both an admin token (--token) and a read-only one (--read-token); give each scope its own")
 		}
 	}
 	if c.MongoURI == "" && c.DataDir == "" {
@@ -130,7 +142,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	closing, stopPolls := context.WithCancel(context.Background())
 	h := rest.Handler(reg, rest.Config{
 		Closing: closing,
-		Tokens:  c.Tokens, Logger: log.With("component", "rest"),
+		Tokens:  c.Tokens, ReadTokens: c.ReadTokens, Logger: log.With("component", "rest"),
 		Registerer: promReg, Gatherer: promReg,
 		Ready:  reg.Ping,
 		Mount:  func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },

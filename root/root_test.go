@@ -40,3 +40,27 @@ func TestMetricsReportPools(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenScopesValidated: read-only tokens need an admin token beside them, are as long
+// as any token, and are not admin tokens too.
+func TestTokenScopesValidated(t *testing.T) {
+	const admin, reader = "admin-token-0123456789", "read-token-0123456789"
+	base := root.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Plan: addrplan.Default()}
+	for _, c := range []struct {
+		tokens, read []string
+		insecure     bool
+		want         string
+	}{
+		{nil, []string{reader}, true, "needs an admin token"},
+		{[]string{admin}, []string{"short"}, false, "shorter than 16"},
+		{[]string{admin}, []string{admin}, false, "both an admin token"},
+		{[]string{admin}, []string{reader}, false, ""},
+	} {
+		cfg := base
+		cfg.Tokens, cfg.ReadTokens, cfg.Insecure = c.tokens, c.read, c.insecure
+		err := cfg.Validate()
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("tokens %v, read %v: %v, want %q", c.tokens, c.read, err, c.want)
+		}
+	}
+}

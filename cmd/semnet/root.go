@@ -16,6 +16,7 @@ import (
 // rootFlags are the flags of `semnet root`; `semnet up` reuses them.
 type rootFlags struct {
 	listen, dataDir, mongoURI, mongoDB, token, planFile string
+	readTokens                                          []string
 	insecure, noMigrate                                 bool
 	quarantine                                          time.Duration
 	log                                                 logFlags
@@ -28,6 +29,7 @@ func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string) {
 	fs.StringVar(&f.mongoDB, "mongo-db", "semnet", "MongoDB database name")
 	fs.BoolVar(&f.noMigrate, "no-migrate", false, "do not apply MongoDB schema migrations at start (run `semnet root migrate` instead)")
 	fs.StringVar(&f.token, "token", "", "bearer token every /api request must carry (Authorization: Bearer TOKEN)")
+	fs.StringSliceVar(&f.readTokens, "read-token", nil, "bearer token that may only read (GET) the API, e.g. for the status page or monitoring (repeat or comma-separate for several)")
 	fs.BoolVar(&f.insecure, "insecure", false, "serve /api without a token; allowed only on a loopback listen address")
 	fs.StringVar(&f.planFile, "address-plan", "", "JSON file overriding address plan fields (defaults: ADDRESSING.md)")
 	fs.DurationVar(&f.quarantine, "quarantine", addrplan.Default().Quarantine, "how long a released address waits before reuse")
@@ -52,6 +54,7 @@ func (f *rootFlags) config() (root.Config, error) {
 	if f.token != "" {
 		c.Tokens = []string{f.token}
 	}
+	c.ReadTokens = f.readTokens
 	return c, nil
 }
 

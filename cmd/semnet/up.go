@@ -34,13 +34,16 @@ embedded store in --data-dir, one cluster service (in-memory cache, MQTT broker 
 loopback admitting workers by client id), and --nodes simulated worker nodes: MQTT
 clients that take a subnet and report instances like a real node, without a datapath,
 carrying the demo service (--demo). It generates an API token unless --token
-(SEMNET_TOKEN) is given, and prints it with commands to try.`,
+(SEMNET_TOKEN) is given, and a read-only one for the status page link unless
+--read-token is, and prints them with commands to try.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.token == "" && !f.insecure {
-				var b [24]byte
-				_, _ = rand.Read(b[:])
-				f.token = hex.EncodeToString(b[:])
+				f.token = randomToken()
+			}
+			if f.token != "" && len(f.readTokens) == 0 {
+				// The status page link carries a token: one that can only read.
+				f.readTokens = []string{randomToken()}
 			}
 			c, err := f.config()
 			if err != nil {
@@ -94,7 +97,7 @@ carrying the demo service (--demo). It generates an API token unless --token
 			fmt.Fprintf(out, "  cluster %q:  REST http://%s, MQTT for worker nodes at %s (client id = worker id)\n", cid, cl.Addr, cl.MQTTAddr)
 			if f.token != "" {
 				fmt.Fprintf(out, "  token:        %s\n", f.token)
-				fmt.Fprintf(out, "  status page:  http://%s/ui/#token=%s\n", srv.Addr, f.token)
+				fmt.Fprintf(out, "  status page:  http://%s/ui/#token=%s  (a read-only token)\n", srv.Addr, f.readTokens[0])
 			}
 			sp.describe(out)
 			if lab != nil {
@@ -135,4 +138,11 @@ carrying the demo service (--demo). It generates an API token unless --token
 	cmd.Flags().Float64Var(&lon, "lon", 11.58, "the cluster's longitude")
 	bindEnv(cmd)
 	return cmd
+}
+
+// randomToken returns a fresh 192-bit API token in hex.
+func randomToken() string {
+	var b [24]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b[:])
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/shared/netnstest"
 )
@@ -73,7 +74,7 @@ func TestUpRunsAPlatformWithADemo(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		for _, want := range []string{"sim-1 (Munich) sim-2 (Berlin)", "demo service: demo.app.web.default", "mosquitto_rr"} {
+		for _, want := range []string{"sim-1 (Munich) sim-2 (Berlin)", "demo service: demo.app.web.default", "mosquitto_rr", "/ui/#token="} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("run %d: output lacks %q:\n%s", run, want, out)
 			}
@@ -94,6 +95,18 @@ func TestUpRunsAPlatformWithADemo(t *testing.T) {
 				t.Fatalf("run %d: demo at root: %+v, %v; want 2 instances on two nodes", run, e.Instances, err)
 			}
 			time.Sleep(50 * time.Millisecond)
+		}
+		// The status page's token reads but does not write.
+		if m := regexp.MustCompile(`/ui/#token=([0-9a-f]+)`).FindStringSubmatch(out.String()); m == nil || m[1] == "up-test-token-0123456789" {
+			t.Errorf("run %d: the status page link has no token of its own:\n%s", run, out)
+		} else {
+			ro, _ := client.New("http://"+rootAddr, m[1], nil)
+			if _, err := ro.Resolve(ctx, "demo.app.web.default", ""); err != nil {
+				t.Errorf("run %d: the read-only token cannot read: %v", run, err)
+			}
+			if _, err := ro.CreateService(ctx, api.ServiceRequest{App: "x", AppNS: "y", Service: "z", ServiceNS: "w"}); err == nil || !strings.Contains(err.Error(), "403") {
+				t.Errorf("run %d: a write with the read-only token: %v, want 403", run, err)
+			}
 		}
 		cancel()
 		select {

@@ -27,7 +27,10 @@ import (
 	"github.com/semnet/semnet/shared/addrplan"
 )
 
-const token = "test-token-0123456789abcdef"
+const (
+	token     = "test-token-0123456789abcdef"
+	readToken = "read-only-token-0123456789"
+)
 
 func newServer(t *testing.T) (*httptest.Server, http.Handler) {
 	t.Helper()
@@ -42,7 +45,7 @@ func newServer(t *testing.T) (*httptest.Server, http.Handler) {
 		t.Fatal(err)
 	}
 	pr := prometheus.NewRegistry()
-	h := rest.Handler(reg, rest.Config{Tokens: []string{token}, Registerer: pr, Gatherer: pr, Ready: reg.Ping})
+	h := rest.Handler(reg, rest.Config{Tokens: []string{token}, ReadTokens: []string{readToken}, Registerer: pr, Gatherer: pr, Ready: reg.Ping})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv, h
@@ -221,6 +224,36 @@ func TestAuth(t *testing.T) {
 		if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") == "" {
 			t.Errorf("Authorization %q: %d, want 401 with a challenge", h, resp.StatusCode)
 		}
+	}
+	// A read-only token reads, and anything else it asks is a 403 that changes nothing.
+	for _, c := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"GET", "/api/v1/services", "", 200},
+		{"GET", "/api/v1/pools", "", 200},
+		{"POST", "/api/v1/services", `{"app":"a","app_ns":"b","service":"c","service_ns":"d"}`, 403},
+		{"POST", "/api/v1/clusters", `{"id":"c9","address":"127.0.0.1","port":10110}`, 403},
+		{"DELETE", "/api/v1/services/a.b.c.d", "", 403},
+	} {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer "+readToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("read-only token %s %s: %d %s, want %d", c.method, c.path, resp.StatusCode, b, c.want)
+		}
+		if c.want == 403 && !strings.Contains(string(b), "only read") {
+			t.Errorf("read-only token %s %s: problem %s does not say why", c.method, c.path, b)
+		}
+	}
+	var list struct{ Items []any }
+	if code, _ := (client{t, srv.URL}).do("GET", "/api/v1/services", "", &list); code != 200 || len(list.Items) != 0 {
+		t.Errorf("after refused writes: %d, %d services, want none", code, len(list.Items))
 	}
 	// Health, readiness and metrics need no token.
 	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {

@@ -23,7 +23,9 @@ type Config struct {
 	// Tokens accepted as bearer tokens on /api; empty disables auth (root allows that
 	// only with --insecure on a loopback address).
 	Tokens []string
-	Logger *slog.Logger
+	// ReadTokens may only read (GET): a status page, monitoring. A write is 403.
+	ReadTokens []string
+	Logger     *slog.Logger
 	// Gatherer serves /metrics; Registerer receives the HTTP metrics.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
@@ -61,7 +63,7 @@ func Handler(reg *registry.Registry, cfg Config) http.Handler {
 	r := httpapi.NewRouter(httpapi.RouterConfig{Logger: cfg.Logger, Metrics: m, Gatherer: cfg.Gatherer,
 		Ready: cfg.Ready, Hint: " (see proto/openapi.yaml)"})
 	r.Route("/api", func(r chi.Router) {
-		r.Use(httpapi.BearerAuth(cfg.Tokens...))
+		r.Use(httpapi.ScopedBearerAuth(cfg.Tokens, cfg.ReadTokens))
 		r.Route("/v1", s.routesV1)
 		if cfg.Mount != nil {
 			cfg.Mount(r)

@@ -18,8 +18,16 @@ import (
 // everything through: callers decide whether that is allowed (root only does it for
 // --insecure on loopback).
 func BearerAuth(tokens ...string) func(http.Handler) http.Handler {
+	return ScopedBearerAuth(tokens, nil)
+}
+
+// ScopedBearerAuth is BearerAuth with two scopes: a token of admin may do anything, a
+// token of readOnly only read (GET, HEAD, OPTIONS); anything else it asks is refused
+// with 403, since the token is valid but not for that. With no tokens at all it lets
+// everything through, as BearerAuth.
+func ScopedBearerAuth(admin, readOnly []string) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
-		if len(tokens) == 0 {
+		if len(admin) == 0 && len(readOnly) == 0 {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -29,17 +37,32 @@ func BearerAuth(tokens ...string) func(http.Handler) http.Handler {
 				WriteProblem(w, r, Errorf(http.StatusUnauthorized, "missing bearer token: send Authorization: Bearer <token>"), nil)
 				return
 			}
-			for _, t := range tokens {
-				// Constant time, so the token can't be guessed byte by byte from timing.
-				if subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
+			switch {
+			case oneOf(got, admin):
+				next.ServeHTTP(w, r)
+			case oneOf(got, readOnly):
+				if r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions {
 					next.ServeHTTP(w, r)
 					return
 				}
+				w.Header().Set("WWW-Authenticate", `Bearer realm="semnet", error="insufficient_scope"`)
+				WriteProblem(w, r, Errorf(http.StatusForbidden, "this token may only read (GET): %s needs an admin token", r.Method), nil)
+			default:
+				w.Header().Set("WWW-Authenticate", `Bearer realm="semnet", error="invalid_token"`)
+				WriteProblem(w, r, Errorf(http.StatusUnauthorized, "invalid bearer token"), nil)
 			}
-			w.Header().Set("WWW-Authenticate", `Bearer realm="semnet", error="invalid_token"`)
-			WriteProblem(w, r, Errorf(http.StatusUnauthorized, "invalid bearer token"), nil)
 		})
 	}
+}
+
+// oneOf reports whether got is one of tokens, comparing in constant time so a token
+// can't be guessed byte by byte from timing.
+func oneOf(got string, tokens []string) bool {
+	found := 0
+	for _, t := range tokens {
+		found |= subtle.ConstantTimeCompare([]byte(got), []byte(t))
+	}
+	return found == 1
 }
 
 // Metrics records request latency by route pattern (not raw path, which would explode
