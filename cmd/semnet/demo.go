@@ -183,12 +183,7 @@ func (r *demoRun) setUp(ctx context.Context) (api.Service, error) {
 	var svc api.Service
 	err := r.retry(ctx, "create service "+r.c.job, func(ctx context.Context) error {
 		var err error
-		svc, err = r.rc.CreateService(ctx, r.c.service)
-		if errors.Is(err, client.ErrConflict) {
-			var e api.TableEntry
-			e, err = r.rc.Resolve(ctx, r.c.job, "")
-			svc = e.Service
-		}
+		svc, err = ensureService(ctx, r.rc, r.c.service)
 		return err
 	})
 	if err != nil {

@@ -130,7 +130,7 @@ carrying the demo service (--demo). It generates an API token unless --token
 	cmd.Flags().StringVar(&clusterListen, "cluster-listen", "127.0.0.1:10110", "address the cluster's REST API listens on")
 	cmd.Flags().StringVar(&mqttListen, "mqtt-listen", "127.0.0.1:10003", "address the cluster's MQTT broker listens on (loopback: workers are admitted by client id)")
 	cmd.Flags().IntVar(&nodes, "nodes", 2, "simulated worker nodes to run (MQTT clients reporting instances, no datapath)")
-	cmd.Flags().BoolVar(&demo, "demo", true, "deploy the demo service "+demoService.App+"."+demoService.AppNS+"."+demoService.Service+"."+demoService.ServiceNS+" with an instance on each simulated node")
+	cmd.Flags().BoolVar(&demo, "demo", true, "deploy the demo service "+demoService.JobName()+" with an instance on each simulated node")
 	cmd.Flags().BoolVar(&datapath, "datapath", false, "also run two real worker nodes (semnet node, needs root) in network namespaces up creates and removes on exit, with the demo on them")
 	cmd.Flags().StringVar(&bin, "semnet-binary", "", "the semnet binary --datapath runs the nodes with (default: this one)")
 	_ = cmd.Flags().MarkHidden("semnet-binary")

@@ -121,11 +121,9 @@ func startDatapath(ctx context.Context, rc *client.Client, clusterID, broker, bi
 	if lab.svc, err = ensureService(ctx, rc, demoService); err != nil {
 		return lab, err
 	}
-	for i, n := range lab.nodes {
-		num := i
-		_, err := rc.CreateInstance(ctx, lab.svc.JobName, api.InstanceRequest{Number: &num, ClusterID: clusterID})
-		if err != nil && !errors.Is(err, client.ErrConflict) {
-			return lab, fmt.Errorf("demo instance %d: %w", i, err)
+	for num, n := range lab.nodes {
+		if err := ensureInstance(ctx, rc, lab.svc.JobName, num, clusterID); err != nil {
+			return lab, err
 		}
 		in, err := demo.Start(ctx, demo.Config{NodeSocket: n.socket, Service: lab.svc.JobName, Number: num,
 			Command: []string{bin, "demo", "serve-instance"}, Logger: log})
@@ -149,16 +147,10 @@ func linkPair(a, b netns.NsHandle) error {
 		return fmt.Errorf("netlink in the second node's namespace: %w", err)
 	}
 	defer hb.Close()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "peer0", PeerNamespace: netlink.NsFd(b)}
+	// The peer is created in b, where its name does not clash with a's eth0.
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(b)}
 	if err := ha.LinkAdd(veth); err != nil {
 		return fmt.Errorf("veth pair between the lab nodes: %w", err)
-	}
-	peer, err := hb.LinkByName("peer0")
-	if err == nil {
-		err = hb.LinkSetName(peer, "eth0")
-	}
-	if err != nil {
-		return fmt.Errorf("veth peer: %w", err)
 	}
 	for i, h := range []*netlink.Handle{ha, hb} {
 		l, err := h.LinkByName("eth0")

@@ -63,12 +63,10 @@ func startSimulated(ctx context.Context, rc *client.Client, clusterID, broker st
 		return nil, err
 	}
 	sp.svc = svc
-	for i, n := range sp.nodes {
-		num := i
-		_, err := rc.CreateInstance(ctx, svc.JobName, api.InstanceRequest{Number: &num, ClusterID: clusterID})
-		if err != nil && !errors.Is(err, client.ErrConflict) {
+	for num, n := range sp.nodes {
+		if err := ensureInstance(ctx, rc, svc.JobName, num, clusterID); err != nil {
 			sp.Close()
-			return nil, fmt.Errorf("demo instance %d: %w", i, err)
+			return nil, err
 		}
 		if _, _, err := n.Deploy(ctx, svc.JobName, num); err != nil {
 			sp.Close()
@@ -78,21 +76,30 @@ func startSimulated(ctx context.Context, rc *client.Client, clusterID, broker st
 	return sp, nil
 }
 
-// ensureService creates req's service, or returns it when it exists already.
+// ensureService creates req's service, or returns it when it exists already (an
+// earlier run's, in the same store).
 func ensureService(ctx context.Context, rc *client.Client, req api.ServiceRequest) (api.Service, error) {
 	svc, err := rc.CreateService(ctx, req)
 	if errors.Is(err, client.ErrConflict) {
-		job := req.App + "." + req.AppNS + "." + req.Service + "." + req.ServiceNS
-		e, rerr := rc.Resolve(ctx, job, "")
+		e, rerr := rc.Resolve(ctx, req.JobName(), "")
 		if rerr != nil {
-			return api.Service{}, fmt.Errorf("service %s exists but cannot be read: %w", job, rerr)
+			return api.Service{}, fmt.Errorf("service %s exists but cannot be read: %w", req.JobName(), rerr)
 		}
 		return e.Service, nil
 	}
 	if err != nil {
-		return api.Service{}, fmt.Errorf("demo service: %w", err)
+		return api.Service{}, fmt.Errorf("service %s: %w", req.JobName(), err)
 	}
 	return svc, nil
+}
+
+// ensureInstance creates instance num of job in cluster at root, unless it exists.
+func ensureInstance(ctx context.Context, rc *client.Client, job string, num int, cluster string) error {
+	_, err := rc.CreateInstance(ctx, job, api.InstanceRequest{Number: &num, ClusterID: cluster})
+	if err != nil && !errors.Is(err, client.ErrConflict) {
+		return fmt.Errorf("instance %d of %s: %w", num, job, err)
+	}
+	return nil
 }
 
 // describe prints what runs.

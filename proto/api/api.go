@@ -48,6 +48,11 @@ type ServiceRequest struct {
 	ClosestIPv6 string `json:"closest_ip_v6,omitempty"`
 }
 
+// JobName is the name the service will have: app.app_ns.service.service_ns.
+func (r ServiceRequest) JobName() string {
+	return r.App + "." + r.AppNS + "." + r.Service + "." + r.ServiceNS
+}
+
 // Service is a deployed service with its Service IPs, one pair per policy.
 type Service struct {
 	ID          string     `json:"id"`
