@@ -45,6 +45,32 @@ func loopbackPort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// startUp runs `semnet up` with args (and its cluster on free loopback ports) until ctx
+// ends, and waits at most wait for its summary. done receives what the command returns.
+func startUp(t *testing.T, ctx context.Context, wait time.Duration, args ...string) (out *lockedBuffer, done chan error) {
+	t.Helper()
+	cmd := newRootCommand()
+	out = &lockedBuffer{}
+	cmd.SetOut(out)
+	cmd.SetErr(out)
+	cmd.SetArgs(append(append([]string{"up"}, args...), "--cluster-listen", loopbackPort(t), "--mqtt-listen", loopbackPort(t), "--log-level", "warn"))
+	done = make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(wait)
+	for !strings.Contains(out.String(), "Stop with Ctrl-C") {
+		select {
+		case err := <-done:
+			t.Fatalf("up ended: %v\n%s", err, out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("up printed no summary:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return out, done
+}
+
 // TestUpRunsAPlatformWithADemo runs `semnet up` in-process twice on one data directory:
 // root, a cluster, two simulated nodes, and the demo service with an instance on each,
 // running where the nodes said; the second run takes the demo over instead of failing.
@@ -53,27 +79,8 @@ func TestUpRunsAPlatformWithADemo(t *testing.T) {
 	rootAddr := loopbackPort(t)
 	for run := range 2 {
 		ctx, cancel := context.WithCancel(t.Context())
-		cmd := newRootCommand()
-		out := &lockedBuffer{}
-		cmd.SetOut(out)
-		cmd.SetErr(out)
-		cmd.SetArgs([]string{"up", "--token", "up-test-token-0123456789", "--data-dir", dir, "--listen", rootAddr,
-			"--cluster-listen", loopbackPort(t), "--mqtt-listen", loopbackPort(t), "--log-level", "warn"})
-		done := make(chan error, 1)
-		go func() { done <- cmd.ExecuteContext(ctx) }()
-
+		out, done := startUp(t, ctx, 30*time.Second, "--token", "up-test-token-0123456789", "--data-dir", dir, "--listen", rootAddr)
 		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(out.String(), "Stop with Ctrl-C") {
-			select {
-			case err := <-done:
-				t.Fatalf("run %d: up ended: %v\n%s", run, err, out)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("run %d: up printed no summary:\n%s", run, out)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
 		for _, want := range []string{"sim-1 (Munich) sim-2 (Berlin)", "demo service: demo.app.web.default", "mosquitto_rr", "/ui/#token="} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("run %d: output lacks %q:\n%s", run, want, out)
@@ -131,27 +138,8 @@ func TestUpDatapath(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	cmd := newRootCommand()
-	out := &lockedBuffer{}
-	cmd.SetOut(out)
-	cmd.SetErr(out)
-	cmd.SetArgs([]string{"up", "--datapath", "--nodes", "0", "--semnet-binary", bin, "--token", "up-test-token-0123456789",
-		"--data-dir", t.TempDir(), "--listen", loopbackPort(t), "--cluster-listen", loopbackPort(t), "--mqtt-listen", loopbackPort(t),
-		"--log-level", "warn"})
-	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
-	deadline := time.Now().Add(90 * time.Second)
-	for !strings.Contains(out.String(), "Stop with Ctrl-C") {
-		select {
-		case err := <-done:
-			t.Fatalf("up ended: %v\n%s", err, out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("up printed no summary:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	out, done := startUp(t, ctx, 90*time.Second, "--datapath", "--nodes", "0", "--semnet-binary", bin, "--token", "up-test-token-0123456789",
+		"--data-dir", t.TempDir(), "--listen", loopbackPort(t))
 	summary := out.String()
 	probe := regexp.MustCompile(`probe --print --netns (/proc/\d+/ns/net) (http://\S+/)`).FindStringSubmatch(summary)
 	pids := regexp.MustCompile(`pid (\d+)\)`).FindAllStringSubmatch(summary, -1)
