@@ -43,7 +43,8 @@ const labBroker = "127.0.0.1:10003"
 
 // datapathLab is up's two real worker nodes. Each `semnet node` runs in an unnamed
 // network namespace of its own, the two joined by a veth pair; the namespaces go when
-// their processes and up's handles do, so nothing outlives up, even a crash.
+// their processes and up's handles do: no names to clean up. up stops the nodes on
+// exit; the demo instances end with up even if it dies (see node/demo).
 type datapathLab struct {
 	nodes []*labNode
 	demos []*demo.Instance
