@@ -22,7 +22,8 @@ type clusterFlags struct {
 	lat, lon, radiusKM                                         float64
 	insecure, mqttAnonymous                                    bool
 	staleAfter                                                 time.Duration
-	spares, maxPacket                                          int
+	spares, maxPacket, publishBurst                            int
+	publishRate                                                float64
 	log                                                        logFlags
 }
 
@@ -41,6 +42,8 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.mqttAnonymous, "mqtt-anonymous", false, "admit workers without credentials, identified by their client id (trusted networks only; ACLs still apply)")
 	fs.BoolVar(&f.insecure, "insecure", false, "like --mqtt-anonymous, for local demos: allowed only when the broker listens on loopback")
 	fs.IntVar(&f.maxPacket, "mqtt-max-packet", broker.DefaultMaxPacketSize, "largest MQTT packet a worker may send, in bytes; larger ones disconnect it")
+	fs.Float64Var(&f.publishRate, "mqtt-publish-rate", broker.DefaultPublishRate, "messages per second one worker connection may publish on average; beyond, they are refused and counted (negative: no limit)")
+	fs.IntVar(&f.publishBurst, "mqtt-publish-burst", 0, "messages a worker may publish at once above the rate (default: twice --mqtt-publish-rate)")
 	fs.StringVar(&f.token, "token", "", "bearer token the cluster's /api requires (reference callers send none: leave empty and restrict --listen instead)")
 	fs.Float64Var(&f.lat, "lat", 0, "cluster location: latitude in degrees")
 	fs.Float64Var(&f.lon, "lon", 0, "cluster location: longitude in degrees")
@@ -66,6 +69,7 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 		Broker: broker.Config{
 			CertFile: f.mqttCert, KeyFile: f.mqttKey, ClientCAFile: f.mqttClientCA,
 			CredentialsFile: f.mqttAuth, AllowAnonymous: f.mqttAnonymous, MaxPacketSize: f.maxPacket,
+			PublishRate: f.publishRate, PublishBurst: f.publishBurst,
 		},
 		Location: geo.Point{Lat: f.lat, Lon: f.lon}, RadiusKM: f.radiusKM,
 		RedisURL: f.redisURL, StaleAfter: f.staleAfter, Spares: f.spares, Logger: log,
