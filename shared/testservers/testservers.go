@@ -56,7 +56,8 @@ func StartFerretDB(t testing.TB) *Server {
 	t.Helper()
 	bin := need(t, "SEMNET_TEST_FERRETDB_BIN", "the FerretDB binary (.ci/build-ferretdb)")
 	s := &Server{t: t, bin: bin, addr: freeAddr(t)}
-	s.args = []string{"--handler=sqlite", "--sqlite-url=file:" + t.TempDir() + "/", "--listen-addr=" + s.addr,
+	dir := t.TempDir()
+	s.args = []string{"--handler=sqlite", "--sqlite-url=file:" + dir + "/", "--state-dir=" + dir, "--listen-addr=" + s.addr,
 		"--debug-addr=" + freeAddr(t), "--telemetry=disable", "--log-level=warn"}
 	s.Start()
 	return s
