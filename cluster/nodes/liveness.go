@@ -217,7 +217,11 @@ func (l *liveness) expire(node string, gen uint64) {
 	for _, rep := range reps {
 		l.enqueue(rep)
 	}
-	l.log.Warn("worker node gone longer than its grace; its instances are reported failed", "node", node, "grace", l.grace, "instances", len(reps))
+	if len(reps) > 0 {
+		l.log.Warn("worker node gone longer than its grace; its instances are reported failed", "node", node, "grace", l.grace, "instances", len(reps))
+	} else {
+		l.log.Info("worker node gone longer than its grace; it ran no instances", "node", node, "grace", l.grace)
+	}
 	if l.died != nil {
 		l.died(node, refs)
 	}
