@@ -290,3 +290,30 @@ func TestRestartSweep(t *testing.T) {
 		t.Errorf("entry after the sweep: %+v, %v", r.Instances, err)
 	}
 }
+
+// TestReannounceKeepsInterestCount: a node re-announcing its instance after a reconnect
+// is no second deployment: once it undeploys, no node needs the job and root forgets the
+// cluster's interest.
+func TestReannounceKeepsInterestCount(t *testing.T) {
+	p := startDeathPlatform(t, time.Minute)
+	ctx := t.Context()
+	svc := deploy(t, p, "shop", 1)
+	w1 := connectNode(t, p, "w1")
+	if r := w1.query(svc.JobName, ""); r.Error != "" {
+		t.Fatal(r.Error)
+	}
+	for range 2 {
+		w1.publish(mqttapi.SuffixDeployed, deployedMsg(svc.JobName, 0, "10.18.0.2", "127.0.0.1", munich))
+	}
+	w1.publish(mqttapi.SuffixInterestRemove, fmt.Sprintf(`{"appname":%q}`, svc.JobName))
+	waitFor(t, "instance 0 running", func() bool { return instanceStatus(t, p, svc, 0) == "running" })
+	time.Sleep(200 * time.Millisecond) // let a wrong drop happen (asserting it did not)
+	if ids, err := p.RC.Interests(ctx, "c1"); err != nil || len(ids) != 1 {
+		t.Fatalf("interests while w1 runs the job: %v, %v", ids, err)
+	}
+	w1.publish(mqttapi.SuffixUndeployed, fmt.Sprintf(`{"appname":%q,"instance_number":0,"host_ip":"127.0.0.1","host_port":50103}`, svc.JobName))
+	waitFor(t, "root to drop the cluster's interest", func() bool {
+		ids, err := p.RC.Interests(ctx, "c1")
+		return err == nil && len(ids) == 0
+	})
+}
