@@ -57,7 +57,7 @@ func StartWith(t testing.TB, edit func(*cluster.Config)) *Platform {
 	cfg := cluster.Config{
 		ID: "c1", Name: "c1", RootURL: "http://" + p.Root.Addr.String(),
 		Listen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Insecure: true,
-		Location: geo.Point{Lat: 48.14, Lon: 11.58}, Spares: 1,
+		Location: geo.Point{Lat: 48.14, Lon: 11.58}, Spares: 1, NodeGrace: cluster.DefaultNodeGrace,
 	}
 	edit(&cfg)
 	p.Cluster, err = cluster.Start(t.Context(), cfg)

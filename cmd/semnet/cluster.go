@@ -21,7 +21,7 @@ type clusterFlags struct {
 	mqttAuth, mqttCert, mqttKey, mqttClientCA, redisURL, token string
 	lat, lon, radiusKM                                         float64
 	insecure, mqttAnonymous                                    bool
-	staleAfter                                                 time.Duration
+	staleAfter, nodeGrace                                      time.Duration
 	spares, maxPacket, publishBurst                            int
 	publishRate                                                float64
 	log                                                        logFlags
@@ -51,6 +51,7 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (redis://host:6379/0) for a cache shared by cluster replicas; default in memory")
 	fs.DurationVar(&f.staleAfter, "stale-after", 30*time.Second, "answers are marked stale after this long without hearing from root")
 	fs.IntVar(&f.spares, "spare-subnets", 2, "worker subnets kept ahead for nodes that start while root is unreachable")
+	fs.DurationVar(&f.nodeGrace, "node-grace", cluster.DefaultNodeGrace, "how long a disconnected worker node may stay away before its instances are reported failed; 0 at once, negative never (worker nodes that do not re-announce their instances on reconnecting)")
 	f.log.register(fs)
 }
 
@@ -72,7 +73,7 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 			PublishRate: f.publishRate, PublishBurst: f.publishBurst,
 		},
 		Location: geo.Point{Lat: f.lat, Lon: f.lon}, RadiusKM: f.radiusKM,
-		RedisURL: f.redisURL, StaleAfter: f.staleAfter, Spares: f.spares, Logger: log,
+		RedisURL: f.redisURL, StaleAfter: f.staleAfter, Spares: f.spares, NodeGrace: f.nodeGrace, Logger: log,
 	}
 	if f.token != "" {
 		c.Tokens = []string{f.token}
@@ -96,6 +97,10 @@ out worker subnets, relays instance status to root and pushes changes to interes
 Workers authenticate with a password from --mqtt-auth (username = worker id = client id),
 a client certificate (--mqtt-client-ca; certificate name = worker id), or, on trusted
 networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-auth.
+
+A worker node that disconnects (or falls silent for 1.5 × its keepalive) and stays away
+longer than --node-grace has its instances reported failed to root, which takes them out
+of every node's choices; when it comes back, its re-announce makes them running again.
 
 It answers /readyz with 200 once it serves.`,
 		Args:    cobra.NoArgs,
