@@ -34,6 +34,7 @@ import (
 // Underlay addresses (only inside the test's namespaces).
 var (
 	ctrlIP = netip.MustParseAddr("10.99.0.1")
+	rootIP = netip.MustParseAddr("10.99.0.2") // platformSpec.rootHost
 	nodeIP = func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 99, 0, byte(10 + i)}) }
 )
 
@@ -136,6 +137,7 @@ func (n *dpNode) call(t testing.TB, path string, body, out any) {
 // dpPlatform is the whole test platform.
 type dpPlatform struct {
 	ctrl  *netnstest.NS
+	root  *netnstest.NS // root's host: ctrl unless platformSpec.rootHost
 	rc    *client.Client
 	nodes []*dpNode
 }
@@ -158,6 +160,9 @@ type platformSpec struct {
 	setup func(i int, ns *netnstest.NS) []string
 	// clusterArgs are extra arguments for every cluster's command line.
 	clusterArgs []string
+	// rootHost runs root in a host of its own (rootIP), so a test can cut the link
+	// between root and the clusters (dpPlatform.root) without touching the nodes'.
+	rootHost bool
 }
 
 // startDatapathPlatform starts a platform of one cluster and the given number of nodes
@@ -186,12 +191,19 @@ func startPlatform(t testing.TB, bin string, spec platformSpec) *dpPlatform {
 	u.Attach(t, p.ctrl, "eth0", netip.PrefixFrom(ctrlIP, 24))
 	dir := t.TempDir()
 
+	p.root = p.ctrl
 	rootAddr := netip.AddrPortFrom(ctrlIP, 10099).String()
-	startIn(t, p.ctrl, bin, "root", "root", "--listen", rootAddr, "--data-dir", filepath.Join(dir, "root"), "--log-level", "warn")
+	if spec.rootHost {
+		p.root = netnstest.New(t, "root")
+		u.Attach(t, p.root, "eth0", netip.PrefixFrom(rootIP, 24))
+		rootAddr = netip.AddrPortFrom(rootIP, 10099).String()
+	}
+	startIn(t, p.root, bin, "root", "root", "--listen", rootAddr, "--data-dir", filepath.Join(dir, "root"), "--log-level", "warn")
 	inCtrl := &http.Client{Transport: &http.Transport{DialContext: p.ctrl.DialContext}, Timeout: 30 * time.Second}
-	waitReady(t, inCtrl, "http://"+rootAddr+"/readyz", "root")
+	inRoot := &http.Client{Transport: &http.Transport{DialContext: p.root.DialContext}, Timeout: 30 * time.Second}
+	waitReady(t, inRoot, "http://"+rootAddr+"/readyz", "root")
 	var err error
-	if p.rc, err = client.New("http://"+rootAddr, token, inCtrl); err != nil {
+	if p.rc, err = client.New("http://"+rootAddr, token, inRoot); err != nil {
 		t.Fatal(err)
 	}
 

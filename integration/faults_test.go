@@ -2,8 +2,11 @@ package integration
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
+	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/nodeapi"
 	"github.com/semnet/semnet/shared/testservers"
 )
 
@@ -152,3 +156,75 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 	}
 }
+
+var partitionFor = flag.Duration("partition", 60*time.Second, "TestRootPartition: how long root is cut off from the cluster")
+
+// TestRootPartition takes root's link down (its host's interface: no FIN, no RST, packets
+// just stop) for -partition (60 s) while the platform runs. Meanwhile the nodes keep
+// resolving from the caches, a node reports an instance placed, removed and placed again
+// (the cluster queues the reports), and root records a failure the cluster cannot hear
+// of. Once the link is back: the reports arrived in order (the instance runs), the
+// change stream resumed without a gap (the failed instance is no longer chosen), and the
+// cluster's queue is empty.
+func TestRootPartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("partition: -short")
+	}
+	p := startPlatform(t, semnetBinary(t), platformSpec{nodes: 3, rootHost: true}) // Munich, Berlin, Paris
+	ctx := t.Context()
+	only := func(names ...string) func(string) bool {
+		return func(s string) bool { return slices.Contains(names, s) }
+	}
+	_, clients := p.deploy(t, "client", 0, 2)
+	munich, paris := clients[0], clients[1]
+	b, servers := p.deploy(t, "b", 1, 2) // b0 in Berlin, b1 in Paris
+	serve(t, servers[0], "b0")
+	serve(t, servers[1], "b1")
+	eventually(t, munich, b.ClosestIP, only("b0"))
+	// c is cached by the cluster (Paris asked for it), not yet by the Munich node.
+	c, cs := p.deploy(t, "c", 2)
+	serve(t, cs[0], "c0")
+	eventually(t, paris, c.RRIP, only("c0"))
+	if _, err := p.rc.CreateInstance(ctx, b.JobName, api.InstanceRequest{Number: ptr(2), ClusterID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+
+	p.root.Run(t, "ip", "link", "set", "eth0", "down")
+	cut := time.Now()
+	// Root hears that b0 failed (from an operator, say); the cluster cannot.
+	if _, err := p.rc.PlaceInstance(ctx, b.JobName, 0, api.Placement{Status: "failed", HostIP: nodeIP(2), HostPort: 50103}); err != nil {
+		t.Fatal(err)
+	}
+	// Paris places b2, removes it, places it again: three reports that must arrive in
+	// this order.
+	p.attach(t, b, 2, 2)
+	p.nodes[2].call(t, nodeapi.PathUndeploy, nodeapi.UndeployRequest{ServiceName: b.JobName, InstanceNumber: ptr(2)}, nil)
+	serve(t, p.attach(t, b, 2, 2), "b2")
+	checks := 0
+	for time.Since(cut) < *partitionFor {
+		eventually(t, munich, b.ClosestIP, only("b0")) // the cached entry, as it was
+		eventually(t, munich, b.RRIP, only("b0", "b1"))
+		eventually(t, munich, c.RRIPv6, only("c0")) // a node's miss, answered from the cluster's cache
+		checks++
+		time.Sleep(5 * time.Second)
+	}
+	t.Logf("cut for %v; the nodes resolved from the caches throughout (%d rounds of checks)", time.Since(cut).Round(time.Second), checks)
+
+	p.root.Run(t, "ip", "link", "set", "eth0", "up")
+	healed := time.Now()
+	waitUntil(t, 2*time.Minute, "b2's reports to reach root in order", func() bool {
+		in, err := p.rc.Instance(ctx, b.JobName, 2)
+		return err == nil && in.Status == "running" && in.HostIP == nodeIP(3)
+	})
+	delivered := time.Since(healed)
+	// The change stream: b0's failure reaches the node; Closest from Munich takes Paris.
+	eventually(t, munich, b.ClosestIP, only("b1", "b2"))
+	followed := time.Since(healed)
+	if seen := spread(t, munich, netip.AddrPortFrom(b.RRIP, 80)); seen["b0"] > 0 || seen["b1"] == 0 || seen["b2"] == 0 {
+		t.Errorf("RR from Munich after the partition spread %v, want b1 and b2 only", seen)
+	}
+	t.Logf("after the link came back: queued reports delivered within %v, root's change reached the node within %v",
+		delivered.Round(time.Millisecond), followed.Round(time.Millisecond))
+}
+
+func ptr[T any](v T) *T { return &v }

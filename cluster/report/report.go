@@ -41,6 +41,7 @@ type Reporter struct {
 	timeout time.Duration
 
 	mu      sync.Mutex
+	lastSeq uint64 // of the newest report queued (see api.Placement.Sequence)
 	queue   []Report
 	wake    chan struct{} // signalled (non-blocking) when the queue grows
 	metrics metrics
@@ -71,8 +72,12 @@ func New(root Root, log *slog.Logger, reg prometheus.Registerer) *Reporter {
 }
 
 // Enqueue queues a report behind the ones before it.
+// It gets the next sequence number (the wall clock, strictly increasing), so that root
+// ignores it should an earlier attempt at delivering it arrive after its successors.
 func (r *Reporter) Enqueue(rep Report) {
 	r.mu.Lock()
+	r.lastSeq = max(r.lastSeq+1, uint64(time.Now().UnixNano()))
+	rep.Placement.Sequence = r.lastSeq
 	r.queue = append(r.queue, rep)
 	r.mu.Unlock()
 	select {

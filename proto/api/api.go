@@ -100,6 +100,14 @@ type Placement struct {
 	// back through another cluster replica, the instance moved), the report is ignored
 	// like a stop from a host the instance has left.
 	IfRevision uint64 `json:"if_revision,omitempty"`
+	// Sequence orders the placements one cluster reports (with ClusterID): root applies
+	// one only if its sequence is above the last it applied from that cluster for the
+	// instance, and otherwise ignores it like a late stop. A report retried after a
+	// timeout may still reach root after the ones queued behind it (the first attempt
+	// was in flight, not lost); this keeps it from undoing them. Clusters use the wall
+	// clock in nanoseconds, made strictly increasing, so replicas of one cluster agree.
+	// 0: unordered (reference callers).
+	Sequence uint64 `json:"sequence,omitempty"`
 }
 
 // Instance is one replica with its Instance IPs and, once placed, its placement.

@@ -142,9 +142,9 @@ func (r *Registry) Place(ctx context.Context, key string, number int, p api.Plac
 	}
 	in, err := r.place(ctx, s, number, p, moveTo)
 	if errors.Is(err, errStalePlacement) {
-		r.log.Info("late stop of a migrated or re-placed instance ignored", "service", s.JobName(), "instance", number, "status", p.Status,
+		r.log.Info("late placement ignored (an older report, or a stop of a migrated or re-placed instance)", "service", s.JobName(), "instance", number, "status", p.Status,
 			"stopped_on", p.HostIP, "stopped_in", p.ClusterID, "runs_on", in.HostIP, "runs_in", in.ClusterID,
-			"if_revision", p.IfRevision, "revision", in.Revision)
+			"if_revision", p.IfRevision, "revision", in.Revision, "sequence", p.Sequence, "last_sequence", in.ReportSeq)
 		return in, s, nil
 	}
 	return in, s, err
@@ -155,10 +155,14 @@ func (r *Registry) Place(ctx context.Context, key string, number int, p api.Plac
 // torn down, and two clusters' reports reach root in no particular order.
 var errStalePlacement = errors.New("the instance runs elsewhere")
 
-// stale tells whether p stops or fails an instance that runs somewhere else than where p
-// comes from (a host, or a cluster when the node did not say its host), or that changed
-// since the revision p applies to.
+// stale tells whether p is older than the last placement its cluster reported (by
+// sequence), or stops or fails an instance that runs somewhere else than where p comes
+// from (a host, or a cluster when the node did not say its host), or that changed since
+// the revision p applies to.
 func stale(in store.Instance, p api.Placement) bool {
+	if p.Sequence != 0 && p.ClusterID != "" && p.ClusterID == in.ReportedBy && p.Sequence <= in.ReportSeq {
+		return true // an older report of this cluster, arriving late
+	}
 	if p.Status == store.StatusRunning || in.Status != store.StatusRunning {
 		return false
 	}
@@ -180,6 +184,9 @@ func (r *Registry) place(ctx context.Context, s store.Service, number int, p api
 		if stale(*in, p) {
 			current = *in
 			return errStalePlacement
+		}
+		if p.Sequence != 0 && p.ClusterID != "" {
+			in.ReportedBy, in.ReportSeq = p.ClusterID, p.Sequence
 		}
 		if p.NamespaceIP.IsValid() || p.Status == store.StatusRunning {
 			in.NamespaceIP = store.AddrPair{V4: p.NamespaceIP, V6: p.NamespaceIPv6}

@@ -489,6 +489,57 @@ func TestConditionalFailure(t *testing.T) {
 	}
 }
 
+// TestReportSequence: a cluster's report that arrives after its successors (an attempt
+// that timed out at the cluster but was still on its way) changes nothing; another
+// cluster's, or an unordered one, is judged as before.
+func TestReportSequence(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	for _, id := range []string{"c1", "c2"} {
+		if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: id, Address: "127.0.0.1", Port: 10110}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := e.service("web")
+	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	host := netip.MustParseAddr("192.0.2.1")
+	at := func(ns string, seq uint64, status, cluster string) api.Placement {
+		return api.Placement{Status: status, NamespaceIP: netip.MustParseAddr(ns), HostIP: host, HostPort: 50103, ClusterID: cluster, Sequence: seq}
+	}
+	place := func(p api.Placement) store.Instance {
+		t.Helper()
+		in, _, err := e.reg.Place(ctx, s.ID, 0, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	// Placed, stopped, placed again (sequences 10, 20, 30); then the first placement and
+	// the stop arrive once more, late.
+	place(at("10.18.0.5", 10, "running", "c1"))
+	place(api.Placement{Status: "stopped", HostIP: host, HostPort: 50103, ClusterID: "c1", Sequence: 20})
+	want := place(at("10.18.0.6", 30, "running", "c1"))
+	if want.ReportedBy != "c1" || want.ReportSeq != 30 {
+		t.Fatalf("instance records %s/%d, want c1/30", want.ReportedBy, want.ReportSeq)
+	}
+	for _, late := range []api.Placement{at("10.18.0.5", 10, "running", "c1"),
+		{Status: "stopped", HostIP: host, HostPort: 50103, ClusterID: "c1", Sequence: 20}, at("10.18.0.6", 30, "running", "c1")} {
+		if in := place(late); in.Status != "running" || in.NamespaceIP.V4 != want.NamespaceIP.V4 || in.Revision != want.Revision {
+			t.Errorf("late report %+v applied: %+v", late, in)
+		}
+	}
+	// Sequences are per cluster: c2's first report applies (the instance migrates).
+	if in := place(at("10.18.1.9", 5, "running", "c2")); in.ClusterID != "c2" || in.NamespaceIP.V4.String() != "10.18.1.9" {
+		t.Errorf("c2's report: %+v", in)
+	}
+	// Unordered (reference callers): applied.
+	if in := place(at("10.18.1.10", 0, "running", "c2")); in.NamespaceIP.V4.String() != "10.18.1.10" {
+		t.Errorf("unordered report: %+v", in)
+	}
+}
+
 func TestSubnetPairs(t *testing.T) {
 	plan := addrplan.Default()
 	e := newEnv(t, plan)

@@ -145,6 +145,10 @@ type Instance struct {
 	Status      string     `json:"status"`
 	UpdatedAt   time.Time  `json:"updated_at"`
 	Revision    uint64     `json:"revision"`
+	// ReportedBy and ReportSeq are the cluster and sequence of the last ordered placement
+	// applied (api.Placement.Sequence); zero when none was.
+	ReportedBy string `json:"reported_by,omitempty"`
+	ReportSeq  uint64 `json:"report_seq,omitempty"`
 }
 
 // Subnet is a worker subnet pair handed to a node.

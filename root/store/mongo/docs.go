@@ -72,13 +72,15 @@ type instanceDoc struct {
 	Status      string    `bson:"status"`
 	UpdatedAt   time.Time `bson:"updated_at"`
 	Revision    int64     `bson:"revision"`
+	ReportedBy  string    `bson:"reported_by,omitempty"`
+	ReportSeq   int64     `bson:"report_seq,omitempty"`
 }
 
 func toInstanceDoc(in store.Instance, jobName string) instanceDoc {
 	d := instanceDoc{ID: instanceID(in.ServiceID, in.Number), ServiceID: in.ServiceID, Number: in.Number,
 		JobName: jobName, IP: toPair(in.IP), ClusterID: in.ClusterID, NamespaceIP: toPair(in.NamespaceIP),
 		HostIP: addrString(in.HostIP), HostPort: in.HostPort, Status: in.Status, UpdatedAt: in.UpdatedAt,
-		Revision: int64(in.Revision)}
+		Revision: int64(in.Revision), ReportedBy: in.ReportedBy, ReportSeq: int64(in.ReportSeq)}
 	if in.Location != nil {
 		d.Location = &pointDoc{Lat: in.Location.Lat, Lon: in.Location.Lon}
 	}
@@ -89,7 +91,7 @@ func (d instanceDoc) instance() (store.Instance, error) {
 	var p parser
 	in := store.Instance{ServiceID: d.ServiceID, Number: d.Number, IP: p.pair(d.IP), ClusterID: d.ClusterID,
 		NamespaceIP: p.pair(d.NamespaceIP), HostIP: p.addr(d.HostIP), HostPort: d.HostPort, Status: d.Status,
-		UpdatedAt: ms(d.UpdatedAt), Revision: uint64(d.Revision)}
+		UpdatedAt: ms(d.UpdatedAt), Revision: uint64(d.Revision), ReportedBy: d.ReportedBy, ReportSeq: uint64(d.ReportSeq)}
 	if d.Location != nil {
 		in.Location = &geo.Point{Lat: d.Location.Lat, Lon: d.Location.Lon}
 	}

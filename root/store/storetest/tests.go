@@ -456,6 +456,7 @@ func testUpdateInstance(t *testing.T, h *harness) {
 		p.HostPort = 30123
 		p.Location = &loc
 		p.UpdatedAt = h.clock.Now()
+		p.ReportedBy, p.ReportSeq = "c1", 1<<62+7
 		return nil
 	})
 	noErr(t, "UpdateInstance", err)
@@ -469,6 +470,7 @@ func testUpdateInstance(t *testing.T, h *harness) {
 	want.Status, want.ClusterID, want.HostPort, want.Location, want.UpdatedAt = store.StatusRunning, "c1", 30123, &loc, h.clock.Now()
 	want.NamespaceIP = store.AddrPair{V4: netip.MustParseAddr("172.30.0.5"), V6: netip.MustParseAddr("fdff::5")}
 	want.HostIP = netip.MustParseAddr("192.168.1.7")
+	want.ReportedBy, want.ReportSeq = "c1", 1<<62+7
 	want.Revision = got.Revision
 	equal(t, "UpdateInstance result", got, want)
 	stored, err := h.GetInstance(h.ctx, "web", 3)
