@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 	"time"
@@ -280,6 +281,54 @@ func BenchmarkTranslate(b *testing.B) {
 					b.Fatal(err)
 				}
 				if r := e.Outbound(&p, t0); r.Verdict != Tunnel {
+					b.Fatalf("%+v", r)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkReceive is the node's per-packet work on a packet from the tunnel: decode,
+// (source check,) reply flow lookup and source restore. reply-*: at the client's node, a
+// reply of an established flow; request-*: at the server's node, a request that is no
+// reply and passes unchanged. Run:
+//
+//	go test -run '^$' -bench Receive -benchmem ./node/datapath/
+func BenchmarkReceive(b *testing.B) {
+	for _, c := range []struct {
+		name   string
+		server bool
+		open   []byte // the client's packet that opens the flow (client's node only)
+		pkt    []byte
+	}{
+		{name: "reply-tcp4-1400", open: tcp4(a1NS, closestIP, 40000, 80),
+			pkt: packettest.IP4(w0Inst, a1NS, packettest.TCP, packettest.TCPSegment(80, 40000, packettest.Payload(1360)))},
+		{name: "reply-tcp6-1400", open: tcp6(a1NS6, rrIP6, 40000, 80),
+			pkt: packettest.IP6(w0Inst6, a1NS6, packettest.TCP, packettest.TCPSegment(80, 40000, packettest.Payload(1340)))},
+		{name: "request-tcp4-1400", server: true,
+			pkt: packettest.IP4(a1Inst, w0NS, packettest.TCP, packettest.TCPSegment(40000, 80, packettest.Payload(1360)))},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var e *Engine
+			if c.server {
+				e = newNodeB(b, ip(w0NS))
+			} else {
+				e = newTestEngine(b)
+				if r := e.Outbound(decode(b, bytes.Clone(c.open)), t0); r.Verdict != Tunnel {
+					b.Fatalf("open the flow: %+v", r)
+				}
+			}
+			buf := make([]byte, len(c.pkt))
+			var p packet.Parsed
+			b.ReportAllocs()
+			b.SetBytes(int64(len(c.pkt)))
+			for b.Loop() {
+				copy(buf[:40], c.pkt[:40]) // restore the headers the last rewrite changed
+				copy(buf[40:60], c.pkt[40:60])
+				if err := p.Decode(buf); err != nil {
+					b.Fatal(err)
+				}
+				if r := e.Inbound(&p, t0); r.Verdict != Deliver {
 					b.Fatalf("%+v", r)
 				}
 			}
