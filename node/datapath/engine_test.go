@@ -32,6 +32,8 @@ const (
 	a1NS6, a1Inst6     = "fc00::2", "fdff::2"
 	rrIP6              = "fdff:2000::10"
 	w0NS6, w0Inst6     = "fc00::1:2", "fdff::12"
+	// The nodes' hosts: the UDP source of their tunnelled packets.
+	a1Host, w0Host, w1Host = "10.99.0.11", "10.99.0.12", "10.99.0.13"
 )
 
 func svcIPs(rr, rr6, closest, inst, inst6 string) []mqttapi.ServiceIP {
@@ -235,22 +237,27 @@ func TestFragments(t *testing.T) {
 	}
 }
 
-// TestEstablishedFlowAllocatesNothing: the per-packet path of a known flow, both ways.
+// TestEstablishedFlowAllocatesNothing: the per-packet path of a known flow, both ways
+// (the reply through the tunnel, its source checked).
 func TestEstablishedFlowAllocatesNothing(t *testing.T) {
 	e := newTestEngine(t)
 	out, in := tcp4(a1NS, closestIP, 40000, 80), tcp4(w0Inst, a1NS, 80, 40000)
 	var p packet.Parsed
-	outBuf, inBuf := make([]byte, len(out)), make([]byte, len(in))
+	var rOut, rIn Result
+	outBuf, inBuf, from := make([]byte, len(out)), make([]byte, len(in)), ip(w0Host)
 	allocs := testing.AllocsPerRun(100, func() {
 		copy(outBuf, out)
 		p.Decode(outBuf)
-		e.Outbound(&p, t0)
+		rOut = e.Outbound(&p, t0)
 		copy(inBuf, in)
 		p.Decode(inBuf)
-		e.Inbound(&p, t0)
+		rIn = e.FromTunnel(&p, from, t0)
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per packet pair", allocs)
+	}
+	if rOut.Verdict != Tunnel || rIn.Verdict != Deliver {
+		t.Errorf("the flow did not pass: out %+v, in %+v", rOut, rIn)
 	}
 }
 
@@ -289,7 +296,7 @@ func BenchmarkTranslate(b *testing.B) {
 }
 
 // BenchmarkReceive is the node's per-packet work on a packet from the tunnel: decode,
-// (source check,) reply flow lookup and source restore. reply-*: at the client's node, a
+// source check, reply flow lookup and source restore. reply-*: at the client's node, a
 // reply of an established flow; request-*: at the server's node, a request that is no
 // reply and passes unchanged. Run:
 //
@@ -300,12 +307,13 @@ func BenchmarkReceive(b *testing.B) {
 		server bool
 		open   []byte // the client's packet that opens the flow (client's node only)
 		pkt    []byte
+		from   string // the sending host
 	}{
-		{name: "reply-tcp4-1400", open: tcp4(a1NS, closestIP, 40000, 80),
+		{name: "reply-tcp4-1400", open: tcp4(a1NS, closestIP, 40000, 80), from: w0Host,
 			pkt: packettest.IP4(w0Inst, a1NS, packettest.TCP, packettest.TCPSegment(80, 40000, packettest.Payload(1360)))},
-		{name: "reply-tcp6-1400", open: tcp6(a1NS6, rrIP6, 40000, 80),
+		{name: "reply-tcp6-1400", open: tcp6(a1NS6, rrIP6, 40000, 80), from: w0Host,
 			pkt: packettest.IP6(w0Inst6, a1NS6, packettest.TCP, packettest.TCPSegment(80, 40000, packettest.Payload(1340)))},
-		{name: "request-tcp4-1400", server: true,
+		{name: "request-tcp4-1400", server: true, from: a1Host,
 			pkt: packettest.IP4(a1Inst, w0NS, packettest.TCP, packettest.TCPSegment(40000, 80, packettest.Payload(1360)))},
 	} {
 		b.Run(c.name, func(b *testing.B) {
@@ -318,7 +326,7 @@ func BenchmarkReceive(b *testing.B) {
 					b.Fatalf("open the flow: %+v", r)
 				}
 			}
-			buf := make([]byte, len(c.pkt))
+			buf, from := make([]byte, len(c.pkt)), ip(c.from)
 			var p packet.Parsed
 			b.ReportAllocs()
 			b.SetBytes(int64(len(c.pkt)))
@@ -328,7 +336,7 @@ func BenchmarkReceive(b *testing.B) {
 				if err := p.Decode(buf); err != nil {
 					b.Fatal(err)
 				}
-				if r := e.Inbound(&p, t0); r.Verdict != Deliver {
+				if r := e.FromTunnel(&p, from, t0); r.Verdict != Deliver {
 					b.Fatalf("%+v", r)
 				}
 			}
