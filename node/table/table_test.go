@@ -938,6 +938,12 @@ func FuzzApply(f *testing.F) {
 			if st != table.Found && tg != (table.Target{}) {
 				t.Fatalf("Lookup(%v) = %+v, %v", dst, tg, st)
 			}
+			// Origin finds exactly the instances whose Instance IP Lookup finds.
+			at, ost := tb.Origin(dst, t0)
+			instance := st == table.Found && tg.InstanceIP == dst
+			if (ost == table.Found) != instance || instance && at != tg.Endpoint || ost != table.Found && at.IsValid() {
+				t.Fatalf("Origin(%v) = %v, %v; Lookup = %+v, %v", dst, at, ost, tg, st)
+			}
 		}
 	})
 }
