@@ -277,21 +277,26 @@ func BenchmarkTranslate(b *testing.B) {
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			e := newTestEngine(b)
-			buf := make([]byte, len(c.pkt))
-			var p packet.Parsed
-			b.ReportAllocs()
-			b.SetBytes(int64(len(c.pkt)))
-			for b.Loop() {
-				copy(buf[:40], c.pkt[:40]) // restore the headers the last rewrite changed
-				copy(buf[40:60], c.pkt[40:60])
-				if err := p.Decode(buf); err != nil {
-					b.Fatal(err)
-				}
-				if r := e.Outbound(&p, t0); r.Verdict != Tunnel {
-					b.Fatalf("%+v", r)
-				}
-			}
+			benchPacket(b, c.pkt, Tunnel, func(p *packet.Parsed) Result { return e.Outbound(p, t0) })
 		})
+	}
+}
+
+// benchPacket decodes pkt and hands it to translate once per iteration, and fails
+// unless the verdict is want.
+func benchPacket(b *testing.B, pkt []byte, want Verdict, translate func(*packet.Parsed) Result) {
+	buf := make([]byte, len(pkt))
+	var p packet.Parsed
+	b.ReportAllocs()
+	b.SetBytes(int64(len(pkt)))
+	for b.Loop() {
+		copy(buf[:60], pkt[:60]) // restore the headers the last rewrite changed
+		if err := p.Decode(buf); err != nil {
+			b.Fatal(err)
+		}
+		if r := translate(&p); r.Verdict != want {
+			b.Fatalf("%+v", r)
+		}
 	}
 }
 
@@ -326,20 +331,8 @@ func BenchmarkReceive(b *testing.B) {
 					b.Fatalf("open the flow: %+v", r)
 				}
 			}
-			buf, from := make([]byte, len(c.pkt)), ip(c.from)
-			var p packet.Parsed
-			b.ReportAllocs()
-			b.SetBytes(int64(len(c.pkt)))
-			for b.Loop() {
-				copy(buf[:40], c.pkt[:40]) // restore the headers the last rewrite changed
-				copy(buf[40:60], c.pkt[40:60])
-				if err := p.Decode(buf); err != nil {
-					b.Fatal(err)
-				}
-				if r := e.FromTunnel(&p, from, t0); r.Verdict != Deliver {
-					b.Fatalf("%+v", r)
-				}
-			}
+			from := ip(c.from)
+			benchPacket(b, c.pkt, Deliver, func(p *packet.Parsed) Result { return e.FromTunnel(p, from, t0) })
 		})
 	}
 }
