@@ -461,7 +461,7 @@ func TestDatapath(t *testing.T) {
 		t.Skip("datapath suite: -short")
 	}
 	p := startDatapathPlatform(t, semnetBinary(t), 3)
-	_, clients := p.deploy(t, "client", 0)
+	client, clients := p.deploy(t, "client", 0)
 	web, servers := p.deploy(t, "web", 1, 2) // web0 in Berlin (node 2), web1 in Paris (node 3)
 	serve(t, servers[0], "web0")
 	serve(t, servers[1], "web1")
@@ -524,6 +524,10 @@ func TestDatapath(t *testing.T) {
 	})
 	t.Run("Metrics", func(t *testing.T) {
 		positiveMetrics(t, p.nodes[0], `semnet_node_packets_total{direction="tunnel_tx"}`, `semnet_node_lookups_total{result="miss"}`, `semnet_node_flows `)
+	})
+	t.Run("TunnelSpoofing", func(t *testing.T) {
+		// web0's node takes frames with client's Instance IP only from node 1.
+		tunnelSpoofing(t, p, client, web, servers[0], p.nodes[0].ns, p.nodes[2].ns)
 	})
 	t.Run("ClosestFailover", func(t *testing.T) {
 		zero := 0

@@ -256,5 +256,12 @@ func TestGateway(t *testing.T) {
 	})
 	t.Run("Metrics", func(t *testing.T) {
 		positiveMetrics(t, p.nodes[0], "semnet_node_gateway_flows ", "semnet_node_gateway_exposures ")
+		// The gateway's flows carry its own Instance IP through the tunnel: the services'
+		// nodes take them (and the gateway their replies) as genuine.
+		for i, n := range p.nodes {
+			if got := spoofedDrops(t, n); got != 0 {
+				t.Errorf("node %d dropped %d packets as spoofed", i+1, got)
+			}
+		}
 	})
 }

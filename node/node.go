@@ -263,8 +263,9 @@ func (n *Node) Close() {
 	}
 }
 
-// resolve queries the cluster for a destination packets wait for (called by the
-// datapath, which must not block).
+// resolve queries the cluster for an address packets wait for: an outbound destination,
+// or the source of packets from the tunnel (called by the datapath, which must not
+// block).
 func (n *Node) resolve(dst netip.Addr) {
 	n.wg.Go(func() {
 		defer n.dp.Resolved(dst)

@@ -31,6 +31,12 @@ const (
 	maxPendingPerDst = 64
 	maxPending       = 4096
 	sweepEvery       = 5 * time.Second
+	// Queries about tunnel sources are asked for by whoever can send UDP to the tunnel
+	// port, so they are bounded: one per source per requeryAfter, and sourceQueries a
+	// second in all (a node that starts receiving from a few hundred new jobs at once
+	// loses some first packets, which their senders retransmit).
+	requeryAfter  = 2 * time.Second
+	sourceQueries = 50
 )
 
 // Config configures a Datapath.
@@ -43,10 +49,11 @@ type Config struct {
 	Port uint16
 	// Engine translates.
 	Engine *Engine
-	// Resolve is called (on the datapath's goroutine: it must not block) once for a
-	// destination that packets wait for; the node queries the cluster, applies the
-	// answer and calls Datapath.Resolved.
-	Resolve func(dst netip.Addr)
+	// Resolve is called (on the datapath's goroutine: it must not block) once for an
+	// address that packets wait for: an outbound packet's destination, or a tunnelled
+	// packet's source; the node queries the cluster, applies the answer and calls
+	// Datapath.Resolved.
+	Resolve func(addr netip.Addr)
 	Logger  *slog.Logger
 }
 
@@ -63,7 +70,7 @@ func New(cfg Config) *Datapath {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Datapath{cfg: cfg, log: cfg.Logger, pending: pending{m: map[netip.Addr][][]byte{}}}
+	return &Datapath{cfg: cfg, log: cfg.Logger, pending: pending{m: map[netip.Addr][]held{}, queried: map[netip.Addr]time.Time{}}}
 }
 
 // Stats are the datapath's counters since start.
@@ -138,6 +145,7 @@ func (d *Datapath) Run(ctx context.Context) error {
 				return
 			case now := <-t.C:
 				d.cfg.Engine.Sweep(now)
+				d.pending.sweep(now)
 			}
 		}
 	})
@@ -214,7 +222,7 @@ func (d *Datapath) outbound(p *packet.Parsed, buf []byte, now time.Time, o *outp
 			o.c.drops[ReasonUnresolved]++
 			return
 		}
-		if !d.hold(p.Dst, p.Buffer()) {
+		if !d.hold(p.Dst, netip.Addr{}, p.Buffer(), now) {
 			o.c.drops[ReasonUnresolved]++
 		}
 	default:
@@ -244,18 +252,34 @@ func (d *Datapath) receive(fn conn.ReceiveFunc) error {
 			}
 			o.c.rx++
 			o.c.rxBytes += uint64(sizes[i])
-			buf := bufs[i][:offset+sizes[i]]
-			if err := p.Decode(buf[offset:]); err != nil {
-				o.c.drops[ReasonMalformed]++
-				continue
-			}
-			if r := d.cfg.Engine.Inbound(&p, now); r.Verdict != Deliver {
-				o.c.drops[r.Reason]++
-				continue
-			}
-			o.deliver(buf[:offset+len(p.Buffer())])
+			d.inbound(&p, bufs[i][:offset+sizes[i]], eps[i].DstIP().Unmap(), now, o, false)
 		}
 		o.flush()
+	}
+}
+
+// inbound handles one packet from the tunnel, sent from host from; buf holds it after
+// offset bytes of headroom. retry is set for packets that already waited for the
+// cluster once.
+func (d *Datapath) inbound(p *packet.Parsed, buf []byte, from netip.Addr, now time.Time, o *output, retry bool) {
+	if err := p.Decode(buf[offset:]); err != nil {
+		o.c.drops[ReasonMalformed]++
+		return
+	}
+	r := d.cfg.Engine.FromTunnel(p, from, now)
+	switch r.Verdict {
+	case Deliver:
+		o.deliver(buf[:offset+len(p.Buffer())])
+	case Resolve:
+		if retry || !d.hold(p.Src, from, p.Buffer(), now) {
+			o.c.drops[ReasonUnresolved]++
+		}
+	case Refresh:
+		if retry || !d.hold(p.Src, from, p.Buffer(), now) {
+			o.c.drops[r.Reason]++
+		}
+	default:
+		o.c.drops[r.Reason]++
 	}
 }
 
@@ -340,41 +364,85 @@ func (o *output) flush() {
 	o.c.flush(&o.d.stats)
 }
 
-// pending holds packets whose destination the cluster is resolving.
+// pending holds packets waiting for the cluster to resolve an address: outbound
+// packets their destination, packets from the tunnel their source.
 type pending struct {
 	mu    sync.Mutex
-	m     map[netip.Addr][][]byte
+	m     map[netip.Addr][]held
 	total int
+	// Queries asked for by tunnelled packets: when each source was last queried, and
+	// how many were asked in the second that started at window.
+	queried map[netip.Addr]time.Time
+	window  time.Time
+	spent   int
 }
 
-// hold copies pkt to wait for dst; the first packet for dst asks the node to resolve
-// it. It reports false when the limits are reached.
-func (d *Datapath) hold(dst netip.Addr, pkt []byte) bool {
+// held is one waiting packet (after offset bytes of headroom); from is the host a
+// tunnelled packet came from, zero for an outbound packet.
+type held struct {
+	buf  []byte
+	from netip.Addr
+}
+
+// hold copies pkt to wait for addr; the first packet for addr asks the node to resolve
+// it. A packet from the tunnel (from valid) may ask only within the bounds on source
+// queries. It reports false when a limit is reached.
+func (d *Datapath) hold(addr, from netip.Addr, pkt []byte, now time.Time) bool {
 	q := &d.pending
 	q.mu.Lock()
-	waiting, known := q.m[dst]
-	if len(waiting) >= maxPendingPerDst || q.total >= maxPending {
+	waiting, known := q.m[addr]
+	if len(waiting) >= maxPendingPerDst || q.total >= maxPending || !known && from.IsValid() && !q.mayQuery(addr, now) {
 		q.mu.Unlock()
 		return false
 	}
 	buf := make([]byte, offset+len(pkt))
 	copy(buf[offset:], pkt)
-	q.m[dst] = append(waiting, buf)
+	q.m[addr] = append(waiting, held{buf: buf, from: from})
 	q.total++
 	q.mu.Unlock()
 	if !known && d.cfg.Resolve != nil {
-		d.cfg.Resolve(dst)
+		d.cfg.Resolve(addr)
 	}
 	return true
 }
 
-// Resolved hands the packets waiting for dst to the engine again, after the node
-// applied the cluster's answer (or gave up on it: they are then dropped as Unresolved).
-func (d *Datapath) Resolved(dst netip.Addr) {
+// mayQuery reports whether a tunnelled packet may have src queried now, and if so
+// counts the query. The caller holds q.mu.
+func (q *pending) mayQuery(src netip.Addr, now time.Time) bool {
+	if last, ok := q.queried[src]; ok && now.Sub(last) < requeryAfter {
+		return false
+	}
+	if now.Sub(q.window) >= time.Second {
+		q.window, q.spent = now, 0
+	}
+	if q.spent >= sourceQueries {
+		return false
+	}
+	q.spent++
+	q.queried[src] = now
+	return true
+}
+
+// sweep forgets the source queries old enough not to hold back another.
+func (q *pending) sweep(now time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for a, last := range q.queried {
+		if now.Sub(last) >= requeryAfter {
+			delete(q.queried, a)
+		}
+	}
+}
+
+// Resolved hands the packets waiting for addr to the engine again, after the node
+// applied the cluster's answer (or gave up on it: they are then dropped as Unresolved,
+// or, when the answer placed a tunnelled packet's source elsewhere, as Spoofed or
+// NoInstance).
+func (d *Datapath) Resolved(addr netip.Addr) {
 	q := &d.pending
 	q.mu.Lock()
-	waiting := q.m[dst]
-	delete(q.m, dst)
+	waiting := q.m[addr]
+	delete(q.m, addr)
 	q.total -= len(waiting)
 	q.mu.Unlock()
 	if len(waiting) == 0 {
@@ -383,8 +451,12 @@ func (d *Datapath) Resolved(dst netip.Addr) {
 	o := d.newOutput()
 	var p packet.Parsed
 	now := time.Now()
-	for _, buf := range waiting {
-		d.outbound(&p, buf, now, o, true)
+	for _, h := range waiting {
+		if h.from.IsValid() {
+			d.inbound(&p, h.buf, h.from, now, o, true)
+		} else {
+			d.outbound(&p, h.buf, now, o, true)
+		}
 	}
 	o.flush()
 }

@@ -28,9 +28,16 @@ const (
 	// Deliver: write it to the TUN; the node's kernel routes it to the instance on the
 	// bridge.
 	Deliver
-	// Resolve: the destination is unknown; hold the packet, query the cluster and hand
-	// it to the Engine again once the answer is applied.
+	// Resolve: the destination (for a packet from the tunnel, the source) is unknown;
+	// hold the packet, query the cluster and hand it to the Engine again once the answer
+	// is applied.
 	Resolve
+	// Refresh: a packet from the tunnel whose source the table places elsewhere (another
+	// host, or an instance that is not running). The table may be stale (the instance
+	// just moved, and the push is on its way): query the cluster for the source and hand
+	// the packet to the Engine again, at most once and as often as the caller allows;
+	// otherwise drop it with Result.Reason.
+	Refresh
 )
 
 // Reason is why a packet was dropped.
@@ -55,8 +62,9 @@ const (
 	ReasonNotLocal
 	// Fragment: a non-first fragment whose first fragment was not seen.
 	ReasonFragment
-	// Unresolved: the cluster did not resolve the destination, or too many packets
-	// waited for it.
+	// Unresolved: the cluster did not resolve the destination (for a packet from the
+	// tunnel, the source), or too many packets waited for it, or the node queried about
+	// too many tunnel sources lately.
 	ReasonUnresolved
 	// Rewrite: the packet could not be rewritten (a truncated transport header).
 	ReasonRewrite
@@ -70,12 +78,16 @@ const (
 	// to no flow: expired, forged, or sent to a Service IP without one (inboundError,
 	// outboundError).
 	ReasonICMPErrorNoFlow
+	// Spoofed: a packet from the tunnel whose source is not the Instance IP of an
+	// instance on the host that sent it: no Instance IP at all, or one of an instance
+	// the table (refreshed) places on another host (FromTunnel).
+	ReasonSpoofed
 	reasonCount
 )
 
 var reasonNames = [reasonCount]string{"none", "malformed", "not_service", "unknown_sender", "no_instance",
 	"flow_refused", "not_local", "fragment", "unresolved", "rewrite", "no_exposure", "no_gateway_flow",
-	"icmp_error_no_flow"}
+	"icmp_error_no_flow", "spoofed"}
 
 func (r Reason) String() string {
 	if r < reasonCount {
@@ -219,13 +231,64 @@ func target(t *table.Target) Result {
 	return Result{Verdict: Tunnel, Endpoint: t.Endpoint}
 }
 
-// Inbound handles a packet for a local instance: from the tunnel, or an outbound packet
-// whose instance runs on this node. A reply to a flow this node started gets back the
-// source its sender dialled (the Service IP); anything else passes unchanged.
+// Inbound handles a packet for a local instance that an outbound packet of this node
+// became (its instance runs here); packets from the tunnel go through FromTunnel. A reply
+// to a flow this node started gets back the source its sender dialled (the Service IP);
+// anything else passes unchanged.
 func (e *Engine) Inbound(p *packet.Parsed, now time.Time) Result {
 	if !e.table.IsLocalNamespace(p.Dst) {
 		return drop(ReasonNotLocal)
 	}
+	return e.inbound(p, now)
+}
+
+// FromTunnel handles a packet that came through the tunnel from host from (the UDP
+// sender's address, unmapped): Inbound, once the packet's source is known to be the
+// Instance IP of a running instance on that host.
+//
+// Every node sends with the sender's Instance IP as source (Outbound; the reference node
+// too: CONTRACT.md, "Rewrite outbound"; a gateway's flows take its own instance's), so
+// anything else is forged: a source outside the Service and Instance ranges, or a
+// Service IP, is dropped as Spoofed at once. An unknown Instance IP is resolved like an
+// unknown destination (Resolve). One the table places on another host, or on an instance
+// that is not running, asks for a Refresh: the instance may just have moved (or
+// started) and the push not yet arrived.
+//
+// Only the host address is compared, not the port: the reference node sends from an
+// ephemeral port (CONTRACT.md, "Tunnel"). The check costs one table read (Origin) per
+// packet; it does not allocate.
+func (e *Engine) FromTunnel(p *packet.Parsed, from netip.Addr, now time.Time) Result {
+	if !e.table.IsLocalNamespace(p.Dst) {
+		return drop(ReasonNotLocal)
+	}
+	if r, ok := e.checkSource(p.Src, from, now); !ok {
+		return r
+	}
+	return e.inbound(p, now)
+}
+
+// checkSource checks a tunnelled packet's source src against the host it came from; when
+// it does not pass, the Result says what to do.
+func (e *Engine) checkSource(src, from netip.Addr, now time.Time) (Result, bool) {
+	if !e.isService(src) {
+		return drop(ReasonSpoofed), false
+	}
+	at, st := e.table.Origin(src, now)
+	switch {
+	case st == table.Unknown:
+		return Result{Verdict: Resolve}, false
+	case st == table.NotInstance:
+		return drop(ReasonSpoofed), false
+	case st == table.NoInstance:
+		return Result{Verdict: Refresh, Reason: ReasonNoInstance}, false
+	case at.Addr() != from:
+		return Result{Verdict: Refresh, Reason: ReasonSpoofed}, false
+	}
+	return Result{}, true
+}
+
+// inbound is Inbound once the destination is known to be local.
+func (e *Engine) inbound(p *packet.Parsed, now time.Time) Result {
 	deliver := Result{Verdict: Deliver}
 	if p.IsNonFirstFragment() {
 		if f, ok := e.inFrags.get(fragKeyOf(p), now); ok && p.SetSrc(f.src) != nil {

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 	"time"
@@ -31,6 +32,8 @@ const (
 	a1NS6, a1Inst6     = "fc00::2", "fdff::2"
 	rrIP6              = "fdff:2000::10"
 	w0NS6, w0Inst6     = "fc00::1:2", "fdff::12"
+	// The nodes' hosts: the UDP source of their tunnelled packets.
+	a1Host, w0Host, w1Host = "10.99.0.11", "10.99.0.12", "10.99.0.13"
 )
 
 func svcIPs(rr, rr6, closest, inst, inst6 string) []mqttapi.ServiceIP {
@@ -234,22 +237,27 @@ func TestFragments(t *testing.T) {
 	}
 }
 
-// TestEstablishedFlowAllocatesNothing: the per-packet path of a known flow, both ways.
+// TestEstablishedFlowAllocatesNothing: the per-packet path of a known flow, both ways
+// (the reply through the tunnel, its source checked).
 func TestEstablishedFlowAllocatesNothing(t *testing.T) {
 	e := newTestEngine(t)
 	out, in := tcp4(a1NS, closestIP, 40000, 80), tcp4(w0Inst, a1NS, 80, 40000)
 	var p packet.Parsed
-	outBuf, inBuf := make([]byte, len(out)), make([]byte, len(in))
+	var rOut, rIn Result
+	outBuf, inBuf, from := make([]byte, len(out)), make([]byte, len(in)), ip(w0Host)
 	allocs := testing.AllocsPerRun(100, func() {
 		copy(outBuf, out)
 		p.Decode(outBuf)
-		e.Outbound(&p, t0)
+		rOut = e.Outbound(&p, t0)
 		copy(inBuf, in)
 		p.Decode(inBuf)
-		e.Inbound(&p, t0)
+		rIn = e.FromTunnel(&p, from, t0)
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per packet pair", allocs)
+	}
+	if rOut.Verdict != Tunnel || rIn.Verdict != Deliver {
+		t.Errorf("the flow did not pass: out %+v, in %+v", rOut, rIn)
 	}
 }
 
@@ -269,20 +277,62 @@ func BenchmarkTranslate(b *testing.B) {
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			e := newTestEngine(b)
-			buf := make([]byte, len(c.pkt))
-			var p packet.Parsed
-			b.ReportAllocs()
-			b.SetBytes(int64(len(c.pkt)))
-			for b.Loop() {
-				copy(buf[:40], c.pkt[:40]) // restore the headers the last rewrite changed
-				copy(buf[40:60], c.pkt[40:60])
-				if err := p.Decode(buf); err != nil {
-					b.Fatal(err)
-				}
-				if r := e.Outbound(&p, t0); r.Verdict != Tunnel {
-					b.Fatalf("%+v", r)
+			benchPacket(b, c.pkt, Tunnel, func(p *packet.Parsed) Result { return e.Outbound(p, t0) })
+		})
+	}
+}
+
+// benchPacket decodes pkt and hands it to translate once per iteration, and fails
+// unless the verdict is want.
+func benchPacket(b *testing.B, pkt []byte, want Verdict, translate func(*packet.Parsed) Result) {
+	buf := make([]byte, len(pkt))
+	var p packet.Parsed
+	b.ReportAllocs()
+	b.SetBytes(int64(len(pkt)))
+	for b.Loop() {
+		copy(buf[:60], pkt[:60]) // restore the headers the last rewrite changed
+		if err := p.Decode(buf); err != nil {
+			b.Fatal(err)
+		}
+		if r := translate(&p); r.Verdict != want {
+			b.Fatalf("%+v", r)
+		}
+	}
+}
+
+// BenchmarkReceive is the node's per-packet work on a packet from the tunnel: decode,
+// source check, reply flow lookup and source restore. reply-*: at the client's node, a
+// reply of an established flow; request-*: at the server's node, a request that is no
+// reply and passes unchanged. Run:
+//
+//	go test -run '^$' -bench Receive -benchmem ./node/datapath/
+func BenchmarkReceive(b *testing.B) {
+	for _, c := range []struct {
+		name   string
+		server bool
+		open   []byte // the client's packet that opens the flow (client's node only)
+		pkt    []byte
+		from   string // the sending host
+	}{
+		{name: "reply-tcp4-1400", open: tcp4(a1NS, closestIP, 40000, 80), from: w0Host,
+			pkt: packettest.IP4(w0Inst, a1NS, packettest.TCP, packettest.TCPSegment(80, 40000, packettest.Payload(1360)))},
+		{name: "reply-tcp6-1400", open: tcp6(a1NS6, rrIP6, 40000, 80), from: w0Host,
+			pkt: packettest.IP6(w0Inst6, a1NS6, packettest.TCP, packettest.TCPSegment(80, 40000, packettest.Payload(1340)))},
+		{name: "request-tcp4-1400", server: true, from: a1Host,
+			pkt: packettest.IP4(a1Inst, w0NS, packettest.TCP, packettest.TCPSegment(40000, 80, packettest.Payload(1360)))},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var e *Engine
+			if c.server {
+				e = newNodeB(b, ip(w0NS))
+			} else {
+				e = newTestEngine(b)
+				if r := e.Outbound(decode(b, bytes.Clone(c.open)), t0); r.Verdict != Tunnel {
+					b.Fatalf("open the flow: %+v", r)
 				}
 			}
+			from := ip(c.from)
+			benchPacket(b, c.pkt, Deliver, func(p *packet.Parsed) Result { return e.FromTunnel(p, from, t0) })
 		})
 	}
 }

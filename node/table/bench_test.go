@@ -87,6 +87,19 @@ func BenchmarkLookupParallel(b *testing.B) {
 	}
 }
 
+// BenchmarkOrigin is the tunnel's source check: where an Instance IP's instance runs.
+func BenchmarkOrigin(b *testing.B) {
+	tb := benchTable(b, 1000)
+	for _, src := range []netip.Addr{inst4(2), inst6(2)} {
+		b.Run(map[bool]string{false: "v4", true: "v6"}[src.Is6()], func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				tb.Origin(src, t0)
+			}
+		})
+	}
+}
+
 func BenchmarkSender(b *testing.B) {
 	tb := benchTable(b, 1000)
 	ns := ns6(1)

@@ -65,9 +65,12 @@ const (
 	// (for an Instance IP: that instance is not); the caller drops and counts. Updates
 	// arrive by push, so there is nothing to query.
 	NoInstance
+	// NotInstance (Origin only): the address is a Service IP (RR or Closest) of a known
+	// entry, not an Instance IP; no instance sends from it.
+	NotInstance
 )
 
-// String returns "unknown", "found" or "no instance".
+// String returns "unknown", "found", "no instance" or "not an instance".
 func (s Status) String() string {
 	switch s {
 	case Unknown:
@@ -76,6 +79,8 @@ func (s Status) String() string {
 		return "found"
 	case NoInstance:
 		return "no instance"
+	case NotInstance:
+		return "not an instance"
 	}
 	return fmt.Sprintf("Status(%d)", uint8(s))
 }
@@ -109,7 +114,7 @@ type Expired struct {
 }
 
 // Table is the node's table cache. It is safe for concurrent use: the per-packet methods
-// (Lookup, Touch, Sender, IsLocalNamespace, ByNamespace) take no lock and allocate
+// (Lookup, Origin, Touch, Sender, IsLocalNamespace, ByNamespace) take no lock and allocate
 // nothing; the others serialize among themselves.
 type Table struct {
 	idle int64 // IdleTimeout in nanoseconds
@@ -382,6 +387,34 @@ func (t *Table) Lookup(dst netip.Addr, now time.Time) (Target, Status) {
 		return Target{}, NoInstance
 	}
 	return e.targets[f][i], Found
+}
+
+// Origin returns the tunnel endpoint of the node running the instance whose Instance IP
+// is src: where a packet with that source must come from through the tunnel. The status
+// is Found, Unknown (no entry lists src: the caller queries the cluster), NoInstance (the
+// Instance IP of an instance that is not usable: not running, without a tunnel endpoint
+// or a namespace IP of src's family; or an address the entry no longer lists) or
+// NotInstance (a Service IP). Like Lookup it marks the entry used, so the jobs whose
+// instances keep sending to this node stay in its table, followed, and a move of one of
+// them is pushed here. Lock-free, zero allocations.
+func (t *Table) Origin(src netip.Addr, now time.Time) (netip.AddrPort, Status) {
+	r, ok := t.snap.Load().routes.get(src)
+	if !ok {
+		return netip.AddrPort{}, Unknown
+	}
+	e := r.e
+	e.st.touch(now)
+	switch r.policy {
+	case policyInstance:
+		f := family(src)
+		if !e.usable[f][r.inst] {
+			return netip.AddrPort{}, NoInstance
+		}
+		return e.targets[f][r.inst].Endpoint, Found
+	case policyNone:
+		return netip.AddrPort{}, NoInstance
+	}
+	return netip.AddrPort{}, NotInstance
 }
 
 // Candidates returns the instances a new flow to dst may go to, in the order dst's

@@ -145,6 +145,49 @@ func TestLookup(t *testing.T) {
 	}
 }
 
+// TestOrigin: where packets from an address must come from through the tunnel.
+func TestOrigin(t *testing.T) {
+	tb := newTable(t, &munich, threeCities(1, nil, func(ti *mqttapi.TableInstance) { ti.NamespaceIPv6 = netip.Addr{} }, status("failed")))
+	// A query by instance 4's Instance IP, answered without it: the address is known to
+	// lead nowhere.
+	weak := threeCities(2, nil, func(ti *mqttapi.TableInstance) { ti.NamespaceIPv6 = netip.Addr{} }, status("failed"))
+	weak.QueryKey = inst4(4).String()
+	if _, err := tb.Apply(weak, t0); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		src  netip.Addr
+		st   table.Status
+		at   netip.Addr // the host, when found
+	}{
+		{"Instance IP v4", inst4(1), table.Found, host(1)},
+		{"Instance IP v6", inst6(1), table.Found, host(1)},
+		{"Instance IP v4 of another instance", inst4(2), table.Found, host(2)},
+		{"no namespace IP of the family", inst6(2), table.NoInstance, netip.Addr{}},
+		{"failed instance", inst4(3), table.NoInstance, netip.Addr{}},
+		{"address the entry no longer lists", inst4(4), table.NoInstance, netip.Addr{}},
+		{"RR Service IP", rr4, table.NotInstance, netip.Addr{}},
+		{"Closest Service IP v6", cl6, table.NotInstance, netip.Addr{}},
+		{"unknown address", ip("10.30.9.9"), table.Unknown, netip.Addr{}},
+		{"namespace IP", ns4(1), table.Unknown, netip.Addr{}},
+	} {
+		at, st := tb.Origin(c.src, t0)
+		want := netip.AddrPort{}
+		if c.at.IsValid() {
+			want = netip.AddrPortFrom(c.at, 50103)
+		}
+		if st != c.st || at != want {
+			t.Errorf("%s: Origin(%v) = %v, %v; want %v, %v", c.name, c.src, at, st, want, c.st)
+		}
+	}
+	// A job whose instances only send to this node stays: Origin marks it used.
+	tb.Origin(inst4(1), t0.Add(8*time.Second))
+	if gone := tb.Expire(t0.Add(12 * time.Second)); len(gone) != 0 {
+		t.Errorf("Expire after Origin marked the entry used: %+v", gone)
+	}
+}
+
 func TestRoundRobinEven(t *testing.T) {
 	// Four instances, one failed: RR spreads over the three usable ones exactly evenly
 	// when lookups are sequential, in each family.
@@ -774,7 +817,7 @@ func TestDelete(t *testing.T) {
 }
 
 func TestStatusString(t *testing.T) {
-	for st, want := range map[table.Status]string{table.Found: "found", table.Unknown: "unknown", table.NoInstance: "no instance", 9: "Status(9)"} {
+	for st, want := range map[table.Status]string{table.Found: "found", table.Unknown: "unknown", table.NoInstance: "no instance", table.NotInstance: "not an instance", 9: "Status(9)"} {
 		if st.String() != want {
 			t.Errorf("%d: %q", st, st.String())
 		}
@@ -797,6 +840,8 @@ func TestZeroAllocs(t *testing.T) {
 		{"Lookup Instance IP v4", func() { tb.Lookup(i4, now) }},
 		{"Lookup Instance IP v6", func() { tb.Lookup(i6, now) }},
 		{"Lookup unknown", func() { tb.Lookup(rr4.Next().Next().Next(), now) }},
+		{"Origin v4", func() { tb.Origin(i4, now) }},
+		{"Origin v6", func() { tb.Origin(i6, now) }},
 		{"Sender", func() { tb.Sender(n6) }},
 		{"IsLocalNamespace", func() { tb.IsLocalNamespace(n4) }},
 		{"Touch", func() { tb.Touch(rr4, now); now = now.Add(2 * time.Second) }},
@@ -892,6 +937,12 @@ func FuzzApply(f *testing.F) {
 			}
 			if st != table.Found && tg != (table.Target{}) {
 				t.Fatalf("Lookup(%v) = %+v, %v", dst, tg, st)
+			}
+			// Origin finds exactly the instances whose Instance IP Lookup finds.
+			at, ost := tb.Origin(dst, t0)
+			instance := st == table.Found && tg.InstanceIP == dst
+			if (ost == table.Found) != instance || instance && at != tg.Endpoint || ost != table.Found && at.IsValid() {
+				t.Fatalf("Origin(%v) = %v, %v; Lookup = %+v, %v", dst, at, ost, tg, st)
 			}
 		}
 	})
