@@ -23,6 +23,8 @@ type clusterFlags struct {
 	insecure, mqttAnonymous                                    bool
 	staleAfter                                                 time.Duration
 	spares, maxPacket                                          int
+	tls                                                        tlsServerFlags
+	rootTLS                                                    tlsClientFlags
 	log                                                        logFlags
 }
 
@@ -30,9 +32,11 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.id, "id", "", "cluster id, as registered at root (required)")
 	fs.StringVar(&f.name, "name", "", "cluster name (default: the id)")
 	fs.StringVar(&f.address, "address", "", "address root reaches this cluster's REST API at (default: the --listen host)")
-	fs.StringVar(&f.rootURL, "root", "", "root's URL, e.g. http://root.example:10099 (required)")
+	fs.StringVar(&f.rootURL, "root", "", "root's URL, e.g. http://root.example:10099, or https://... when root serves TLS (required)")
 	fs.StringVar(&f.rootToken, "root-token", "", "bearer token for root's API")
+	f.rootTLS.register(fs, "root-", "root")
 	fs.StringVar(&f.listen, "listen", ":10110", "address the cluster's REST API listens on")
+	f.tls.register(fs)
 	fs.StringVar(&f.mqttListen, "mqtt-listen", broker.DefaultListen, "address the MQTT broker for worker nodes listens on")
 	fs.StringVar(&f.mqttAuth, "mqtt-auth", "", "worker credentials file (YAML or JSON; see cluster/broker); reloaded when it changes or on SIGHUP")
 	fs.StringVar(&f.mqttCert, "mqtt-cert", "", "TLS certificate (PEM) of the broker; with --mqtt-key the broker speaks only TLS")
@@ -61,8 +65,8 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 		name = f.id
 	}
 	c := cluster.Config{
-		ID: f.id, Name: name, Address: f.address, RootURL: f.rootURL, RootToken: f.rootToken,
-		Listen: f.listen, MQTTListen: f.mqttListen, Insecure: f.insecure,
+		ID: f.id, Name: name, Address: f.address, RootURL: f.rootURL, RootToken: f.rootToken, RootTLS: f.rootTLS.files,
+		Listen: f.listen, TLS: f.tls.files, MQTTListen: f.mqttListen, Insecure: f.insecure,
 		Broker: broker.Config{
 			CertFile: f.mqttCert, KeyFile: f.mqttKey, ClientCAFile: f.mqttClientCA,
 			CredentialsFile: f.mqttAuth, AllowAnonymous: f.mqttAnonymous, MaxPacketSize: f.maxPacket,
@@ -92,6 +96,10 @@ out worker subnets, relays instance status to root and pushes changes to interes
 Workers authenticate with a password from --mqtt-auth (username = worker id = client id),
 a client certificate (--mqtt-client-ca; certificate name = worker id), or, on trusted
 networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-auth.
+
+An https --root is verified with --root-ca (default: the system's CAs); --root-cert and
+--root-key answer a root requiring client certificates. --tls-cert and --tls-key serve
+the cluster's own REST API over HTTPS, --tls-client-ca requires client certificates.
 
 It answers /readyz with 200 once it serves.`,
 		Args:    cobra.NoArgs,
