@@ -79,8 +79,24 @@ type Config struct {
 
 	StaleAfter time.Duration // answers are marked stale after this long without root
 	Spares     int           // spare worker subnets kept for root outages
-	Logger     *slog.Logger
+	// NodeGrace is how long a worker node may stay disconnected before the instances it
+	// announced are reported failed to root (`semnet cluster` uses DefaultNodeGrace). Zero
+	// reports them at once; a negative grace never reports them (for worker nodes that do
+	// not re-announce their instances when they reconnect, as semnet's nodes do). A node
+	// is seen gone when its connection closes, or 1.5 × its keepalive after it fell
+	// silent.
+	NodeGrace time.Duration
+	Logger    *slog.Logger
 }
+
+// DefaultNodeGrace is `semnet cluster`'s grace for disconnected nodes: long enough for
+// a node to reconnect after a blip or a cluster restart (the node retries at least every
+// 5 s), short enough to take a dead node's instances out of the choices soon.
+const DefaultNodeGrace = 10 * time.Second
+
+// minSweepDelay is the least time after its start a cluster waits before it reports failed
+// the instances no node re-announced: a node reconnecting retries every 5 s at most.
+const minSweepDelay = 6 * time.Second
 
 // Validate refuses configurations that cannot work.
 func (c Config) Validate() error {
@@ -164,6 +180,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	started := time.Now()
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{cancel: cancel, cache: ch, log: log, registered: make(chan struct{})}
 	fail := func(err error) (*Server, error) {
@@ -187,6 +204,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	s.spares = subnets.New(rc, c.ID, c.Spares, log.With("component", "subnets"))
 	nodeSrv = nodes.New(runCtx, s.table, s.broker, s.reports, s.spares, nodes.Options{
 		Location: &loc, ClusterID: c.ID, Gateways: relay, Logger: log.With("component", "nodes"), Registerer: promReg,
+		NodeGrace: c.NodeGrace, Presence: s.broker,
 	})
 	s.broker.OnDisconnect(nodeSrv.NodeGone)
 	if err := s.broker.Subscribe(mqttapi.ClusterSubscription, nodeSrv.Handle); err != nil {
@@ -229,6 +247,11 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		s.goRun(ctx, s.table.Run)
 		s.goRun(ctx, s.spares.Run)
 		s.goRun(ctx, func(ctx context.Context) error { relay.Run(ctx); return nil })
+		if c.NodeGrace >= 0 && c.RedisURL == "" {
+			s.goRun(ctx, func(ctx context.Context) error {
+				return s.sweep(ctx, nodeSrv, rc, started.Add(max(c.NodeGrace, minSweepDelay)))
+			})
+		}
 		return s.heartbeat(ctx, rc, reg)
 	})
 	log.Info("cluster service started", "id", c.ID, "rest", s.Addr, "rest_tls", tc != nil, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
@@ -281,6 +304,29 @@ func (s *Server) register(ctx context.Context, rc *client.Client, req api.Cluste
 	close(s.registered)
 	s.log.Info("registered with root", "id", req.ID)
 	return nil
+}
+
+// sweep reports failed, once at time at, the instances root has running in this cluster
+// that no node announced since the start: their nodes died while the cluster was down
+// (nodes.Server.Sweep). It retries until root answers. Replicas sharing a Redis cache
+// skip it, since each knows only the nodes connected to itself.
+func (s *Server) sweep(ctx context.Context, nodeSrv *nodes.Server, rc *client.Client, at time.Time) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Until(at)):
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = time.Second, 30*time.Second, 0
+	return backoff.Retry(func() error {
+		n, err := nodeSrv.Sweep(ctx, rc)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("restart sweep failed; retrying", "reported", n, "err", err)
+		} else if err == nil {
+			s.log.Info("restart sweep done: instances here that no node announced were reported failed", "reported", n)
+		}
+		return err
+	}, backoff.WithContext(bo, ctx))
 }
 
 // heartbeat tells root the cluster is alive every 10 s, re-registering when root forgot

@@ -44,9 +44,15 @@ type node struct {
 
 func connectNode(t *testing.T, p *platform, id string) *node {
 	t.Helper()
+	return dialNode(t, p.Cluster.MQTTAddr.String(), id, 30*time.Second)
+}
+
+// dialNode connects a node to the broker at addr with the given keepalive.
+func dialNode(t *testing.T, addr, id string, keepAlive time.Duration) *node {
+	t.Helper()
 	n := &node{t: t, id: id, got: map[string]chan []byte{}}
-	opts := paho.NewClientOptions().AddBroker("tcp://" + p.Cluster.MQTTAddr.String()).SetClientID(id).
-		SetCleanSession(true).SetKeepAlive(30 * time.Second).SetAutoReconnect(false).SetProtocolVersion(4)
+	opts := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
+		SetCleanSession(true).SetKeepAlive(keepAlive).SetAutoReconnect(false).SetProtocolVersion(4)
 	opts.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { n.inbox(m.Topic()) <- m.Payload() })
 	n.c = paho.NewClient(opts)
 	if tok := n.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {

@@ -156,6 +156,8 @@ type platformSpec struct {
 	// setup, when given, is called for node i before it starts, and returns extra
 	// arguments for its command line.
 	setup func(i int, ns *netnstest.NS) []string
+	// clusterArgs are extra arguments for every cluster's command line.
+	clusterArgs []string
 }
 
 // startDatapathPlatform starts a platform of one cluster and the given number of nodes
@@ -206,9 +208,10 @@ func startPlatform(t testing.TB, bin string, spec platformSpec) *dpPlatform {
 	for k, c := range spec.clusters {
 		clusterREST := netip.AddrPortFrom(ctrlIP, uint16(10110+k)).String()
 		mqtt[k] = netip.AddrPortFrom(ctrlIP, uint16(10003+k)).String()
-		startIn(t, p.ctrl, bin, "cluster "+c.id, "cluster", "--id", c.id, "--root", "http://"+rootAddr, "--root-token", token,
+		args := []string{"cluster", "--id", c.id, "--root", "http://" + rootAddr, "--root-token", token,
 			"--listen", clusterREST, "--mqtt-listen", mqtt[k], "--mqtt-auth", authFile,
-			"--lat", fmt.Sprint(c.lat), "--lon", fmt.Sprint(c.lon), "--log-level", "warn")
+			"--lat", fmt.Sprint(c.lat), "--lon", fmt.Sprint(c.lon), "--log-level", "warn"}
+		startIn(t, p.ctrl, bin, "cluster "+c.id, append(args, spec.clusterArgs...)...)
 		waitReady(t, inCtrl, "http://"+clusterREST+"/readyz", "cluster "+c.id)
 	}
 

@@ -128,13 +128,18 @@ func (p *rootProc) url(path string) string { return "http://" + p.addr + "/api/v
 // call sends a JSON request; it returns the status (0 when the connection failed) and
 // decodes a 2xx body into out.
 func call(ctx context.Context, method, url, body string, out any) (int, error) {
+	return callWith(ctx, http.DefaultClient, method, url, body, out)
+}
+
+// callWith is call through a given client.
+func callWith(ctx context.Context, c *http.Client, method, url, body string, out any) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
 		return 0, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, err
 	}

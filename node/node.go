@@ -63,6 +63,10 @@ type Config struct {
 	// IdleTimeout drops table entries no packet used (zero: table.DefaultIdleTimeout,
 	// 10 s as the reference).
 	IdleTimeout time.Duration
+	// KeepAlive is the MQTT keepalive, the node's heartbeat (zero:
+	// clusterlink.DefaultKeepAlive, 30 s as the reference). The cluster sees a node that
+	// died without closing its connection gone after 1.5 × KeepAlive.
+	KeepAlive time.Duration
 	// Gateway, when set, makes this node a gateway for clients outside the platform.
 	Gateway *GatewayConfig
 	Logger  *slog.Logger
@@ -146,7 +150,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	var err error
 	lc := clusterlink.Config{
 		Broker: cfg.ClusterMQTT, NodeID: cfg.ID, Password: cfg.Password, TLS: cfg.TLS, Logger: cfg.Logger,
-		OnUpdate: n.onUpdate, OnConnect: n.announce,
+		KeepAlive: cfg.KeepAlive, OnUpdate: n.onUpdate, OnConnect: n.announce,
 	}
 	if cfg.Gateway != nil {
 		n.gw = newGatewayState(*cfg.Gateway)

@@ -180,6 +180,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	s.http.IdleTimeout = 2 * time.Minute
 	s.http.RegisterOnShutdown(stopPolls)
 	go notif.Run(context.WithoutCancel(ctx))
+	if r, ok := st.(reconciler); ok {
+		go reconcileEvery(closing, r, reconcileInterval, log)
+	}
 	go func() {
 		if err := httpapi.Serve(s.http, ln); err != nil {
 			log.Error("HTTP server stopped", "err", err)
@@ -188,6 +191,32 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	log.Info("root serving", "addr", ln.Addr().String(), "store", storeName(c), "auth", len(c.Tokens) > 0,
 		"tls", tc != nil, "mutual_tls", c.TLS.ClientCAFile != "", "rate_limit", c.RateLimit)
 	return s, nil
+}
+
+// reconciler is a store that can repair what interrupted writers leave behind (the
+// MongoDB store: leases of creates that failed half way, when the server went away).
+type reconciler interface {
+	Reconcile(ctx context.Context) error
+}
+
+// reconcileInterval: how often root repairs the store while it runs, besides at start.
+const reconcileInterval = 5 * time.Minute
+
+// reconcileEvery runs r's Reconcile every interval until ctx ends, so addresses a
+// failed create left leased return to the pool without a restart.
+func reconcileEvery(ctx context.Context, r reconciler, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := r.Reconcile(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("store reconcile failed; retrying at the next interval", "err", err)
+			}
+		}
+	}
 }
 
 func storeName(c Config) string {

@@ -36,6 +36,7 @@ const (
 	DefaultKeepAliveMin    = 5 * time.Second
 	DefaultKeepAliveMax    = 5 * time.Minute
 	DefaultCredentialsPoll = 5 * time.Second
+	DefaultPublishRate     = 1000
 )
 
 // Config configures a Broker. Zero values mean the defaults above.
@@ -83,6 +84,12 @@ type Config struct {
 	// KeepAliveMin and KeepAliveMax bound the keepalive a client may ask for (whole
 	// seconds, at most 65535 s); see the package doc.
 	KeepAliveMin, KeepAliveMax time.Duration
+	// PublishRate bounds the messages per second one connection may publish, on average
+	// (default 1000; negative: no bound); PublishBurst is how many it may send at once
+	// (default 2 × PublishRate). A publish beyond them is refused like one the ACL
+	// refuses, and counted: see the package doc ("Floods").
+	PublishRate  float64
+	PublishBurst int
 }
 
 // withDefaults fills in defaults and checks the result.
@@ -109,6 +116,12 @@ func (c Config) withDefaults() (Config, error) {
 	defDur(&c.KeepAliveMin, DefaultKeepAliveMin)
 	defDur(&c.KeepAliveMax, DefaultKeepAliveMax)
 	defDur(&c.CredentialsPoll, DefaultCredentialsPoll)
+	if c.PublishRate == 0 {
+		c.PublishRate = DefaultPublishRate
+	}
+	if c.PublishBurst == 0 && c.PublishRate > 0 {
+		c.PublishBurst = int(max(1, 2*c.PublishRate))
+	}
 	switch {
 	case c.MaxPacketSize < 64 || c.MaxPacketSize > 268435455:
 		return c, fmt.Errorf("maximum packet size %d is out of range (64 bytes to 256 MiB)", c.MaxPacketSize)
@@ -122,6 +135,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, errors.New("write and connect timeouts must not be negative")
 	case c.KeepAliveMin < time.Second || c.KeepAliveMax > 65535*time.Second || c.KeepAliveMin > c.KeepAliveMax:
 		return c, fmt.Errorf("keepalive bounds %v to %v are invalid (1 s ≤ min ≤ max ≤ 65535 s)", c.KeepAliveMin, c.KeepAliveMax)
+	case c.PublishRate > 0 && c.PublishBurst < 1:
+		return c, fmt.Errorf("publish burst %d must be at least 1", c.PublishBurst)
 	case c.CredentialsFile == "" && c.ClientCAFile == "" && !c.AllowAnonymous:
 		return c, errors.New("no way for nodes to authenticate: set a credentials file, a client CA for mutual TLS, or allow anonymous access (trusted networks only)")
 	}

@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -87,6 +88,8 @@ type conn struct {
 	frame   framer
 	readErr error
 
+	publishes   *rate.Limiter               // nil: unbounded (Config.PublishRate)
+	flooded     atomic.Bool                 // a publish was refused for the rate: logged once
 	sess        atomic.Pointer[session]     // set once the client authenticated
 	client      atomic.Pointer[mqtt.Client] // set at CONNECT
 	v5          atomic.Bool
@@ -108,6 +111,9 @@ func newConn(b *Broker, raw net.Conn) *conn {
 		c.Conn = tls.Server(raw, b.tls)
 	}
 	c.wake.L = &c.mu
+	if b.cfg.PublishRate > 0 {
+		c.publishes = rate.NewLimiter(rate.Limit(b.cfg.PublishRate), b.cfg.PublishBurst)
+	}
 	return c
 }
 

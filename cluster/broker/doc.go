@@ -74,6 +74,10 @@
 //     must send CONNECT (after its TLS handshake) within ConnectTimeout.
 //   - Sessions end with their connection (no persistent sessions; nodes use clean
 //     sessions), retained messages and topic aliases are off.
+//   - Floods. Each connection may publish PublishRate messages per second on average,
+//     PublishBurst at once (a token bucket); beyond, a publish is refused as the ACL
+//     refuses one (MQTT 5: PUBACK 0x87; MQTT 3.1.1 QoS 1: disconnected; QoS 0: dropped),
+//     counted, and logged once per connection. Refused messages never reach a Handler.
 //
 // # Goroutines
 //

@@ -313,6 +313,8 @@ func (c *rawClient) read() (packets.Packet, error) {
 		err = pk.DisconnectDecode(body)
 	case packets.Publish:
 		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
 	}
 	return pk, err
 }

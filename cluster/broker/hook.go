@@ -82,6 +82,14 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return false
 	}
 	if write {
+		if c.publishes != nil && !c.publishes.Allow() {
+			h.b.m.rateLimited.Inc()
+			if !c.flooded.Swap(true) {
+				h.b.log.Warn("client publishes faster than allowed; refusing its messages beyond the rate",
+					"client", s.id, "remote", c.remote, "rate", h.b.cfg.PublishRate, "burst", h.b.cfg.PublishBurst)
+			}
+			return false
+		}
 		if mayPublish(s.id, topic) {
 			return true
 		}

@@ -180,3 +180,98 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// TestPublishFlood: a client publishing faster than PublishRate gets its messages beyond
+// the token bucket refused and counted (MQTT 5: PUBACK 0x87; MQTT 3.1.1 QoS 0: dropped;
+// QoS 1: disconnected), while another client's messages keep reaching the cluster.
+func TestPublishFlood(t *testing.T) {
+	const rate, burst, flood = 20, 40, 400
+	b := startBroker(t, Config{AllowAnonymous: true, PublishRate: rate, PublishBurst: burst})
+	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	other := mustDial(t, b, clientOpts{id: "other"})
+
+	// MQTT 5, QoS 1: every publish is answered; those beyond the bucket with 0x87.
+	start := time.Now()
+	v5, _ := rawDial(t, b.Addr().String(), 5, "flood5", "", 30)
+	topic := mqttapi.NodeTopic("flood5", mqttapi.SuffixTableQuery)
+	go func() {
+		for i := range flood {
+			v5.send(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+				PacketID: uint16(i + 1), TopicName: topic, Payload: []byte("{}")})
+		}
+	}()
+	accepted, refusedN := 0, 0
+	for range flood {
+		pk, err := v5.read()
+		if err != nil {
+			t.Fatalf("after %d acks: %v", accepted+refusedN, err)
+		}
+		switch {
+		case pk.FixedHeader.Type != packets.Puback:
+			t.Fatalf("got packet type %d, want PUBACK", pk.FixedHeader.Type)
+		case pk.ReasonCode == packets.ErrNotAuthorized.Code:
+			refusedN++
+		case pk.ReasonCode == 0:
+			accepted++
+		default:
+			t.Fatalf("PUBACK reason 0x%02x", pk.ReasonCode)
+		}
+	}
+	// A token bucket admits at most its burst plus what refills meanwhile.
+	if most := burst + int(rate*time.Since(start).Seconds()) + 1; accepted > most || accepted < burst {
+		t.Errorf("accepted %d of %d publishes; the bucket allows %d to %d", accepted, flood, burst, most)
+	}
+	if got := counter(b.m.rateLimited); got != float64(refusedN) || refusedN == 0 {
+		t.Errorf("rate-limited counter %v, refused PUBACKs %d", got, refusedN)
+	}
+	// The cluster saw exactly the accepted ones, and the other client is unaffected.
+	publish(t, other, 1, mqttapi.NodeTopic("other", mqttapi.SuffixSubnet), "fine")
+	fromFlooder := 0
+	for m := receive(t, cluster, "the other client's message"); m.client != "other"; m = receive(t, cluster, "the other client's message") {
+		fromFlooder++
+	}
+	if fromFlooder != accepted {
+		t.Errorf("cluster got %d messages from the flooder, %d were acknowledged", fromFlooder, accepted)
+	}
+
+	// MQTT 3.1.1, QoS 1: a refused publish cannot be acknowledged negatively, so mochi
+	// disconnects the client.
+	lost := make(chan error, 1)
+	v3 := mustDial(t, b, clientOpts{id: "flood3", lost: lost})
+	for range 2 * burst {
+		v3.Publish(mqttapi.NodeTopic("flood3", mqttapi.SuffixTableQuery), 1, false, "{}")
+	}
+	receive(t, lost, "the MQTT 3.1.1 flooder to be disconnected")
+	publish(t, other, 1, mqttapi.NodeTopic("other", mqttapi.SuffixSubnet), "still fine")
+	for m := receive(t, cluster, "the other client's message"); m.payload != "still fine"; m = receive(t, cluster, "the other client's message") {
+		if m.client != "flood3" {
+			t.Fatalf("unexpected message %+v", m)
+		}
+	}
+}
+
+// TestPublishRateOff: a negative PublishRate turns the bound off.
+func TestPublishRateOff(t *testing.T) {
+	b := startBroker(t, Config{AllowAnonymous: true, PublishRate: -1})
+	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	got := make(chan int)
+	go func() { // drain as they come: the handler blocks on a full channel
+		n := 0
+		for m := range cluster {
+			if m.payload == "last" {
+				got <- n
+				return
+			}
+			n++
+		}
+	}()
+	c := mustDial(t, b, clientOpts{id: "fast"})
+	const n = 3 * DefaultPublishRate
+	for range n {
+		c.Publish(mqttapi.NodeTopic("fast", mqttapi.SuffixTableQuery), 0, false, "{}")
+	}
+	publish(t, c, 1, mqttapi.NodeTopic("fast", mqttapi.SuffixSubnet), "last")
+	if g := receive(t, got, "the last message"); g != n || counter(b.m.rateLimited) != 0 {
+		t.Errorf("cluster got %d of %d QoS 0 messages; rate-limited %v", g, n, counter(b.m.rateLimited))
+	}
+}

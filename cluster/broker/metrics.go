@@ -11,6 +11,7 @@ type metrics struct {
 	refused         *prometheus.CounterVec // reason
 	aclDenied       *prometheus.CounterVec // action: publish, subscribe
 	oversized       prometheus.Counter
+	rateLimited     prometheus.Counter
 	slowDisconnects *prometheus.CounterVec // reason: a slow dropReason
 	dropped         prometheus.Counter
 	received        prometheus.Counter
@@ -28,6 +29,8 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 			"Publishes and subscriptions refused by the ACL, by action."), []string{"action"}),
 		oversized: prometheus.NewCounter(opts("oversized_packets_total",
 			"Packets larger than the maximum packet size; each disconnects its client.")),
+		rateLimited: prometheus.NewCounter(opts("publishes_rate_limited_total",
+			"Publishes refused because their connection exceeded the publish rate (an MQTT 3.1.1 client sending QoS 1 is disconnected by it).")),
 		slowDisconnects: prometheus.NewCounterVec(opts("slow_client_disconnects_total",
 			"Clients disconnected for not keeping up, by reason (write_buffer, write_timeout, inflight, queue)."), []string{"reason"}),
 		dropped: prometheus.NewCounter(opts("messages_dropped_total",
@@ -51,7 +54,7 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 	}
 	clients := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "semnet", Subsystem: "cluster", Name: "mqtt_clients_connected",
 		Help: "Connected clients (distinct identities)."}, connected)
-	for _, c := range []prometheus.Collector{clients, m.refused, m.aclDenied, m.oversized, m.slowDisconnects, m.dropped, m.received, m.sent} {
+	for _, c := range []prometheus.Collector{clients, m.refused, m.aclDenied, m.oversized, m.rateLimited, m.slowDisconnects, m.dropped, m.received, m.sent} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -71,7 +71,7 @@ func StartWithRoot(t testing.TB, editRoot func(*root.Config), edit func(*cluster
 	cfg := cluster.Config{
 		ID: "c1", Name: "c1", RootURL: scheme + p.Root.Addr.String(),
 		Listen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Insecure: true,
-		Location: geo.Point{Lat: 48.14, Lon: 11.58}, Spares: 1,
+		Location: geo.Point{Lat: 48.14, Lon: 11.58}, Spares: 1, NodeGrace: cluster.DefaultNodeGrace,
 	}
 	edit(&cfg)
 	tc, err := cfg.RootTLS.Config("root-")

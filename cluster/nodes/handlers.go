@@ -213,10 +213,18 @@ func (s *Server) deployed(nodeID string, payload []byte) error {
 	if p.Location, err = s.location(d.Lat, d.Lon); err != nil {
 		return err
 	}
+	rep := report.Report{Node: nodeID, Job: d.AppName, Instance: int(d.InstanceNumber), Placement: p}
 	if p.Status == "running" {
-		s.in.deploy(nodeID, d.AppName)
+		// A re-announce after a reconnection is no new deployment for the interests.
+		var fresh bool
+		fresh, rep.Done = s.live.running(nodeID, d.AppName, rep.Instance, p.HostIP, p.HostPort)
+		if fresh {
+			s.in.deploy(nodeID, d.AppName)
+		}
+	} else if s.live.stopped(nodeID, d.AppName, rep.Instance) && s.in.undeploy(nodeID, d.AppName) {
+		s.forget(d.AppName)
 	}
-	s.reports.Enqueue(report.Report{Node: nodeID, Job: d.AppName, Instance: int(d.InstanceNumber), Placement: p})
+	s.reports.Enqueue(rep)
 	return nil
 }
 
@@ -241,7 +249,7 @@ func (s *Server) undeployed(nodeID string, payload []byte) error {
 	}
 	p.HostPort = int(u.HostPort)
 	s.reports.Enqueue(report.Report{Node: nodeID, Job: u.AppName, Instance: int(u.InstanceNumber), Placement: p})
-	if s.in.undeploy(nodeID, u.AppName) {
+	if s.live.stopped(nodeID, u.AppName, int(u.InstanceNumber)) && s.in.undeploy(nodeID, u.AppName) {
 		s.forget(u.AppName)
 	}
 	return nil
@@ -271,7 +279,12 @@ func (s *Server) addressChanged(nodeID string, payload []byte) error {
 		if in.Number == int(a.InstanceNumber) {
 			p := api.Placement{Status: "running", NamespaceIP: in.NamespaceIP, NamespaceIPv6: in.NamespaceIPv6,
 				HostIP: hostIP, HostPort: int(a.HostPort), Location: in.Location}
-			s.reports.Enqueue(report.Report{Node: nodeID, Job: a.AppName, Instance: int(a.InstanceNumber), Placement: p})
+			rep := report.Report{Node: nodeID, Job: a.AppName, Instance: int(a.InstanceNumber), Placement: p}
+			var fresh bool
+			if fresh, rep.Done = s.live.running(nodeID, a.AppName, rep.Instance, hostIP, rep.Placement.HostPort); fresh {
+				s.in.deploy(nodeID, a.AppName)
+			}
+			s.reports.Enqueue(rep)
 			return nil
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -73,9 +74,21 @@ type Options struct {
 	MaxPendingMisses int
 	// Gateways relays gateway nodes to root; nil answers their registrations with an
 	// error.
-	Gateways   Gateways
+	Gateways Gateways
+	// NodeGrace is how long a disconnected node may stay away before the instances it
+	// announced are reported failed to root: zero reports them at once, a negative grace
+	// never (for nodes that do not re-announce their instances when they reconnect).
+	NodeGrace time.Duration
+	// Presence tells whether a node is connected (the broker); nil counts a node back
+	// only once a message from it arrives.
+	Presence   Presence
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+}
+
+// Presence tells whether a node is connected (a *broker.Broker).
+type Presence interface {
+	Connected(nodeID string) bool
 }
 
 // Server handles node messages.
@@ -87,6 +100,7 @@ type Server struct {
 	opt     Options
 	log     *slog.Logger
 	in      *interests
+	live    *liveness
 	misses  chan struct{} // semaphore of queries waiting for root
 	forgets chan string   // jobs to drop at root, by the forgetter goroutine
 	memo    sync.Map      // query key -> *encodedResult
@@ -111,6 +125,11 @@ func New(ctx context.Context, t Table, pub Publisher, r Reporter, s Subnets, opt
 	}
 	srv := &Server{table: t, pub: pub, reports: r, subnets: s, opt: opt, log: log, in: newInterests(),
 		misses: make(chan struct{}, opt.MaxPendingMisses), forgets: make(chan string, 4096), ctx: ctx}
+	var present func(string) bool
+	if opt.Presence != nil {
+		present = opt.Presence.Connected
+	}
+	srv.live = newLiveness(ctx, opt.NodeGrace, opt.ClusterID, present, r.Enqueue, srv.died, log)
 	go srv.forgetter()
 	srv.m = serverMetrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "node_messages_total",
@@ -122,6 +141,7 @@ func New(ctx context.Context, t Table, pub Publisher, r Reporter, s Subnets, opt
 	}
 	if opt.Registerer != nil {
 		opt.Registerer.MustRegister(srv.m.messages, srv.m.pushes, srv.m.queries)
+		opt.Registerer.MustRegister(srv.live.collectors()...)
 	}
 	return srv
 }
@@ -217,13 +237,24 @@ func (s *Server) publishJSON(topic string, v any) {
 }
 
 // NodeGone forgets the query interests of a node that disconnected; jobs no node needs
-// any more are dropped at root. Its deployed instances keep their jobs interesting.
+// any more are dropped at root. Its deployed instances keep their jobs interesting until
+// its grace (Options.NodeGrace) ends: then they are reported failed.
 func (s *Server) NodeGone(nodeID string) {
 	if s.opt.Gateways != nil {
 		s.opt.Gateways.NodeGone(nodeID)
 	}
 	for _, job := range s.in.dropNode(nodeID) {
 		s.forget(job)
+	}
+	s.live.gone(nodeID)
+}
+
+// died drops the deployments of a node reported dead from the interests.
+func (s *Server) died(nodeID string, refs []instanceRef) {
+	for _, ref := range refs {
+		if s.in.undeploy(nodeID, ref.job) {
+			s.forget(ref.job)
+		}
 	}
 }
 

@@ -23,6 +23,10 @@ type Report struct {
 	Job       string // job name
 	Instance  int
 	Placement api.Placement
+	// Done, when set, is called once root has answered the report: with the instance
+	// as root now has it, or with the error for which the report was dropped. It runs on
+	// the reporter's goroutine and must not block.
+	Done func(api.Instance, error)
 }
 
 // Root is what the reporter needs from root's API (a *client.Client).
@@ -119,13 +123,16 @@ func (r *Reporter) Run(ctx context.Context) error {
 			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.timeout)
-		_, err := r.root.PlaceInstance(cctx, rep.Job, rep.Instance, rep.Placement)
+		in, err := r.root.PlaceInstance(cctx, rep.Job, rep.Instance, rep.Placement)
 		cancel()
 		switch {
 		case err == nil:
 			r.metrics.delivered.Inc()
 			r.pop()
 			bo.Reset()
+			if rep.Done != nil {
+				rep.Done(in, nil)
+			}
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case client.Temporary(err) || cctx.Err() != nil:
@@ -141,6 +148,9 @@ func (r *Reporter) Run(ctx context.Context) error {
 			r.metrics.rejected.Inc()
 			r.log.Error("root refused a status report; dropped", "node", rep.Node, "job", rep.Job, "instance", rep.Instance, "status", rep.Placement.Status, "err", err)
 			r.pop()
+			if rep.Done != nil {
+				rep.Done(api.Instance{}, err)
+			}
 		}
 	}
 }

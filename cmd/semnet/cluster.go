@@ -21,8 +21,9 @@ type clusterFlags struct {
 	mqttAuth, mqttCert, mqttKey, mqttClientCA, redisURL, token string
 	lat, lon, radiusKM                                         float64
 	insecure, mqttAnonymous                                    bool
-	staleAfter                                                 time.Duration
-	spares, maxPacket                                          int
+	staleAfter, nodeGrace                                      time.Duration
+	spares, maxPacket, publishBurst                            int
+	publishRate                                                float64
 	tls                                                        tlsServerFlags
 	rootTLS                                                    tlsClientFlags
 	log                                                        logFlags
@@ -45,6 +46,8 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.mqttAnonymous, "mqtt-anonymous", false, "admit workers without credentials, identified by their client id (trusted networks only; ACLs still apply)")
 	fs.BoolVar(&f.insecure, "insecure", false, "like --mqtt-anonymous, for local demos: allowed only when the broker listens on loopback")
 	fs.IntVar(&f.maxPacket, "mqtt-max-packet", broker.DefaultMaxPacketSize, "largest MQTT packet a worker may send, in bytes; larger ones disconnect it")
+	fs.Float64Var(&f.publishRate, "mqtt-publish-rate", broker.DefaultPublishRate, "messages per second one worker connection may publish on average; beyond, they are refused and counted (negative: no limit)")
+	fs.IntVar(&f.publishBurst, "mqtt-publish-burst", 0, "messages a worker may publish at once above the rate (default: twice --mqtt-publish-rate)")
 	fs.StringVar(&f.token, "token", "", "bearer token the cluster's /api requires (reference callers send none: leave empty and restrict --listen instead)")
 	fs.Float64Var(&f.lat, "lat", 0, "cluster location: latitude in degrees")
 	fs.Float64Var(&f.lon, "lon", 0, "cluster location: longitude in degrees")
@@ -52,6 +55,7 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (redis://host:6379/0) for a cache shared by cluster replicas; default in memory")
 	fs.DurationVar(&f.staleAfter, "stale-after", 30*time.Second, "answers are marked stale after this long without hearing from root")
 	fs.IntVar(&f.spares, "spare-subnets", 2, "worker subnets kept ahead for nodes that start while root is unreachable")
+	fs.DurationVar(&f.nodeGrace, "node-grace", cluster.DefaultNodeGrace, "how long a disconnected worker node may stay away before its instances are reported failed; 0 at once, negative never (worker nodes that do not re-announce their instances on reconnecting)")
 	f.log.register(fs)
 }
 
@@ -70,9 +74,10 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 		Broker: broker.Config{
 			CertFile: f.mqttCert, KeyFile: f.mqttKey, ClientCAFile: f.mqttClientCA,
 			CredentialsFile: f.mqttAuth, AllowAnonymous: f.mqttAnonymous, MaxPacketSize: f.maxPacket,
+			PublishRate: f.publishRate, PublishBurst: f.publishBurst,
 		},
 		Location: geo.Point{Lat: f.lat, Lon: f.lon}, RadiusKM: f.radiusKM,
-		RedisURL: f.redisURL, StaleAfter: f.staleAfter, Spares: f.spares, Logger: log,
+		RedisURL: f.redisURL, StaleAfter: f.staleAfter, Spares: f.spares, NodeGrace: f.nodeGrace, Logger: log,
 	}
 	if f.token != "" {
 		c.Tokens = []string{f.token}
@@ -96,6 +101,10 @@ out worker subnets, relays instance status to root and pushes changes to interes
 Workers authenticate with a password from --mqtt-auth (username = worker id = client id),
 a client certificate (--mqtt-client-ca; certificate name = worker id), or, on trusted
 networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-auth.
+
+A worker node that disconnects (or falls silent for 1.5 × its keepalive) and stays away
+longer than --node-grace has its instances reported failed to root, which takes them out
+of every node's choices; when it comes back, its re-announce makes them running again.
 
 An https --root is verified with --root-ca (default: the system's CAs); --root-cert and
 --root-key answer a root requiring client certificates. --tls-cert and --tls-key serve

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/semnet/semnet/node"
+	"github.com/semnet/semnet/node/clusterlink"
 	"github.com/semnet/semnet/node/netsetup"
 	"github.com/semnet/semnet/node/table"
 	"github.com/semnet/semnet/shared/geo"
@@ -27,7 +28,7 @@ type nodeFlags struct {
 	mqttCA, mqttCert, mqttKey, mqttServerName                  string
 	tunnelPort, mtu                                            int
 	lat, lon                                                   float64
-	idle                                                       time.Duration
+	idle, keepAlive                                            time.Duration
 	gateway                                                    bool
 	publicIPs, gatewayIPs                                      []string
 	log                                                        logFlags
@@ -50,6 +51,7 @@ func (f *nodeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.bridge, "bridge", netsetup.DefaultBridge, "name of the bridge instances attach to")
 	fs.StringVar(&f.tunName, "tun", netsetup.DefaultTUN, "name of the TUN device carrying the Service and Instance ranges")
 	fs.DurationVar(&f.idle, "idle-timeout", table.DefaultIdleTimeout, "drop a table entry no packet used for this long (and tell the cluster)")
+	fs.DurationVar(&f.keepAlive, "keepalive", clusterlink.DefaultKeepAlive, "MQTT keepalive, whole seconds: the heartbeat the cluster sees this node by (silent for 1.5 × it, it counts as gone; the broker's minimum is 5 s)")
 	fs.BoolVar(&f.gateway, "gateway", false, "serve the platform's exposures to clients outside it on --public-ip (needs nftables)")
 	fs.StringSliceVar(&f.publicIPs, "public-ip", nil, "the gateway's public address clients connect to: one IPv4, one IPv6 or both (repeat or comma-separate)")
 	fs.StringSliceVar(&f.gatewayIPs, "gateway-internal-ip", nil, "where public traffic enters the datapath (default 10.30.255.253 and fdff:ffff:ffff:ffff:ffff:ffff:ffff:fffd)")
@@ -129,7 +131,10 @@ func (f *nodeFlags) config() (node.Config, error) {
 	}
 	c := node.Config{
 		ID: f.id, ClusterMQTT: f.clusterMQTT, Password: f.password, Socket: f.socket, MTU: f.mtu,
-		Bridge: f.bridge, TUN: f.tunName, IdleTimeout: f.idle, Logger: log,
+		Bridge: f.bridge, TUN: f.tunName, IdleTimeout: f.idle, KeepAlive: f.keepAlive, Logger: log,
+	}
+	if f.keepAlive < time.Second || f.keepAlive%time.Second != 0 || f.keepAlive > 65535*time.Second {
+		return c, fmt.Errorf("--keepalive %v must be whole seconds from 1s to 65535s (MQTT counts it in seconds)", f.keepAlive)
 	}
 	if f.hostIP != "" {
 		if c.HostIP, err = netip.ParseAddr(f.hostIP); err != nil {
@@ -173,6 +178,10 @@ The platform's node engine attaches instances through the local API on --socket
 (POST /container/deploy {pid or netns, serviceName, instanceNumber}); /metrics is served
 there too. Run it inside the network namespace it should manage (it needs CAP_NET_ADMIN
 there); it touches nothing outside it.
+
+The MQTT keepalive (--keepalive) is the node's heartbeat: a node that dies without
+closing its connection is seen gone 1.5 × --keepalive later, and its instances are
+reported failed once the cluster's --node-grace has passed too.
 
 With --mqtt-ca the node connects to the broker over TLS; --mqtt-cert and --mqtt-key add
 a client certificate (mutual TLS) whose name is the worker id, which is how the reference

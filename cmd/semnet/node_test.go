@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -130,6 +131,28 @@ func TestNodeMQTTTLSFlags(t *testing.T) {
 	for _, flag := range []string{"mqtt-ca", "mqtt-cert", "mqtt-key", "mqtt-server-name"} {
 		if !strings.Contains(out, "--"+flag) || !strings.Contains(out, envName(flag)) {
 			t.Errorf("node --help lacks --%s or %s", flag, envName(flag))
+		}
+	}
+}
+
+// TestNodeKeepAliveFlag: --keepalive reaches the configuration; MQTT counts it in whole
+// seconds, so anything else is refused at startup.
+func TestNodeKeepAliveFlag(t *testing.T) {
+	base := []string{"--id", "w1", "--cluster-mqtt", "127.0.0.1:10003", "--host-ip", "127.0.0.1"}
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+		err  string
+	}{
+		{args: nil, want: 30 * time.Second},
+		{args: []string{"--keepalive", "5s"}, want: 5 * time.Second},
+		{args: []string{"--keepalive", "1500ms"}, err: "--keepalive 1.5s must be whole seconds"},
+		{args: []string{"--keepalive", "0s"}, err: "--keepalive"},
+		{args: []string{"--keepalive", "20h"}, err: "--keepalive"},
+	} {
+		c, ok := nodeConfig(t, slices.Concat(base, tc.args), tc.err)
+		if ok && c.KeepAlive != tc.want {
+			t.Errorf("%v: keepalive %v, want %v", tc.args, c.KeepAlive, tc.want)
 		}
 	}
 }

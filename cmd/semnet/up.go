@@ -57,7 +57,7 @@ carrying the demo service (--demo). It generates an API token unless --token
 				ID: cid, Name: cid, RootURL: "http://" + srv.Addr.String(), RootToken: f.token,
 				Listen: clusterListen, MQTTListen: mqttListen, Insecure: true,
 				Location: geo.Point{Lat: lat, Lon: lon}, StaleAfter: 30 * time.Second, Spares: 2,
-				Logger: c.Logger.With("tier", "cluster"),
+				NodeGrace: cluster.DefaultNodeGrace, Logger: c.Logger.With("tier", "cluster"),
 			})
 			if err != nil {
 				return errors.Join(err, srv.Close())

@@ -26,6 +26,9 @@ import (
 	"github.com/semnet/semnet/proto/mqttapi"
 )
 
+// DefaultKeepAlive is the reference node's MQTT keepalive.
+const DefaultKeepAlive = 30 * time.Second
+
 // ErrUnknown is wrapped by Query when the cluster answers that no job has the key.
 var ErrUnknown = errors.New("clusterlink: unknown service")
 
@@ -42,6 +45,10 @@ type Config struct {
 	TLS *tls.Config
 	// QueryTimeout bounds a table query or subnet request (default 5 s, as the reference).
 	QueryTimeout time.Duration
+	// KeepAlive is the MQTT keepalive, whole seconds (default DefaultKeepAlive, as the
+	// reference). It is the node's heartbeat: the broker drops a node silent for 1.5
+	// times it (the broker raises one below its minimum, 5 s by default, to that).
+	KeepAlive time.Duration
 	// OnUpdate is called for every message on a followed jobs/<key>/updates_available
 	// topic, from the client's goroutine: it must not block on the Link.
 	OnUpdate func(key string, u mqttapi.UpdatesAvailable)
@@ -86,6 +93,12 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 	if cfg.QueryTimeout <= 0 {
 		cfg.QueryTimeout = 5 * time.Second
 	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = DefaultKeepAlive
+	}
+	if cfg.KeepAlive < time.Second || cfg.KeepAlive%time.Second != 0 || cfg.KeepAlive > 65535*time.Second {
+		return nil, fmt.Errorf("clusterlink: keepalive %v must be whole seconds from 1 s to 65535 s (MQTT)", cfg.KeepAlive)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -100,7 +113,7 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 		SetClientID(cfg.NodeID).
 		SetCleanSession(true).
 		SetProtocolVersion(4).
-		SetKeepAlive(30 * time.Second).
+		SetKeepAlive(cfg.KeepAlive).
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(5 * time.Second).
 		SetConnectRetry(true).

@@ -3,6 +3,7 @@ package clusterlink_test
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,5 +140,16 @@ func TestQueryTimeout(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("query took %v to fail", d)
+	}
+}
+
+// TestKeepAliveWholeSeconds: MQTT counts the keepalive in seconds; a keepalive it cannot
+// carry is refused before connecting, not rounded.
+func TestKeepAliveWholeSeconds(t *testing.T) {
+	for _, ka := range []time.Duration{1500 * time.Millisecond, -time.Second, 65536 * time.Second} {
+		_, err := clusterlink.Dial(t.Context(), clusterlink.Config{Broker: "127.0.0.1:1", NodeID: "w1", KeepAlive: ka})
+		if err == nil || !strings.Contains(err.Error(), "keepalive") {
+			t.Errorf("keepalive %v: %v, want an error naming the keepalive", ka, err)
+		}
 	}
 }

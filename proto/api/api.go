@@ -94,6 +94,12 @@ type Placement struct {
 	// instance moves to it (it migrated), and a stop from a cluster the instance has left
 	// is ignored. With HostIP on a stop, a stop from a host it has left is ignored too.
 	ClusterID string `json:"cluster_id,omitempty"`
+	// IfRevision, when set on a stop or failure, applies it only while the instance still
+	// has this revision. A cluster that reports a vanished node's instances failed says
+	// which placement it last saw: when anything placed the instance since (the node came
+	// back through another cluster replica, the instance moved), the report is ignored
+	// like a stop from a host the instance has left.
+	IfRevision uint64 `json:"if_revision,omitempty"`
 }
 
 // Instance is one replica with its Instance IPs and, once placed, its placement.

@@ -142,8 +142,9 @@ func (r *Registry) Place(ctx context.Context, key string, number int, p api.Plac
 	}
 	in, err := r.place(ctx, s, number, p, moveTo)
 	if errors.Is(err, errStalePlacement) {
-		r.log.Info("late stop of a migrated instance ignored", "service", s.JobName(), "instance", number,
-			"stopped_on", p.HostIP, "stopped_in", p.ClusterID, "runs_on", in.HostIP, "runs_in", in.ClusterID)
+		r.log.Info("late stop of a migrated or re-placed instance ignored", "service", s.JobName(), "instance", number, "status", p.Status,
+			"stopped_on", p.HostIP, "stopped_in", p.ClusterID, "runs_on", in.HostIP, "runs_in", in.ClusterID,
+			"if_revision", p.IfRevision, "revision", in.Revision)
 		return in, s, nil
 	}
 	return in, s, err
@@ -155,10 +156,14 @@ func (r *Registry) Place(ctx context.Context, key string, number int, p api.Plac
 var errStalePlacement = errors.New("the instance runs elsewhere")
 
 // stale tells whether p stops or fails an instance that runs somewhere else than where p
-// comes from (a host, or a cluster when the node did not say its host).
+// comes from (a host, or a cluster when the node did not say its host), or that changed
+// since the revision p applies to.
 func stale(in store.Instance, p api.Placement) bool {
 	if p.Status == store.StatusRunning || in.Status != store.StatusRunning {
 		return false
+	}
+	if p.IfRevision != 0 && p.IfRevision != in.Revision {
+		return true
 	}
 	if p.HostIP.IsValid() {
 		return p.HostIP != in.HostIP || p.HostPort != in.HostPort

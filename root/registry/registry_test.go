@@ -453,6 +453,42 @@ func TestMigrationAcrossClusters(t *testing.T) {
 	}
 }
 
+// A failure reported for a vanished node says which revision it saw: it applies while
+// the instance is unchanged, and is ignored once the node re-announced it (through
+// another cluster replica, say); a running report after a failure applies.
+func TestConditionalFailure(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
+		t.Fatal(err)
+	}
+	s := e.service("web")
+	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	host := netip.MustParseAddr("192.0.2.1")
+	run := api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.0.2"), HostIP: host, HostPort: 50103, ClusterID: "c1"}
+	seen, _, err := e.reg.Place(ctx, s.ID, 0, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _, err := e.reg.Place(ctx, s.ID, 0, run) // re-announced after a reconnection
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail := api.Placement{Status: "failed", HostIP: host, HostPort: 50103, ClusterID: "c1", IfRevision: seen.Revision}
+	if in, _, err := e.reg.Place(ctx, s.ID, 0, fail); err != nil || in.Status != "running" || in.Revision != again.Revision {
+		t.Fatalf("failure for an older revision: %+v, %v; want it ignored", in, err)
+	}
+	fail.IfRevision = again.Revision
+	if in, _, err := e.reg.Place(ctx, s.ID, 0, fail); err != nil || in.Status != "failed" {
+		t.Fatalf("failure for the current revision: %+v, %v; want failed", in, err)
+	}
+	if in, _, err := e.reg.Place(ctx, s.ID, 0, run); err != nil || in.Status != "running" {
+		t.Fatalf("running after failed: %+v, %v", in, err)
+	}
+}
+
 func TestSubnetPairs(t *testing.T) {
 	plan := addrplan.Default()
 	e := newEnv(t, plan)

@@ -5,8 +5,12 @@
 package testservers
 
 import (
+	"bytes"
+	"net"
 	"os"
+	"os/exec"
 	"testing"
+	"time"
 )
 
 // MongoURI returns the URI of a MongoDB-wire server (FerretDB in CI).
@@ -31,4 +35,95 @@ func need(t testing.TB, env, what string) string {
 		t.Skipf("%s not set: this test needs %s; run it through .ci/with-servers (make test does)", env, what)
 	}
 	return v
+}
+
+// Server is a private server process a test starts, stops and restarts, for fault tests
+// that must not disturb the shared servers: same port and same data directory across
+// restarts, killed when the test ends.
+type Server struct {
+	t    testing.TB
+	bin  string
+	args []string
+	addr string
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+}
+
+// StartFerretDB starts a private FerretDB (SQLite in a temporary directory) and returns
+// it running; URI gives its address. The binary comes from SEMNET_TEST_FERRETDB_BIN,
+// which .ci/with-servers sets.
+func StartFerretDB(t testing.TB) *Server {
+	t.Helper()
+	bin := need(t, "SEMNET_TEST_FERRETDB_BIN", "the FerretDB binary (.ci/build-ferretdb)")
+	s := &Server{t: t, bin: bin, addr: freeAddr(t)}
+	dir := t.TempDir()
+	s.args = []string{"--handler=sqlite", "--sqlite-url=file:" + dir + "/", "--state-dir=" + dir, "--listen-addr=" + s.addr,
+		"--debug-addr=" + freeAddr(t), "--telemetry=disable", "--log-level=warn"}
+	s.Start()
+	return s
+}
+
+// StartRedis starts a private redis-server without persistence: a restart empties it.
+func StartRedis(t testing.TB) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("redis-server is not installed in CI: .ci/run must install it")
+		}
+		t.Skip("redis-server not installed (apt-get install redis-server)")
+	}
+	s := &Server{t: t, bin: bin, addr: freeAddr(t)}
+	host, port, _ := net.SplitHostPort(s.addr)
+	s.args = []string{"--port", port, "--bind", host, "--dir", t.TempDir(), "--save", "", "--appendonly", "no"}
+	s.Start()
+	return s
+}
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string { return s.addr }
+
+// URI is the server's address as a MongoDB URI.
+func (s *Server) URI() string { return "mongodb://" + s.addr + "/" }
+
+// URL is the server's address as a Redis URL (database 0).
+func (s *Server) URL() string { return "redis://" + s.addr + "/0" }
+
+// Start starts the server (again) and waits until it accepts connections.
+func (s *Server) Start() {
+	s.t.Helper()
+	s.log = &bytes.Buffer{}
+	s.cmd = exec.Command(s.bin, s.args...)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatalf("start %s: %v", s.bin, err)
+	}
+	s.t.Cleanup(s.Kill)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", s.addr); err == nil {
+			c.Close()
+			return
+		}
+	}
+	s.Kill()
+	s.t.Fatalf("%s did not listen on %s; its log:\n%s", s.bin, s.addr, s.log)
+}
+
+// Kill stops the server with SIGKILL (no chance to flush anything) and waits for it.
+func (s *Server) Kill() {
+	if s.cmd != nil && s.cmd.Process != nil && s.cmd.ProcessState == nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+	}
+}
+
+// freeAddr returns a loopback address with a port nothing listens on now.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

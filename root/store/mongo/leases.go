@@ -53,18 +53,20 @@ func (s *Store) claim(ctx context.Context, token primitive.ObjectID, reqs []leas
 	}
 	var bwe mongo.BulkWriteException
 	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil {
-		s.unclaim(ctx, token, reqs)
-		return fmt.Errorf("claim addresses: %w", dbErr(err))
+		err = fmt.Errorf("claim addresses: %w", dbErr(err))
+		s.undo(ctx, token, reqs, err)
+		return err
 	}
 	for _, we := range bwe.WriteErrors {
 		if !mongo.IsDuplicateKeyError(mongo.WriteException{WriteErrors: mongo.WriteErrors{we.WriteError}}) {
-			s.unclaim(ctx, token, reqs)
-			return fmt.Errorf("claim addresses: %w", dbErr(err))
+			err = fmt.Errorf("claim addresses: %w", dbErr(err))
+			s.undo(ctx, token, reqs, err)
+			return err
 		}
 	}
 	for _, we := range bwe.WriteErrors {
 		if err := s.takeOver(ctx, docs[we.Index].(leaseDoc)); err != nil {
-			s.unclaim(ctx, token, reqs)
+			s.undo(ctx, token, reqs, err)
 			return err
 		}
 	}
@@ -126,6 +128,18 @@ func (s *Store) takeOver(ctx context.Context, want leaseDoc) error {
 	return fmt.Errorf("claim %s: lease changed %d times while claiming: %w", want.Addr, maxClaimAttempts, store.ErrUnavailable)
 }
 
+// undo removes the leases of a claim that failed with err. When the server could not be
+// reached it does so in the background: the request should fail now (503), not after
+// more round trips to a server that is gone. Otherwise before returning, so that a
+// client retrying at once (after a 409, say) does not meet its own leases.
+func (s *Store) undo(ctx context.Context, token primitive.ObjectID, reqs []leaseReq, err error) {
+	if errors.Is(err, store.ErrUnavailable) {
+		go s.unclaim(ctx, token, reqs)
+		return
+	}
+	s.unclaim(ctx, token, reqs)
+}
+
 // unclaim deletes the leases inserted with token (best effort: Reconcile catches what a
 // failure here leaves).
 func (s *Store) unclaim(ctx context.Context, token primitive.ObjectID, reqs []leaseReq) {
@@ -136,10 +150,19 @@ func (s *Store) unclaim(ctx context.Context, token primitive.ObjectID, reqs []le
 		// serves without a scan, and nobody but us changes an active lease of ours.
 		var cur leaseDoc
 		id := addrString(r.addr)
-		if err := s.leases.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&cur); err != nil || cur.Claim != token {
+		err := s.leases.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&cur)
+		if err != nil && !errors.Is(err, mongo.ErrNoDocuments) {
+			// The server is unreachable (why the claim failed, most likely): waiting
+			// for it once per address would hold the request for seconds each. The
+			// periodic Reconcile frees what is left.
+			return
+		}
+		if err != nil || cur.Claim != token {
 			continue
 		}
-		s.leases.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+		if _, err := s.leases.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+			return
+		}
 	}
 }
 

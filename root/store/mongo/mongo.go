@@ -81,6 +81,11 @@ import (
 
 var _ store.Store = (*Store)(nil)
 
+// DefaultServerSelectionTimeout bounds how long an operation waits for a reachable
+// server unless the URI sets serverSelectionTimeoutMS: while MongoDB is down, requests
+// fail (503) after it instead of hanging.
+const DefaultServerSelectionTimeout = 2 * time.Second
+
 // Options configure the MongoDB store.
 type Options struct {
 	store.Options
@@ -120,7 +125,13 @@ func Open(ctx context.Context, uri, dbName string, opt Options) (*Store, error) 
 	if dbName == "" {
 		return nil, errors.New("mongo: open: database name is empty")
 	}
-	client, err := mongo.Connect(ctx, options.Client().ApplyURI(uri))
+	co := options.Client().ApplyURI(uri)
+	if co.ServerSelectionTimeout == nil {
+		// The driver's default (30 s) holds every request that long while the server is
+		// down; the API should answer 503 well before a client gives up.
+		co.SetServerSelectionTimeout(DefaultServerSelectionTimeout)
+	}
+	client, err := mongo.Connect(ctx, co)
 	if err != nil {
 		return nil, fmt.Errorf("mongo: connect: %w", dbErr(err))
 	}
