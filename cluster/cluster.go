@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,7 +39,9 @@ import (
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/proto/mqttapi"
 	"github.com/semnet/semnet/shared/geo"
+	"github.com/semnet/semnet/shared/httpapi"
 	"github.com/semnet/semnet/shared/listenaddr"
+	"github.com/semnet/semnet/shared/tlsfiles"
 )
 
 // Config configures a cluster service.
@@ -51,8 +54,14 @@ type Config struct {
 
 	RootURL   string
 	RootToken string
+	// RootTLS verifies an https root (its CA; the system's roots when empty) and holds
+	// the client certificate for a root that requires one.
+	RootTLS tlsfiles.Client
 
-	Listen     string // REST API, host:port
+	Listen string // REST API, host:port
+	// TLS serves the REST API over HTTPS (and, with a client CA, only to clients with
+	// a certificate it signed).
+	TLS        tlsfiles.Server
 	MQTTListen string // MQTT broker, host:port
 	// Broker configures authentication, TLS and limits of the MQTT broker; its listen
 	// address is MQTTListen.
@@ -96,6 +105,12 @@ func (c Config) Validate() error {
 	}
 	if c.RootURL == "" {
 		return errors.New("root URL is required (--root), e.g. http://root.example:10099")
+	}
+	if c.RootTLS.Enabled() && !strings.HasPrefix(c.RootURL, "https://") {
+		return fmt.Errorf("--root-ca, --root-cert and --root-key are for an https root, but --root is %q: use https://", c.RootURL)
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return err
 	}
 	if err := c.Location.Validate(); err != nil {
 		return fmt.Errorf("cluster location: %w", err)
@@ -141,7 +156,15 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	rc, err := client.New(c.RootURL, c.RootToken, nil)
+	rootTLS, err := c.RootTLS.Config("root-")
+	if err != nil {
+		return nil, err
+	}
+	rc, err := client.New(c.RootURL, c.RootToken, client.HTTPClient(rootTLS))
+	if err != nil {
+		return nil, err
+	}
+	tc, err := c.TLS.Config(log.With("component", "tls"))
 	if err != nil {
 		return nil, err
 	}
@@ -201,11 +224,11 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		Tokens: c.Tokens, Logger: log.With("component", "rest"), Registerer: promReg, Gatherer: promReg,
 		Forget: nodeSrv.Release,
 	})
-	s.http = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	s.http = httpapi.NewServer(h, tc, log)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := httpapi.Serve(s.http, ln); err != nil {
 			log.Error("REST server stopped", "err", err)
 		}
 	}()
@@ -231,7 +254,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		}
 		return s.heartbeat(ctx, rc, reg)
 	})
-	log.Info("cluster service started", "id", c.ID, "rest", s.Addr, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
+	log.Info("cluster service started", "id", c.ID, "rest", s.Addr, "rest_tls", tc != nil, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
 	return s, nil
 }
 

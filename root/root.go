@@ -30,7 +30,9 @@ import (
 	"github.com/semnet/semnet/root/store/bolt"
 	"github.com/semnet/semnet/root/store/mongo"
 	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/httpapi"
 	"github.com/semnet/semnet/shared/listenaddr"
+	"github.com/semnet/semnet/shared/tlsfiles"
 )
 
 // Config configures a root service.
@@ -48,8 +50,16 @@ type Config struct {
 	// `semnet ctl ... list`; anything else they ask is refused with 403.
 	ReadTokens []string
 	Insecure   bool
-	Plan       addrplan.Plan
-	Logger     *slog.Logger
+	// TLS serves HTTPS (and, with a client CA, requires client certificates) instead
+	// of plain HTTP.
+	TLS tlsfiles.Server
+	// RateLimit is the requests per second each client may make of /api, RateBurst its
+	// bucket (0: twice RateLimit); 0 turns limiting off. A client is a token scope at a
+	// source address (see httpapi.ClientKey).
+	RateLimit float64
+	RateBurst int
+	Plan      addrplan.Plan
+	Logger    *slog.Logger
 }
 
 // Validate refuses configurations that would be unsafe or cannot work.
@@ -77,6 +87,12 @@ func (c Config) Validate() error {
 		if slices.Contains(c.Tokens, t) {
 			return errors.New("a token is both an admin token (--token) and a read-only one (--read-token); give each scope its own")
 		}
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return err
+	}
+	if c.RateLimit < 0 || c.RateBurst < 0 {
+		return fmt.Errorf("--rate-limit %g and --rate-burst %d must not be negative (--rate-limit 0 turns limiting off)", c.RateLimit, c.RateBurst)
 	}
 	if c.MongoURI == "" && c.DataDir == "" {
 		return errors.New("no store: set --data-dir for the embedded store or --mongo-uri for MongoDB")
@@ -124,6 +140,10 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	tc, err := c.TLS.Config(log.With("component", "tls"))
+	if err != nil {
+		return nil, err
+	}
 	st, err := OpenStore(ctx, c)
 	if err != nil {
 		return nil, err
@@ -144,9 +164,10 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		Closing: closing,
 		Tokens:  c.Tokens, ReadTokens: c.ReadTokens, Logger: log.With("component", "rest"),
 		Registerer: promReg, Gatherer: promReg,
-		Ready:  reg.Ping,
-		Mount:  func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
-		Public: statuspage.Mount,
+		Ready:     reg.Ping,
+		Mount:     func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
+		Public:    statuspage.Mount,
+		RateLimit: httpapi.RateLimit{Rate: c.RateLimit, Burst: c.RateBurst},
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -155,18 +176,20 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		return nil, fmt.Errorf("listen on %s: %w", c.Listen, err)
 	}
 	s := &Server{Addr: ln.Addr(), ln: ln, store: st, notif: notif, log: log,
-		http: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}}
+		http: httpapi.NewServer(h, tc, log)}
+	s.http.IdleTimeout = 2 * time.Minute
 	s.http.RegisterOnShutdown(stopPolls)
 	go notif.Run(context.WithoutCancel(ctx))
 	if r, ok := st.(reconciler); ok {
 		go reconcileEvery(closing, r, reconcileInterval, log)
 	}
 	go func() {
-		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := httpapi.Serve(s.http, ln); err != nil {
 			log.Error("HTTP server stopped", "err", err)
 		}
 	}()
-	log.Info("root serving", "addr", ln.Addr().String(), "store", storeName(c), "auth", len(c.Tokens) > 0)
+	log.Info("root serving", "addr", ln.Addr().String(), "store", storeName(c), "auth", len(c.Tokens) > 0,
+		"tls", tc != nil, "mutual_tls", c.TLS.ClientCAFile != "", "rate_limit", c.RateLimit)
 	return s, nil
 }
 

@@ -27,7 +27,12 @@ type Platform struct {
 // StartRoot starts root with its embedded store in dir.
 func StartRoot(t testing.TB, listen, dir string) *root.Server {
 	t.Helper()
-	srv, err := root.Start(t.Context(), root.Config{Listen: listen, DataDir: dir, Insecure: true, Plan: addrplan.Default()})
+	return startRoot(t, root.Config{Listen: listen, DataDir: dir, Insecure: true, Plan: addrplan.Default()})
+}
+
+func startRoot(t testing.TB, c root.Config) *root.Server {
+	t.Helper()
+	srv, err := root.Start(t.Context(), c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,20 +51,37 @@ func Start(t testing.TB, staleAfter time.Duration) *Platform {
 // are still admitted by client id).
 func StartWith(t testing.TB, edit func(*cluster.Config)) *Platform {
 	t.Helper()
+	return StartWithRoot(t, func(*root.Config) {}, edit)
+}
+
+// StartWithRoot is StartWith with root's configuration changed by editRoot too. When
+// root serves TLS the cluster's RootURL is https, and RC speaks TLS as the cluster
+// does: with the cluster's RootTLS files, which edit sets.
+func StartWithRoot(t testing.TB, editRoot func(*root.Config), edit func(*cluster.Config)) *Platform {
+	t.Helper()
 	p := &Platform{RootDir: t.TempDir()}
-	p.Root = StartRoot(t, "127.0.0.1:0", p.RootDir)
+	rc := root.Config{Listen: "127.0.0.1:0", DataDir: p.RootDir, Insecure: true, Plan: addrplan.Default()}
+	editRoot(&rc)
+	p.Root = startRoot(t, rc)
 	t.Cleanup(func() { p.Root.Close() })
-	var err error
-	p.RC, err = client.New("http://"+p.Root.Addr.String(), "", nil)
-	if err != nil {
-		t.Fatal(err)
+	scheme := "http://"
+	if rc.TLS.Enabled() {
+		scheme = "https://"
 	}
 	cfg := cluster.Config{
-		ID: "c1", Name: "c1", RootURL: "http://" + p.Root.Addr.String(),
+		ID: "c1", Name: "c1", RootURL: scheme + p.Root.Addr.String(),
 		Listen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Insecure: true,
 		Location: geo.Point{Lat: 48.14, Lon: 11.58}, Spares: 1, NodeGrace: cluster.DefaultNodeGrace,
 	}
 	edit(&cfg)
+	tc, err := cfg.RootTLS.Config("root-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.RC, err = client.New(cfg.RootURL, cfg.RootToken, client.HTTPClient(tc))
+	if err != nil {
+		t.Fatal(err)
+	}
 	p.Cluster, err = cluster.Start(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -142,8 +142,8 @@ func (r *Reporter) Run(ctx context.Context) error {
 			return ctx.Err()
 		case client.Temporary(err) || cctx.Err() != nil:
 			r.metrics.retries.Inc()
-			wait := bo.NextBackOff()
-			r.log.Warn("root unreachable; status report kept for retry", "job", rep.Job, "instance", rep.Instance, "pending", r.Pending(), "retry_in", wait, "err", err)
+			wait := max(bo.NextBackOff(), client.RetryAfter(err))
+			r.log.Warn("root unreachable or busy; status report kept for retry", "job", rep.Job, "instance", rep.Instance, "pending", r.Pending(), "retry_in", wait, "err", err)
 			select {
 			case <-ctx.Done():
 				return ctx.Err()

@@ -251,7 +251,7 @@ func (t *Table) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		wait := bo.NextBackOff()
+		wait := max(bo.NextBackOff(), client.RetryAfter(err))
 		t.log.Warn("following root's changes failed; retrying", "cursor", cursor, "in", wait, "err", err)
 		select {
 		case <-ctx.Done():

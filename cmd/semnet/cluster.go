@@ -24,6 +24,8 @@ type clusterFlags struct {
 	staleAfter, nodeGrace                                      time.Duration
 	spares, maxPacket, publishBurst                            int
 	publishRate                                                float64
+	tls                                                        tlsServerFlags
+	rootTLS                                                    tlsClientFlags
 	log                                                        logFlags
 }
 
@@ -31,9 +33,11 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.id, "id", "", "cluster id, as registered at root (required)")
 	fs.StringVar(&f.name, "name", "", "cluster name (default: the id)")
 	fs.StringVar(&f.address, "address", "", "address root reaches this cluster's REST API at (default: the --listen host)")
-	fs.StringVar(&f.rootURL, "root", "", "root's URL, e.g. http://root.example:10099 (required)")
+	fs.StringVar(&f.rootURL, "root", "", "root's URL, e.g. http://root.example:10099, or https://... when root serves TLS (required)")
 	fs.StringVar(&f.rootToken, "root-token", "", "bearer token for root's API")
+	f.rootTLS.register(fs, "root-", "root")
 	fs.StringVar(&f.listen, "listen", ":10110", "address the cluster's REST API listens on")
+	f.tls.register(fs)
 	fs.StringVar(&f.mqttListen, "mqtt-listen", broker.DefaultListen, "address the MQTT broker for worker nodes listens on")
 	fs.StringVar(&f.mqttAuth, "mqtt-auth", "", "worker credentials file (YAML or JSON; see cluster/broker); reloaded when it changes or on SIGHUP")
 	fs.StringVar(&f.mqttCert, "mqtt-cert", "", "TLS certificate (PEM) of the broker; with --mqtt-key the broker speaks only TLS")
@@ -65,8 +69,8 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 		name = f.id
 	}
 	c := cluster.Config{
-		ID: f.id, Name: name, Address: f.address, RootURL: f.rootURL, RootToken: f.rootToken,
-		Listen: f.listen, MQTTListen: f.mqttListen, Insecure: f.insecure,
+		ID: f.id, Name: name, Address: f.address, RootURL: f.rootURL, RootToken: f.rootToken, RootTLS: f.rootTLS.files,
+		Listen: f.listen, TLS: f.tls.files, MQTTListen: f.mqttListen, Insecure: f.insecure,
 		Broker: broker.Config{
 			CertFile: f.mqttCert, KeyFile: f.mqttKey, ClientCAFile: f.mqttClientCA,
 			CredentialsFile: f.mqttAuth, AllowAnonymous: f.mqttAnonymous, MaxPacketSize: f.maxPacket,
@@ -101,6 +105,10 @@ networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-au
 A worker node that disconnects (or falls silent for 1.5 × its keepalive) and stays away
 longer than --node-grace has its instances reported failed to root, which takes them out
 of every node's choices; when it comes back, its re-announce makes them running again.
+
+An https --root is verified with --root-ca (default: the system's CAs); --root-cert and
+--root-key answer a root requiring client certificates. --tls-cert and --tls-key serve
+the cluster's own REST API over HTTPS, --tls-client-ca requires client certificates.
 
 It answers /readyz with 200 once it serves.`,
 		Args:    cobra.NoArgs,

@@ -3,10 +3,12 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -22,6 +24,7 @@ import (
 // ctlFlags are the flags every `semnet ctl` command shares.
 type ctlFlags struct {
 	root, token, output string
+	tls                 tlsClientFlags
 }
 
 // ctlSession is one ctl command's connection to root and its output.
@@ -49,9 +52,12 @@ spaces in a fixed order, "-" for an empty cell) or JSON (-o json: the objects ex
 root returns them, indented; list commands print one array of them). Errors root answers are printed with their status and root's explanation,
 e.g. "semnet: 404 Not Found: service a.b.c.d not found", and the exit status is 1.
 
---root, --token and --output can also be set from SEMNET_ROOT, SEMNET_TOKEN and
-SEMNET_OUTPUT; the flags of the individual commands cannot, since they describe one
-request.`,
+For an https --root, --ca names the CA that signed root's certificate (default: the
+system's CAs), and --cert and --key the client certificate of a root requiring one.
+
+--root, --token, --output, --ca, --cert and --key can also be set from SEMNET_ROOT,
+SEMNET_TOKEN, SEMNET_OUTPUT, SEMNET_CA, SEMNET_CERT and SEMNET_KEY; the flags of the
+individual commands cannot, since they describe one request.`,
 		Args: cobra.NoArgs,
 		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
 			return f.fill(c)
@@ -61,6 +67,7 @@ request.`,
 	pf.StringVar(&f.root, "root", "http://127.0.0.1:10099", "root's URL")
 	pf.StringVar(&f.token, "token", "", "bearer token of root's API")
 	pf.StringVarP(&f.output, "output", "o", "table", "output format: table or json")
+	f.tls.register(pf, "", "root")
 	annotateEnv(pf)
 	cmd.AddCommand(newCtlServicesCommand(f), newCtlInstancesCommand(f), newCtlClustersCommand(f),
 		newCtlExposuresCommand(f), newCtlGatewaysCommand(f), newCtlSubnetsCommand(f),
@@ -84,7 +91,11 @@ func (f *ctlFlags) session(c *cobra.Command) (*ctlSession, error) {
 	if f.output != "table" && f.output != "json" {
 		return nil, fmt.Errorf("--output %q: want table or json", f.output)
 	}
-	api, err := client.New(f.root, f.token, nil)
+	tc, err := f.tls.config(f.root)
+	if err != nil {
+		return nil, err
+	}
+	api, err := client.New(f.root, f.token, client.HTTPClient(tc))
 	if err != nil {
 		return nil, fmt.Errorf("--root: %w", err)
 	}
@@ -106,15 +117,34 @@ func (f *ctlFlags) run(do func(ctx context.Context, s *ctlSession, args []string
 // explain turns a problem root answered into "404 Not Found: <root's detail>", with a
 // hint where the fix is on this side.
 func explain(err error) error {
-	var e *client.Error
-	if !errors.As(err, &e) {
+	var (
+		e       *client.Error
+		unknown x509.UnknownAuthorityError
+	)
+	switch {
+	case errors.As(err, &unknown):
+		return fmt.Errorf("%w (give the CA that signed root's certificate with --ca)", err)
+	case clientCertRefused(err):
+		return fmt.Errorf("%w (root requires a client certificate it trusts: --cert and --key)", err)
+	case !errors.As(err, &e):
 		return err
 	}
 	msg := fmt.Sprintf("%d %s: %s", e.Status, http.StatusText(e.Status), e.Detail)
-	if e.Status == http.StatusUnauthorized {
+	switch e.Status {
+	case http.StatusUnauthorized:
 		msg += " (give root's token with --token or SEMNET_TOKEN)"
+	case http.StatusTooManyRequests:
+		msg += " (root limits each client's request rate: --rate-limit)"
 	}
 	return errors.New(msg)
+}
+
+// clientCertRefused reports whether root ended the TLS handshake with an alert about
+// the client's certificate ("certificate required", "bad certificate"): it requires
+// one it trusts. crypto/tls reports a peer's alert as a *net.OpError "remote error".
+func clientCertRefused(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error" && strings.Contains(op.Err.Error(), "certificate")
 }
 
 // show prints v as JSON, or as a table of header and rows.

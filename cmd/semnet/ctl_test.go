@@ -40,7 +40,7 @@ func ctlRoot(t *testing.T) (string, *client.Client) {
 
 // unsetCtlEnv keeps the caller's environment out of ctl's flags.
 func unsetCtlEnv(t *testing.T) {
-	for _, k := range []string{"SEMNET_ROOT", "SEMNET_TOKEN", "SEMNET_OUTPUT"} {
+	for _, k := range []string{"SEMNET_ROOT", "SEMNET_TOKEN", "SEMNET_OUTPUT", "SEMNET_CA", "SEMNET_CERT", "SEMNET_KEY"} {
 		t.Setenv(k, "")
 		os.Unsetenv(k)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
@@ -20,6 +19,7 @@ import (
 	"github.com/semnet/semnet/node/netsetup"
 	"github.com/semnet/semnet/node/table"
 	"github.com/semnet/semnet/shared/geo"
+	"github.com/semnet/semnet/shared/tlsfiles"
 )
 
 // nodeFlags are the flags of `semnet node`.
@@ -98,41 +98,29 @@ func (f *nodeFlags) gatewayConfig() (*node.GatewayConfig, error) {
 // or a client certificate; without --mqtt-ca the system's roots verify the broker (one
 // with a publicly trusted certificate).
 func (f *nodeFlags) tlsConfig() (*tls.Config, error) {
-	if f.mqttCA == "" && f.mqttCert == "" && f.mqttKey == "" {
+	files := tlsfiles.Client{CAFile: f.mqttCA, CertFile: f.mqttCert, KeyFile: f.mqttKey}
+	if !files.Enabled() {
 		if f.mqttServerName != "" {
 			return nil, errors.New("--mqtt-server-name needs TLS: give --mqtt-ca (or --mqtt-cert and --mqtt-key)")
 		}
 		return nil, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.mqttServerName}
-	if f.mqttCA != "" {
-		pem, err := os.ReadFile(f.mqttCA)
-		if err != nil {
-			return nil, fmt.Errorf("--mqtt-ca: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--mqtt-ca: %s holds no PEM certificate", f.mqttCA)
-		}
-	}
-	if (f.mqttCert == "") != (f.mqttKey == "") {
-		return nil, errors.New("--mqtt-cert and --mqtt-key go together: give both for mutual TLS, or neither")
-	}
-	if f.mqttCert == "" {
-		return tc, nil
-	}
-	pair, err := tls.LoadX509KeyPair(f.mqttCert, f.mqttKey)
+	tc, err := files.Config("mqtt-")
 	if err != nil {
-		return nil, fmt.Errorf("--mqtt-cert %s and --mqtt-key %s: %w", f.mqttCert, f.mqttKey, err)
+		return nil, err
+	}
+	tc.ServerName = f.mqttServerName
+	if len(tc.Certificates) == 0 {
+		return tc, nil
 	}
 	// Without a password the broker takes the certificate's name as the worker id and
 	// refuses any other client id with a bare "not authorized": say so here instead.
-	names := append([]string{pair.Leaf.Subject.CommonName}, pair.Leaf.DNSNames...)
+	leaf := tc.Certificates[0].Leaf
+	names := append([]string{leaf.Subject.CommonName}, leaf.DNSNames...)
 	if f.password == "" && !slices.Contains(names, f.id) {
 		return nil, fmt.Errorf("--mqtt-cert %s is for \"%s\", not for the worker id %q: without --password the cluster takes a worker's id from its certificate (Common Name or DNS name)",
 			f.mqttCert, strings.Join(slices.DeleteFunc(names, func(n string) bool { return n == "" }), `", "`), f.id)
 	}
-	tc.Certificates = []tls.Certificate{pair}
 	return tc, nil
 }
 

@@ -22,6 +22,7 @@ type probeFlags struct {
 	unix, netns string
 	print       bool
 	timeout     time.Duration
+	tls         tlsClientFlags
 }
 
 // dialer returns how the probe connects: over a unix socket, from inside a network
@@ -72,7 +73,13 @@ func newProbeCommand() *cobra.Command {
 semnet probe --unix /run/semnet/node.sock http://node/readyz). --netns sends it from
 inside a network namespace, such as an instance's /proc/<pid>/ns/net (needs
 CAP_SYS_ADMIN; the URL's host must be an IP address). --print writes the answer's body
-to stdout.`,
+to stdout.
+
+An https URL is verified with --ca (default: the system's CAs); a server requiring
+client certificates (--tls-client-ca) gets --cert and --key. A container healthcheck
+probing its own server at 127.0.0.1, whose certificate names another host, may pass
+--insecure-skip-verify instead of --ca: the probe sends no token and reads only the
+status, so an impostor could at worst fake a healthy answer.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target, err := url.Parse(args[0])
@@ -83,9 +90,16 @@ to stdout.`,
 			if err != nil {
 				return err
 			}
+			if f.tls.files.InsecureSkipVerify && target.Scheme != "https" {
+				return fmt.Errorf("--insecure-skip-verify is for an https URL, not %q", args[0])
+			}
+			tc, err := f.tls.config(args[0])
+			if err != nil {
+				return err
+			}
 			hc := http.DefaultClient
-			if dial != nil {
-				hc = &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+			if dial != nil || tc != nil {
+				hc = &http.Client{Transport: &http.Transport{DialContext: dial, TLSClientConfig: tc, DisableKeepAlives: true}}
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
@@ -113,5 +127,7 @@ to stdout.`,
 	cmd.Flags().StringVar(&f.netns, "netns", "", "connect from inside this network namespace, e.g. /proc/<pid>/ns/net")
 	cmd.Flags().BoolVar(&f.print, "print", false, "write the answer's body to stdout")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 3*time.Second, "give up after this long")
+	f.tls.register(cmd.Flags(), "", "the server")
+	cmd.Flags().BoolVar(&f.tls.files.InsecureSkipVerify, "insecure-skip-verify", false, "accept any certificate of an https URL (a healthcheck of a local server whose certificate names another host)")
 	return cmd
 }

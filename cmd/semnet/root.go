@@ -19,10 +19,20 @@ type rootFlags struct {
 	readTokens                                          []string
 	insecure, noMigrate                                 bool
 	quarantine                                          time.Duration
+	tls                                                 tlsServerFlags // root's only, not up's
+	rateLimit                                           float64
+	rateBurst                                           int
 	log                                                 logFlags
 }
 
-func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string) {
+// defaultRateLimit is `semnet root`'s request rate per client: a fifth of what root
+// sustains on two cores (PERFORMANCE.md: 5,000 deploys/s), so one runaway client leaves
+// the rest to the others, and far above what a cluster asks (its cache answers its
+// nodes; it asks root on misses, status changes and new nodes).
+const defaultRateLimit = 1000
+
+// register adds the flags; rateDefault is --rate-limit's default (0: off).
+func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string, rateDefault float64) {
 	fs.StringVar(&f.listen, "listen", listenDefault, "address the REST API listens on")
 	fs.StringVar(&f.dataDir, "data-dir", "semnet-data", "directory of the embedded store (used unless --mongo-uri is set)")
 	fs.StringVar(&f.mongoURI, "mongo-uri", "", "MongoDB URI; when set, MongoDB is the store instead of the embedded one")
@@ -33,6 +43,8 @@ func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string) {
 	fs.BoolVar(&f.insecure, "insecure", false, "serve /api without a token; allowed only on a loopback listen address")
 	fs.StringVar(&f.planFile, "address-plan", "", "JSON file overriding address plan fields (defaults: ADDRESSING.md)")
 	fs.DurationVar(&f.quarantine, "quarantine", addrplan.Default().Quarantine, "how long a released address waits before reuse")
+	fs.Float64Var(&f.rateLimit, "rate-limit", rateDefault, "requests per second each client (token scope + source address) may make of /api; over it, 429 with Retry-After (0: no limit)")
+	fs.IntVar(&f.rateBurst, "rate-burst", 0, "requests a client may make at once after a quiet spell (0: twice --rate-limit)")
 	f.log.register(fs)
 }
 
@@ -50,7 +62,8 @@ func (f *rootFlags) config() (root.Config, error) {
 		return root.Config{}, err
 	}
 	c := root.Config{Listen: f.listen, DataDir: f.dataDir, MongoURI: f.mongoURI, MongoDB: f.mongoDB,
-		NoMigrate: f.noMigrate, Insecure: f.insecure, Plan: plan, Logger: log}
+		NoMigrate: f.noMigrate, Insecure: f.insecure, Plan: plan, Logger: log,
+		TLS: f.tls.files, RateLimit: f.rateLimit, RateBurst: f.rateBurst}
 	if f.token != "" {
 		c.Tokens = []string{f.token}
 	}
@@ -70,6 +83,12 @@ func newRootServiceCommand() *cobra.Command {
 geo-tagged instance records (embedded store by default, MongoDB with --mongo-uri),
 serves the REST API (/api/v1 and the reference /api/net) and streams changes to clusters.
 
+With --tls-cert and --tls-key it serves HTTPS only (TLS 1.2 or later), re-reading the
+certificate when its files change; --tls-client-ca also requires a client certificate
+signed by that CA of every client. Each client (token scope + source address) may make
+--rate-limit requests/s of /api in bursts of --rate-burst; beyond, root answers 429 with
+Retry-After. /healthz, /readyz and /metrics are never limited.
+
 It answers /readyz with 200 once it serves.`,
 		Args:    cobra.NoArgs,
 		PreRunE: checkConfig(&c, f.config),
@@ -82,7 +101,8 @@ It answers /readyz with 200 once it serves.`,
 			return srv.Close()
 		},
 	}
-	f.register(cmd.Flags(), ":10099")
+	f.register(cmd.Flags(), ":10099", defaultRateLimit)
+	f.tls.register(cmd.Flags()) // not up's: it serves plain HTTP on loopback
 	bindEnv(cmd)
 	cmd.AddCommand(newMigrateCommand())
 	return cmd

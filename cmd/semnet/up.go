@@ -125,7 +125,8 @@ carrying the demo service (--demo). It generates an API token unless --token
 			return nil
 		},
 	}
-	f.register(cmd.Flags(), "127.0.0.1:10099")
+	// No rate limit by default: up's clients are the operator's own, on loopback.
+	f.register(cmd.Flags(), "127.0.0.1:10099", 0)
 	cmd.Flags().StringVar(&cid, "cluster-id", "local", "id of the cluster up runs")
 	cmd.Flags().StringVar(&clusterListen, "cluster-listen", "127.0.0.1:10110", "address the cluster's REST API listens on")
 	cmd.Flags().StringVar(&mqttListen, "mqtt-listen", "127.0.0.1:10003", "address the cluster's MQTT broker listens on (loopback: workers are admitted by client id)")

@@ -41,6 +41,10 @@ type Config struct {
 	// Closing, when done, ends long polls at once (with what they have) so a shutdown
 	// does not wait for them.
 	Closing context.Context
+	// RateLimit, when its Rate is positive, limits each client's requests to /api
+	// (health, readiness, metrics and the status page's files are never limited). Its
+	// Key defaults to httpapi.ClientKey over the tokens.
+	RateLimit httpapi.RateLimit
 }
 
 type server struct {
@@ -63,6 +67,13 @@ func Handler(reg *registry.Registry, cfg Config) http.Handler {
 	r := httpapi.NewRouter(httpapi.RouterConfig{Logger: cfg.Logger, Metrics: m, Gatherer: cfg.Gatherer,
 		Ready: cfg.Ready, Hint: " (see proto/openapi.yaml)"})
 	r.Route("/api", func(r chi.Router) {
+		if cfg.RateLimit.Rate > 0 {
+			if cfg.RateLimit.Key == nil {
+				cfg.RateLimit.Key = httpapi.ClientKey(cfg.Tokens, cfg.ReadTokens)
+			}
+			// Before authentication, so requests with made-up tokens are limited too.
+			r.Use(httpapi.NewRateLimiter(cfg.RateLimit, cfg.Registerer, "semnet_root").Middleware)
+		}
 		r.Use(httpapi.ScopedBearerAuth(cfg.Tokens, cfg.ReadTokens))
 		r.Route("/v1", s.routesV1)
 		if cfg.Mount != nil {

@@ -31,16 +31,16 @@ func ScopedBearerAuth(admin, readOnly []string) func(http.Handler) http.Handler 
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || got == "" {
+			got, ok := bearer(r)
+			if !ok {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="semnet"`)
 				WriteProblem(w, r, Errorf(http.StatusUnauthorized, "missing bearer token: send Authorization: Bearer <token>"), nil)
 				return
 			}
-			switch {
-			case oneOf(got, admin):
+			switch scopeOf(got, admin, readOnly) {
+			case scopeAdmin:
 				next.ServeHTTP(w, r)
-			case oneOf(got, readOnly):
+			case scopeRead:
 				if r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions {
 					next.ServeHTTP(w, r)
 					return
@@ -53,6 +53,30 @@ func ScopedBearerAuth(admin, readOnly []string) func(http.Handler) http.Handler 
 			}
 		})
 	}
+}
+
+// The scopes of a bearer token. scopeNone is no token or an unknown one.
+const (
+	scopeNone  = "none"
+	scopeAdmin = "admin"
+	scopeRead  = "read"
+)
+
+// bearer returns the request's bearer token, if it carries one.
+func bearer(r *http.Request) (string, bool) {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return got, ok && got != ""
+}
+
+// scopeOf returns the scope token grants.
+func scopeOf(token string, admin, readOnly []string) string {
+	switch {
+	case oneOf(token, admin):
+		return scopeAdmin
+	case oneOf(token, readOnly):
+		return scopeRead
+	}
+	return scopeNone
 }
 
 // oneOf reports whether got is one of tokens, comparing in constant time so a token

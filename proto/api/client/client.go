@@ -7,6 +7,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ var (
 	ErrUnavailable = errors.New("root unavailable")       // 502, 503, 504 or no answer at all
 	ErrRejected    = errors.New("request rejected")       // any other 4xx: retrying won't help
 	ErrExhausted   = errors.New("address pool exhausted") // 507
+	ErrRateLimited = errors.New("rate limited")           // 429: retry after Error.RetryAfter
 )
 
 // Error is a failure root answered with a problem detail.
@@ -35,6 +37,9 @@ type Error struct {
 	Method, Path string
 	Status       int
 	Detail       string
+	// RetryAfter is how long root asked the client to wait (its Retry-After header in
+	// seconds), zero when it did not say.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -52,16 +57,29 @@ func (e *Error) Is(target error) bool {
 		return e.Status == http.StatusInsufficientStorage
 	case ErrUnavailable:
 		return e.Status == http.StatusBadGateway || e.Status == http.StatusServiceUnavailable || e.Status == http.StatusGatewayTimeout
+	case ErrRateLimited:
+		return e.Status == http.StatusTooManyRequests
 	case ErrRejected:
-		return e.Status >= 400 && e.Status < 500 && e.Status != http.StatusNotFound && e.Status != http.StatusConflict
+		return e.Status >= 400 && e.Status < 500 && e.Status != http.StatusNotFound && e.Status != http.StatusConflict &&
+			e.Status != http.StatusTooManyRequests
 	}
 	return false
 }
 
-// Temporary reports whether err is worth retrying later: root did not answer, or
-// answered that it is unavailable.
+// Temporary reports whether err is worth retrying later: root did not answer, answered
+// that it is unavailable, or that this client is over its request rate.
 func Temporary(err error) bool {
-	return errors.Is(err, ErrUnavailable)
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, ErrRateLimited)
+}
+
+// RetryAfter returns how long root asked to wait before the next request (a 429's
+// Retry-After), zero when err carries no such answer.
+func RetryAfter(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
 }
 
 // Client talks to one root.
@@ -72,21 +90,29 @@ type Client struct {
 }
 
 // New returns a client for the root at baseURL (e.g. http://127.0.0.1:10099) sending
-// token as a bearer token (none when empty). hc may be nil for a default client with no
-// overall timeout: set deadlines per call through the context (long polls last long).
+// token as a bearer token (none when empty). hc may be nil for HTTPClient(nil).
 func New(baseURL, token string, hc *http.Client) (*Client, error) {
 	u, err := url.Parse(baseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("root URL %q must look like http://host:port", baseURL)
+		return nil, fmt.Errorf("root URL %q must look like http://host:port or https://host:port", baseURL)
 	}
 	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{
-			Proxy:               nil, // root is reached directly; never through an environment proxy
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     90 * time.Second,
-		}}
+		hc = HTTPClient(nil)
 	}
 	return &Client{base: u.Scheme + "://" + u.Host + u.Path, token: token, http: hc}, nil
+}
+
+// HTTPClient returns the HTTP client New uses by default, speaking TLS with tc when it
+// is not nil (nil: the system's roots verify an https root). It has no overall timeout:
+// set deadlines per call through the context (long polls last long).
+func HTTPClient(tc *tls.Config) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:               nil, // root is reached directly; never through an environment proxy
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}}
 }
 
 // do sends a JSON request to /api/v1+path and decodes a JSON answer into out (if not
@@ -129,7 +155,11 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		} else if p.Detail == "" {
 			p.Detail = p.Title
 		}
-		return &Error{Method: method, Path: path, Status: resp.StatusCode, Detail: p.Detail}
+		e := &Error{Method: method, Path: path, Status: resp.StatusCode, Detail: p.Detail}
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+			e.RetryAfter = time.Duration(secs) * time.Second
+		}
+		return e
 	}
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body) // keep the connection reusable
