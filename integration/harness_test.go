@@ -94,7 +94,8 @@ func startRoot(t *testing.T, args ...string) *rootProc {
 func (p *rootProc) start() {
 	p.t.Helper()
 	p.log = &bytes.Buffer{}
-	p.cmd = exec.Command(semnetBinary(p.t), append([]string{"root", "--listen", p.addr, "--log-level", "warn"}, p.args...)...)
+	// No rate limit: these tests push root as hard as it goes from one client.
+	p.cmd = exec.Command(semnetBinary(p.t), append([]string{"root", "--listen", p.addr, "--log-level", "warn", "--rate-limit", "0"}, p.args...)...)
 	p.cmd.Env = append(os.Environ(), "SEMNET_TOKEN="+token)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {

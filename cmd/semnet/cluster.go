@@ -46,7 +46,7 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.mqttAnonymous, "mqtt-anonymous", false, "admit workers without credentials, identified by their client id (trusted networks only; ACLs still apply)")
 	fs.BoolVar(&f.insecure, "insecure", false, "like --mqtt-anonymous, for local demos: allowed only when the broker listens on loopback")
 	fs.IntVar(&f.maxPacket, "mqtt-max-packet", broker.DefaultMaxPacketSize, "largest MQTT packet a worker may send, in bytes; larger ones disconnect it")
-	fs.Float64Var(&f.publishRate, "mqtt-publish-rate", broker.DefaultPublishRate, "messages per second one worker connection may publish on average; beyond, they are refused and counted (negative: no limit)")
+	fs.Float64Var(&f.publishRate, "mqtt-publish-rate", broker.DefaultPublishRate, "messages per second one worker connection may publish on average; beyond, they are refused and counted (0: no limit)")
 	fs.IntVar(&f.publishBurst, "mqtt-publish-burst", 0, "messages a worker may publish at once above the rate (default: twice --mqtt-publish-rate)")
 	fs.StringVar(&f.token, "token", "", "bearer token the cluster's /api requires (reference callers send none: leave empty and restrict --listen instead)")
 	fs.Float64Var(&f.lat, "lat", 0, "cluster location: latitude in degrees")
@@ -74,7 +74,7 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 		Broker: broker.Config{
 			CertFile: f.mqttCert, KeyFile: f.mqttKey, ClientCAFile: f.mqttClientCA,
 			CredentialsFile: f.mqttAuth, AllowAnonymous: f.mqttAnonymous, MaxPacketSize: f.maxPacket,
-			PublishRate: f.publishRate, PublishBurst: f.publishBurst,
+			PublishRate: publishRate(f.publishRate), PublishBurst: f.publishBurst,
 		},
 		Location: geo.Point{Lat: f.lat, Lon: f.lon}, RadiusKM: f.radiusKM,
 		RedisURL: f.redisURL, StaleAfter: f.staleAfter, Spares: f.spares, NodeGrace: f.nodeGrace, Logger: log,
@@ -146,4 +146,14 @@ func reloadOnHangup(ctx context.Context, srv *cluster.Server) {
 			}
 		}
 	}()
+}
+
+// publishRate maps --mqtt-publish-rate to broker.Config.PublishRate: on the command line 0
+// turns the limit off, as --rate-limit 0 does for root's API; in the Config, 0 means the
+// default and a negative rate none.
+func publishRate(flag float64) float64 {
+	if flag <= 0 {
+		return -1
+	}
+	return flag
 }

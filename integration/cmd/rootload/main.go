@@ -32,7 +32,7 @@ func main() {
 		n        = flag.Int("n", 10000, "services to create (each is one REST request)")
 		conc     = flag.Int("c", 64, "concurrent clients")
 		inst     = flag.Int("instances", 1, "instances to create per service (one request each)")
-		rootURL  = flag.String("root", "", "drive this root (http://host:port) instead of starting one")
+		rootURL  = flag.String("root", "", "drive this root (http://host:port) instead of starting one; start it with --rate-limit 0 (or above the load), as its per-client limit would refuse most of it")
 		token    = flag.String("token", os.Getenv("SEMNET_TOKEN"), "bearer token for -root")
 		mongoURI = flag.String("mongo-uri", "", "start root on this MongoDB instead of the embedded store")
 		rate     = flag.Float64("rate", 0, "open loop: start services at this many per second (latency then includes no queueing in the client); 0 = closed loop, as fast as -c clients go")
