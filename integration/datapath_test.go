@@ -136,10 +136,38 @@ func (n *dpNode) call(t testing.TB, path string, body, out any) {
 
 // dpPlatform is the whole test platform.
 type dpPlatform struct {
-	ctrl  *netnstest.NS
-	root  *netnstest.NS // root's host: ctrl unless platformSpec.rootHost
-	rc    *client.Client
-	nodes []*dpNode
+	ctrl     *netnstest.NS
+	root     *netnstest.NS // root's host: ctrl unless platformSpec.rootHost
+	rc       *client.Client
+	nodes    []*dpNode
+	clusters []*clusterProc
+	bin      string
+	inCtrl   *http.Client // dials from the control host
+}
+
+// clusterProc is a running cluster service of the platform.
+type clusterProc struct {
+	name, rest string // log name, REST address
+	args       []string
+	cmd        *exec.Cmd
+}
+
+// restartCluster kills cluster k (SIGKILL), calls whileDown, and starts it again with
+// the same command line.
+func (p *dpPlatform) restartCluster(t *testing.T, k int, whileDown func()) {
+	t.Helper()
+	c := p.clusters[k]
+	c.cmd.Process.Kill()
+	waitUntil(t, 10*time.Second, c.name+" to die", func() bool {
+		resp, err := p.inCtrl.Get("http://" + c.rest + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err != nil
+	})
+	whileDown()
+	c.cmd = startIn(t, p.ctrl, p.bin, c.name, c.args...)
+	waitReady(t, p.inCtrl, "http://"+c.rest+"/readyz", c.name)
 }
 
 // clusterSpec is one cluster service of a test platform.
@@ -187,7 +215,7 @@ func startPlatform(t testing.TB, bin string, spec platformSpec) *dpPlatform {
 		spec.clusterOf = func(int) int { return 0 }
 	}
 	u := netnstest.NewUnderlay(t)
-	p := &dpPlatform{ctrl: netnstest.New(t, "ctrl")}
+	p := &dpPlatform{ctrl: netnstest.New(t, "ctrl"), bin: bin}
 	u.Attach(t, p.ctrl, "eth0", netip.PrefixFrom(ctrlIP, 24))
 	dir := t.TempDir()
 
@@ -200,6 +228,7 @@ func startPlatform(t testing.TB, bin string, spec platformSpec) *dpPlatform {
 	}
 	startIn(t, p.root, bin, "root", "root", "--listen", rootAddr, "--data-dir", filepath.Join(dir, "root"), "--log-level", "warn")
 	inCtrl := &http.Client{Transport: &http.Transport{DialContext: p.ctrl.DialContext}, Timeout: 30 * time.Second}
+	p.inCtrl = inCtrl
 	inRoot := &http.Client{Transport: &http.Transport{DialContext: p.root.DialContext}, Timeout: 30 * time.Second}
 	waitReady(t, inRoot, "http://"+rootAddr+"/readyz", "root")
 	var err error
@@ -223,8 +252,10 @@ func startPlatform(t testing.TB, bin string, spec platformSpec) *dpPlatform {
 		args := []string{"cluster", "--id", c.id, "--root", "http://" + rootAddr, "--root-token", token,
 			"--listen", clusterREST, "--mqtt-listen", mqtt[k], "--mqtt-auth", authFile,
 			"--lat", fmt.Sprint(c.lat), "--lon", fmt.Sprint(c.lon), "--log-level", "warn"}
-		startIn(t, p.ctrl, bin, "cluster "+c.id, append(args, spec.clusterArgs...)...)
-		waitReady(t, inCtrl, "http://"+clusterREST+"/readyz", "cluster "+c.id)
+		cp := &clusterProc{name: "cluster " + c.id, rest: clusterREST, args: append(args, spec.clusterArgs...)}
+		cp.cmd = startIn(t, p.ctrl, bin, cp.name, cp.args...)
+		waitReady(t, inCtrl, "http://"+clusterREST+"/readyz", cp.name)
+		p.clusters = append(p.clusters, cp)
 	}
 
 	for i := range spec.nodes {

@@ -228,3 +228,82 @@ func TestRootPartition(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestClusterRestart kills a cluster service (SIGKILL) under a running platform and
+// starts it again (in-memory cache: it comes back empty). Meanwhile the nodes keep
+// forwarding from their tables, and a service they use scales up in the other cluster.
+// Once back, the nodes have reconnected, resubscribed and re-announced: root has every
+// instance once and running (the restarted cluster's sweep failed none of them), and the
+// change made while the cluster was down reached the node (it re-reads its table after a
+// reconnection: the pushes of that time are lost).
+func TestClusterRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster restart: -short")
+	}
+	p := startPlatform(t, semnetBinary(t), platformSpec{
+		clusters:  []clusterSpec{{id: "c1", lat: 48.14, lon: 11.58}, {id: "c2", lat: 48.86, lon: 2.35}},
+		nodes:     3,
+		clusterOf: func(i int) int { return i / 2 }, // Munich and Berlin in c1, Paris in c2
+	})
+	ctx := t.Context()
+	only := func(names ...string) func(string) bool {
+		return func(s string) bool { return slices.Contains(names, s) }
+	}
+	_, clients := p.deploy(t, "client", 0)
+	munich := clients[0]
+	b, servers := p.deploy(t, "b", 1) // b0 in Berlin
+	serve(t, servers[0], "b0")
+	eventually(t, munich, b.RRIP, only("b0"))
+
+	var ok, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if got, err := get(ctx, munich, b.RRIP, "/"); err == nil && got == "b0" {
+				ok.Add(1)
+			} else {
+				failed.Add(1)
+			}
+		}
+	})
+	p.restartCluster(t, 0, func() {
+		// c1 is down: b scales up in c2.
+		serve(t, p.addInstance(t, b, 1, 2), "b1")
+		time.Sleep(2 * time.Second)
+	})
+	close(stop)
+	wg.Wait()
+	t.Logf("while c1 was down and restarting: %d requests through the node's table answered, %d failed", ok.Load(), failed.Load())
+	if ok.Load() == 0 || failed.Load() > 0 {
+		t.Errorf("requests from Munich to b's RR IP while c1 restarted: %d answered, %d failed; want all answered from the node's table", ok.Load(), failed.Load())
+	}
+
+	eventually(t, munich, b.RRIP, only("b1")) // learnt after the reconnection
+	if seen := spread(t, munich, netip.AddrPortFrom(b.RRIP, 80)); seen["b0"] == 0 || seen["b1"] == 0 {
+		t.Errorf("RR from Munich after the restart spread %v, want b0 and b1", seen)
+	}
+	// Past the restarted cluster's sweep (the node grace, 10 s, after its start): every
+	// instance is still running, once.
+	time.Sleep(12 * time.Second)
+	for svc, want := range map[string]int{b.JobName: 2, "client.test.client.dp": 1} {
+		ins, err := p.rc.Instances(ctx, svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		running := 0
+		for _, in := range ins {
+			if in.Status == "running" {
+				running++
+			}
+		}
+		if len(ins) != want || running != want {
+			t.Errorf("%s: %d instances, %d running; want %d running: %+v", svc, len(ins), running, want, ins)
+		}
+	}
+}

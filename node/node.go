@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -102,21 +103,22 @@ func (c *Config) defaults() error {
 
 // Node is a running node agent.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	link   *clusterlink.Link
-	host   *netsetup.Host
-	addrs  *netsetup.Addresses
-	table  *table.Table
-	flows  *conntrack.Table
-	fw     *firewall.Firewall // nil when nftables is unavailable on an ordinary node
-	gw     *gatewayState      // nil on an ordinary node
-	dp     *datapath.Datapath
-	reg    *prometheus.Registry
-	api    *http.Server
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	serving atomic.Bool // Start finished: the table and flows exist (see refresh)
+	cfg     Config
+	log     *slog.Logger
+	link    *clusterlink.Link
+	host    *netsetup.Host
+	addrs   *netsetup.Addresses
+	table   *table.Table
+	flows   *conntrack.Table
+	fw      *firewall.Firewall // nil when nftables is unavailable on an ordinary node
+	gw      *gatewayState      // nil on an ordinary node
+	dp      *datapath.Datapath
+	reg     *prometheus.Registry
+	api     *http.Server
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 
 	mu        sync.Mutex
 	instances map[instanceKey]*instance
@@ -236,6 +238,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	})
 	n.log.Info("node running", "id", cfg.ID, "subnet", subnet4, "subnet6", subnet6, "host", netip.AddrPortFrom(cfg.HostIP, cfg.TunnelPort), "socket", cfg.Socket)
 	ok = true
+	n.serving.Store(true)
 	return n, nil
 }
 
@@ -431,8 +434,13 @@ func (n *Node) Undeploy(ctx context.Context, job string, number int) error {
 }
 
 // announce re-reports every local instance after a (re)connection, and the gateway: a
-// restarted cluster learns what runs here.
+// restarted cluster learns what runs here. Then it reads every entry of the table again:
+// pushes published while the node was away are lost (clean sessions), and the cluster
+// counts the node as interested in a job only from its queries (it forgot them when the
+// node disconnected, or when it restarted), so without the query it could stop
+// following a job this node still uses, whose entry would then never change again.
 func (n *Node) announce() {
+	defer n.refresh()
 	n.registerGateway(0)
 	n.mu.Lock()
 	reports := make([]mqttapi.Deployed, 0, len(n.instances))
@@ -444,6 +452,26 @@ func (n *Node) announce() {
 		if err := n.link.Deployed(n.ctx, d); err != nil {
 			n.log.Warn("re-announce", "job", d.AppName, "err", err)
 		}
+	}
+}
+
+// refresh queries every job in the table, one at a time (after a reconnection, where
+// it is no hurry), and applies the answers. A failed query keeps the entry as it is: the
+// cluster may only be unable to reach root for now.
+func (n *Node) refresh() {
+	if !n.serving.Load() { // the first connection: the table is not there yet, nor needed
+		return
+	}
+	for _, job := range n.table.Jobs() {
+		r, err := n.link.Query(n.ctx, job)
+		if n.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			n.log.Debug("re-reading a table entry after a reconnection failed; keeping it", "job", job, "err", err)
+			continue
+		}
+		n.apply(r)
 	}
 }
 
