@@ -4,10 +4,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/nodeapi"
+	"github.com/semnet/semnet/shared/netnstest"
 	"github.com/semnet/semnet/shared/testservers"
 )
 
@@ -305,5 +308,75 @@ func TestClusterRestart(t *testing.T) {
 		if len(ins) != want || running != want {
 			t.Errorf("%s: %d instances, %d running; want %d running: %+v", svc, len(ins), running, want, ins)
 		}
+	}
+}
+
+// TestNodeReconnect drops one node's connection to its cluster (its link goes down past
+// the keepalive, so the broker drops it) while the cluster stays up, and keeps the node
+// using a service that only runs in another cluster. The cluster forgets the node's
+// interest when it goes, so nothing but the node re-reading its table after the
+// reconnection tells the cluster to follow that service again: a change made after it
+// must still reach the node.
+func TestNodeReconnect(t *testing.T) {
+	if testing.Short() {
+		t.Skip("node reconnect: -short")
+	}
+	p := startPlatform(t, semnetBinary(t), platformSpec{
+		clusters:  []clusterSpec{{id: "c1", lat: 48.14, lon: 11.58}, {id: "c2", lat: 48.86, lon: 2.35}},
+		nodes:     2,
+		clusterOf: func(i int) int { return i }, // Munich in c1, Berlin in c2
+		setup:     func(int, *netnstest.NS) []string { return []string{"--keepalive", "5s"} },
+	})
+	ctx := t.Context()
+	only := func(names ...string) func(string) bool {
+		return func(s string) bool { return slices.Contains(names, s) }
+	}
+	_, clients := p.deploy(t, "client", 0)
+	munich := clients[0]
+	b, servers := p.deploy(t, "b", 1) // only in c2
+	serve(t, servers[0], "b0")
+	eventually(t, munich, b.RRIP, only("b0"))
+	connected := func() string {
+		resp, err := p.inCtrl.Get("http://" + p.clusters[0].rest + "/metrics")
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(l, "semnet_cluster_mqtt_clients_connected "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+
+	// Keep b's entry in use on the node throughout, so it never expires.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			short, cancel := context.WithTimeout(ctx, time.Second)
+			get(short, munich, b.RRIP, "/")
+			cancel()
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+
+	p.nodes[0].ns.Run(t, "ip", "link", "set", "eth0", "down")
+	waitUntil(t, 30*time.Second, "c1's broker to drop the node", func() bool { return connected() == "0" })
+	p.nodes[0].ns.Run(t, "ip", "link", "set", "eth0", "up")
+	waitUntil(t, 30*time.Second, "the node to reconnect", func() bool { return connected() == "1" })
+	time.Sleep(2 * time.Second) // its re-read of the table
+
+	serve(t, p.addInstance(t, b, 1, 1), "b1") // b scales up in c2
+	eventually(t, munich, b.RRIP, only("b1"))
+	if seen := spread(t, munich, netip.AddrPortFrom(b.RRIP, 80)); seen["b0"] == 0 || seen["b1"] == 0 {
+		t.Errorf("RR from Munich after the reconnection spread %v, want b0 and b1", seen)
 	}
 }
