@@ -175,19 +175,16 @@ func TestRootPartition(t *testing.T) {
 	}
 	p := startPlatform(t, semnetBinary(t), platformSpec{nodes: 3, rootHost: true}) // Munich, Berlin, Paris
 	ctx := t.Context()
-	only := func(names ...string) func(string) bool {
-		return func(s string) bool { return slices.Contains(names, s) }
-	}
 	_, clients := p.deploy(t, "client", 0, 2)
 	munich, paris := clients[0], clients[1]
 	b, servers := p.deploy(t, "b", 1, 2) // b0 in Berlin, b1 in Paris
 	serve(t, servers[0], "b0")
 	serve(t, servers[1], "b1")
-	eventually(t, munich, b.ClosestIP, only("b0"))
+	eventually(t, munich, b.ClosestIP, oneOf("b0"))
 	// c is cached by the cluster (Paris asked for it), not yet by the Munich node.
 	c, cs := p.deploy(t, "c", 2)
 	serve(t, cs[0], "c0")
-	eventually(t, paris, c.RRIP, only("c0"))
+	eventually(t, paris, c.RRIP, oneOf("c0"))
 	if _, err := p.rc.CreateInstance(ctx, b.JobName, api.InstanceRequest{Number: ptr(2), ClusterID: "c1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -205,9 +202,9 @@ func TestRootPartition(t *testing.T) {
 	serve(t, p.attach(t, b, 2, 2), "b2")
 	checks := 0
 	for time.Since(cut) < *partitionFor {
-		eventually(t, munich, b.ClosestIP, only("b0")) // the cached entry, as it was
-		eventually(t, munich, b.RRIP, only("b0", "b1"))
-		eventually(t, munich, c.RRIPv6, only("c0")) // a node's miss, answered from the cluster's cache
+		eventually(t, munich, b.ClosestIP, oneOf("b0")) // the cached entry, as it was
+		eventually(t, munich, b.RRIP, oneOf("b0", "b1"))
+		eventually(t, munich, c.RRIPv6, oneOf("c0")) // a node's miss, answered from the cluster's cache
 		checks++
 		time.Sleep(5 * time.Second)
 	}
@@ -221,7 +218,7 @@ func TestRootPartition(t *testing.T) {
 	})
 	delivered := time.Since(healed)
 	// The change stream: b0's failure reaches the node; Closest from Munich takes Paris.
-	eventually(t, munich, b.ClosestIP, only("b1", "b2"))
+	eventually(t, munich, b.ClosestIP, oneOf("b1", "b2"))
 	followed := time.Since(healed)
 	if seen := spread(t, munich, netip.AddrPortFrom(b.RRIP, 80)); seen["b0"] > 0 || seen["b1"] == 0 || seen["b2"] == 0 {
 		t.Errorf("RR from Munich after the partition spread %v, want b1 and b2 only", seen)
@@ -249,14 +246,7 @@ func TestClusterRestart(t *testing.T) {
 		clusterOf: func(i int) int { return i / 2 }, // Munich and Berlin in c1, Paris in c2
 	})
 	ctx := t.Context()
-	only := func(names ...string) func(string) bool {
-		return func(s string) bool { return slices.Contains(names, s) }
-	}
-	_, clients := p.deploy(t, "client", 0)
-	munich := clients[0]
-	b, servers := p.deploy(t, "b", 1) // b0 in Berlin
-	serve(t, servers[0], "b0")
-	eventually(t, munich, b.RRIP, only("b0"))
+	munich, b := clientAndServer(t, p)
 
 	var ok, failed atomic.Int64
 	stop := make(chan struct{})
@@ -287,7 +277,7 @@ func TestClusterRestart(t *testing.T) {
 		t.Errorf("requests from Munich to b's RR IP while c1 restarted: %d answered, %d failed; want all answered from the node's table", ok.Load(), failed.Load())
 	}
 
-	eventually(t, munich, b.RRIP, only("b1")) // learnt after the reconnection
+	eventually(t, munich, b.RRIP, oneOf("b1")) // learnt after the reconnection
 	if seen := spread(t, munich, netip.AddrPortFrom(b.RRIP, 80)); seen["b0"] == 0 || seen["b1"] == 0 {
 		t.Errorf("RR from Munich after the restart spread %v, want b0 and b1", seen)
 	}
@@ -328,14 +318,7 @@ func TestNodeReconnect(t *testing.T) {
 		setup:     func(int, *netnstest.NS) []string { return []string{"--keepalive", "5s"} },
 	})
 	ctx := t.Context()
-	only := func(names ...string) func(string) bool {
-		return func(s string) bool { return slices.Contains(names, s) }
-	}
-	_, clients := p.deploy(t, "client", 0)
-	munich := clients[0]
-	b, servers := p.deploy(t, "b", 1) // only in c2
-	serve(t, servers[0], "b0")
-	eventually(t, munich, b.RRIP, only("b0"))
+	munich, b := clientAndServer(t, p) // b only in c2
 	connected := func() string {
 		resp, err := p.inCtrl.Get("http://" + p.clusters[0].rest + "/metrics")
 		if err != nil {
@@ -375,8 +358,24 @@ func TestNodeReconnect(t *testing.T) {
 	time.Sleep(2 * time.Second) // its re-read of the table
 
 	serve(t, p.addInstance(t, b, 1, 1), "b1") // b scales up in c2
-	eventually(t, munich, b.RRIP, only("b1"))
+	eventually(t, munich, b.RRIP, oneOf("b1"))
 	if seen := spread(t, munich, netip.AddrPortFrom(b.RRIP, 80)); seen["b0"] == 0 || seen["b1"] == 0 {
 		t.Errorf("RR from Munich after the reconnection spread %v, want b0 and b1", seen)
 	}
+}
+
+// oneOf accepts any of the given answers.
+func oneOf(names ...string) func(string) bool {
+	return func(s string) bool { return slices.Contains(names, s) }
+}
+
+// clientAndServer deploys a client instance on node 1 and service b with instance b0 on
+// node 2, and waits until the client reaches b0 through b's RR IP.
+func clientAndServer(t *testing.T, p *dpPlatform) (*netnstest.NS, api.Service) {
+	t.Helper()
+	_, clients := p.deploy(t, "client", 0)
+	b, servers := p.deploy(t, "b", 1)
+	serve(t, servers[0], "b0")
+	eventually(t, clients[0], b.RRIP, oneOf("b0"))
+	return clients[0], b
 }
