@@ -20,10 +20,19 @@ type acked struct {
 }
 
 // burst creates services (each with one instance) from several goroutines until stop is
-// closed, recording every acknowledged create.
-func burst(ctx context.Context, url func(string) string, workers int, prefix string, stop <-chan struct{}, a *acked) *sync.WaitGroup {
+// closed, recording every acknowledged create. observe, when not nil, is told the outcome
+// of every request.
+func burst(ctx context.Context, url func(string) string, workers int, prefix string, stop <-chan struct{}, a *acked, observe func(outcome)) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	var seq atomic.Int64
+	observed := func(ctx context.Context, method, url, body string, out any) (int, error) {
+		start := time.Now()
+		status, err := call(ctx, method, url, body, out)
+		if observe != nil {
+			observe(outcome{at: start, took: time.Since(start), status: status})
+		}
+		return status, err
+	}
 	for range workers {
 		wg.Add(1)
 		go func() {
@@ -37,14 +46,14 @@ func burst(ctx context.Context, url func(string) string, workers int, prefix str
 				n := seq.Add(1)
 				var s api.Service
 				body := fmt.Sprintf(`{"app":"dur","app_ns":"%s","service":"s%d","service_ns":"x"}`, prefix, n)
-				if _, err := call(ctx, "POST", url("/services"), body, &s); err != nil {
+				if _, err := observed(ctx, "POST", url("/services"), body, &s); err != nil {
 					continue // not acknowledged: may or may not have happened
 				}
 				a.mu.Lock()
 				a.services[s.ID] = s
 				a.mu.Unlock()
 				var in api.Instance
-				if _, err := call(ctx, "POST", url("/services/"+s.ID+"/instances"), `{"cluster_id":"c1"}`, &in); err != nil {
+				if _, err := observed(ctx, "POST", url("/services/"+s.ID+"/instances"), `{"cluster_id":"c1"}`, &in); err != nil {
 					continue
 				}
 				a.mu.Lock()
@@ -117,7 +126,7 @@ func verify(t *testing.T, p *rootProc, a *acked) {
 func killMidBurst(t *testing.T, p *rootProc) {
 	a := &acked{services: map[string]api.Service{}, instances: map[string][]api.Instance{}}
 	stop := make(chan struct{})
-	wg := burst(context.Background(), p.url, 8, "k", stop, a)
+	wg := burst(context.Background(), p.url, 8, "k", stop, a, nil)
 	time.Sleep(1500 * time.Millisecond)
 	p.kill() // SIGKILL in the middle of the burst
 	close(stop)
@@ -130,7 +139,7 @@ func killMidBurst(t *testing.T, p *rootProc) {
 	// After the restart, allocation goes on without reusing anything.
 	a2 := &acked{services: map[string]api.Service{}, instances: map[string][]api.Instance{}}
 	stop = make(chan struct{})
-	wg = burst(context.Background(), p.url, 4, "after", stop, a2)
+	wg = burst(context.Background(), p.url, 4, "after", stop, a2, nil)
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	wg.Wait()
@@ -161,8 +170,8 @@ func TestTwoRootsOneMongo(t *testing.T) {
 	p2 := startRoot(t, "--mongo-uri", uri, "--mongo-db", db)
 	a := &acked{services: map[string]api.Service{}, instances: map[string][]api.Instance{}}
 	stop := make(chan struct{})
-	w1 := burst(context.Background(), p1.url, 4, "one", stop, a)
-	w2 := burst(context.Background(), p2.url, 4, "two", stop, a)
+	w1 := burst(context.Background(), p1.url, 4, "one", stop, a, nil)
+	w2 := burst(context.Background(), p2.url, 4, "two", stop, a, nil)
 	time.Sleep(2 * time.Second)
 	close(stop)
 	w1.Wait()

@@ -41,38 +41,13 @@ func TestMongoRestartUnderLoad(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		outcomes []outcome
-		seq      atomic.Int64
 		stop     = make(chan struct{})
-		wg       sync.WaitGroup
 	)
-	client := &http.Client{Timeout: time.Minute} // a hang shows as a long request, not a client error
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				body := fmt.Sprintf(`{"app":"flt","app_ns":"m","service":"s%d","service_ns":"x"}`, seq.Add(1))
-				start := time.Now()
-				var s api.Service
-				status, err := callWith(context.Background(), client, "POST", p.url("/services"), body, &s)
-				mu.Lock()
-				outcomes = append(outcomes, outcome{at: start, took: time.Since(start), status: status})
-				mu.Unlock()
-				if err == nil {
-					a.mu.Lock()
-					a.services[s.ID] = s
-					a.mu.Unlock()
-				} else if status == 0 || status >= 500 {
-					time.Sleep(50 * time.Millisecond) // a client backs off on errors
-				}
-			}
-		}()
-	}
+	wg := burst(context.Background(), p.url, 4, "m", stop, a, func(o outcome) {
+		mu.Lock()
+		outcomes = append(outcomes, o)
+		mu.Unlock()
+	})
 	time.Sleep(time.Second)
 	down := time.Now()
 	db.Kill()
@@ -131,7 +106,7 @@ func TestMongoRestartUnderLoad(t *testing.T) {
 		}
 	}
 	// Around the kill and the restart, a request may also fail in flight: still an
-	// answer, never a 500.
+	// answer, never a 500. (Creates answer 201, so does placing their instance.)
 	for _, o := range other {
 		if o.status != http.StatusServiceUnavailable {
 			t.Errorf("status %d (request at %v after the kill, took %v), want 201 or 503", o.status, o.at.Sub(down), o.took)
@@ -249,20 +224,11 @@ func TestClusterRestart(t *testing.T) {
 	munich, b := clientAndServer(t, p)
 
 	var ok, failed atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			if got, err := get(ctx, munich, b.RRIP, "/"); err == nil && got == "b0" {
-				ok.Add(1)
-			} else {
-				failed.Add(1)
-			}
+	stop := keepGetting(ctx, munich, b.RRIP, 200*time.Millisecond, time.Minute, func(got string, err error) {
+		if err == nil && got == "b0" {
+			ok.Add(1)
+		} else {
+			failed.Add(1)
 		}
 	})
 	p.restartCluster(t, 0, func() {
@@ -270,8 +236,7 @@ func TestClusterRestart(t *testing.T) {
 		serve(t, p.addInstance(t, b, 1, 2), "b1")
 		time.Sleep(2 * time.Second)
 	})
-	close(stop)
-	wg.Wait()
+	stop()
 	t.Logf("while c1 was down and restarting: %d requests through the node's table answered, %d failed", ok.Load(), failed.Load())
 	if ok.Load() == 0 || failed.Load() > 0 {
 		t.Errorf("requests from Munich to b's RR IP while c1 restarted: %d answered, %d failed; want all answered from the node's table", ok.Load(), failed.Load())
@@ -335,21 +300,7 @@ func TestNodeReconnect(t *testing.T) {
 	}
 
 	// Keep b's entry in use on the node throughout, so it never expires.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(300 * time.Millisecond):
-			}
-			short, cancel := context.WithTimeout(ctx, time.Second)
-			get(short, munich, b.RRIP, "/")
-			cancel()
-		}
-	})
-	defer func() { close(stop); wg.Wait() }()
+	defer keepGetting(ctx, munich, b.RRIP, 300*time.Millisecond, time.Second, func(string, error) {})()
 
 	p.nodes[0].ns.Run(t, "ip", "link", "set", "eth0", "down")
 	waitUntil(t, 30*time.Second, "c1's broker to drop the node", func() bool { return connected() == "0" })
@@ -378,4 +329,24 @@ func clientAndServer(t *testing.T, p *dpPlatform) (*netnstest.NS, api.Service) {
 	serve(t, servers[0], "b0")
 	eventually(t, clients[0], b.RRIP, oneOf("b0"))
 	return clients[0], b
+}
+
+// keepGetting fetches http://addr/ from ns every interval (each attempt bounded by
+// timeout) and tells seen how it went, until the function it returns is called.
+func keepGetting(ctx context.Context, ns *netnstest.NS, addr netip.Addr, every, timeout time.Duration, seen func(string, error)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(every):
+			}
+			short, cancel := context.WithTimeout(ctx, timeout)
+			seen(get(short, ns, addr, "/"))
+			cancel()
+		}
+	})
+	return func() { close(done); wg.Wait() }
 }

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -64,16 +63,6 @@ func buildSemnet(flag string) (string, error) {
 	return bin, nil
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // rootProc is a running `semnet root` process.
 type rootProc struct {
 	t    *testing.T
@@ -85,7 +74,7 @@ type rootProc struct {
 
 func startRoot(t *testing.T, args ...string) *rootProc {
 	t.Helper()
-	p := &rootProc{t: t, addr: freePort(t), args: args}
+	p := &rootProc{t: t, addr: testservers.FreeAddr(t), args: args}
 	p.start()
 	t.Cleanup(func() { p.kill() })
 	return p
@@ -129,18 +118,13 @@ func (p *rootProc) url(path string) string { return "http://" + p.addr + "/api/v
 // call sends a JSON request; it returns the status (0 when the connection failed) and
 // decodes a 2xx body into out.
 func call(ctx context.Context, method, url, body string, out any) (int, error) {
-	return callWith(ctx, http.DefaultClient, method, url, body, out)
-}
-
-// callWith is call through a given client.
-func callWith(ctx context.Context, c *http.Client, method, url, body string, out any) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
 		return 0, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, err
 	}

@@ -84,6 +84,23 @@ func (e *env) service(name string) store.Service {
 	return s
 }
 
+// placedWeb registers the clusters and creates service "web" with instance 0 in the
+// first of them: the start of the placement tests.
+func (e *env) placedWeb(clusters ...string) store.Service {
+	e.t.Helper()
+	ctx := context.Background()
+	for _, id := range clusters {
+		if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: id, Address: "127.0.0.1", Port: 10110}, false); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	s := e.service("web")
+	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: clusters[0]}); err != nil {
+		e.t.Fatal(err)
+	}
+	return s
+}
+
 func TestCreateServiceAllocatesFourAddressesInTheirPools(t *testing.T) {
 	e := newEnv(t, addrplan.Default())
 	s := e.service("web")
@@ -400,15 +417,7 @@ func TestPlacementValidation(t *testing.T) {
 func TestMigrationAcrossClusters(t *testing.T) {
 	e := newEnv(t, addrplan.Default())
 	ctx := context.Background()
-	for _, id := range []string{"c1", "c2"} {
-		if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: id, Address: "127.0.0.1", Port: 10110}, false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s := e.service("web")
-	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	s := e.placedWeb("c1", "c2")
 	old := netip.MustParseAddr("192.0.2.1")
 	moved := netip.MustParseAddr("192.0.2.2")
 	running := func(host netip.Addr, nsip, cluster string) api.Placement {
@@ -459,13 +468,7 @@ func TestMigrationAcrossClusters(t *testing.T) {
 func TestConditionalFailure(t *testing.T) {
 	e := newEnv(t, addrplan.Default())
 	ctx := context.Background()
-	if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
-		t.Fatal(err)
-	}
-	s := e.service("web")
-	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	s := e.placedWeb("c1")
 	host := netip.MustParseAddr("192.0.2.1")
 	run := api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.0.2"), HostIP: host, HostPort: 50103, ClusterID: "c1"}
 	seen, _, err := e.reg.Place(ctx, s.ID, 0, run)
@@ -495,15 +498,7 @@ func TestConditionalFailure(t *testing.T) {
 func TestReportSequence(t *testing.T) {
 	e := newEnv(t, addrplan.Default())
 	ctx := context.Background()
-	for _, id := range []string{"c1", "c2"} {
-		if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: id, Address: "127.0.0.1", Port: 10110}, false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s := e.service("web")
-	if _, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	s := e.placedWeb("c1", "c2")
 	host := netip.MustParseAddr("192.0.2.1")
 	at := func(ns string, seq uint64, status, cluster string) api.Placement {
 		return api.Placement{Status: status, NamespaceIP: netip.MustParseAddr(ns), HostIP: host, HostPort: 50103, ClusterID: cluster, Sequence: seq}

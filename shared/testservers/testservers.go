@@ -55,10 +55,10 @@ type Server struct {
 func StartFerretDB(t testing.TB) *Server {
 	t.Helper()
 	bin := need(t, "SEMNET_TEST_FERRETDB_BIN", "the FerretDB binary (.ci/build-ferretdb)")
-	s := &Server{t: t, bin: bin, addr: freeAddr(t)}
+	s := &Server{t: t, bin: bin, addr: FreeAddr(t)}
 	dir := t.TempDir()
 	s.args = []string{"--handler=sqlite", "--sqlite-url=file:" + dir + "/", "--state-dir=" + dir, "--listen-addr=" + s.addr,
-		"--debug-addr=" + freeAddr(t), "--telemetry=disable", "--log-level=warn"}
+		"--debug-addr=" + FreeAddr(t), "--telemetry=disable", "--log-level=warn"}
 	s.Start()
 	return s
 }
@@ -73,7 +73,7 @@ func StartRedis(t testing.TB) *Server {
 		}
 		t.Skip("redis-server not installed (apt-get install redis-server)")
 	}
-	s := &Server{t: t, bin: bin, addr: freeAddr(t)}
+	s := &Server{t: t, bin: bin, addr: FreeAddr(t)}
 	host, port, _ := net.SplitHostPort(s.addr)
 	s.args = []string{"--port", port, "--bind", host, "--dir", t.TempDir(), "--save", "", "--appendonly", "no"}
 	s.Start()
@@ -117,8 +117,8 @@ func (s *Server) Kill() {
 	}
 }
 
-// freeAddr returns a loopback address with a port nothing listens on now.
-func freeAddr(t testing.TB) string {
+// FreeAddr returns a loopback address with a port nothing listens on now.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
