@@ -28,7 +28,14 @@ type Config struct {
 	HostIP   netip.Addr
 	HostPort int
 	Location *geo.Point // reported with each instance; nil: the cluster's
-	Logger   *slog.Logger
+	// OnUpdate, when set, receives every push on a key the node follows (see Follow),
+	// from the MQTT client's goroutine: it must not block on the node.
+	OnUpdate func(key string, u mqttapi.UpdatesAvailable)
+	// OnReconnect, when set, is called after every reconnection, once the node has
+	// re-announced its instances: pushes sent while it was away are lost, so a node
+	// re-reads the entries it holds there.
+	OnReconnect func()
+	Logger      *slog.Logger
 }
 
 // Node is a connected simulated node. It is safe for concurrent use.
@@ -40,6 +47,7 @@ type Node struct {
 	mu        sync.Mutex
 	last      [2]netip.Addr // the latest Namespace IP pair handed out
 	instances map[instanceKey]mqttapi.Deployed
+	connected bool // once the first connection is up: later ones are reconnections
 }
 
 type instanceKey struct {
@@ -54,7 +62,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, instances: map[instanceKey]mqttapi.Deployed{}}
 	link, err := clusterlink.Dial(ctx, clusterlink.Config{Broker: cfg.Broker, NodeID: cfg.ID, Password: cfg.Password,
-		Logger: cfg.Logger, OnConnect: n.announce})
+		Logger: cfg.Logger, OnConnect: n.announce, OnUpdate: cfg.OnUpdate})
 	if err != nil {
 		return nil, fmt.Errorf("simnode %s: %w", cfg.ID, err)
 	}
@@ -108,10 +116,20 @@ func (n *Node) Query(ctx context.Context, key string) (*mqttapi.TableQueryResult
 	return n.link.Query(ctx, key)
 }
 
+// Follow subscribes to the pushes for key (a job name or an IP): Config.OnUpdate gets
+// them. The subscription survives reconnections.
+func (n *Node) Follow(ctx context.Context, key string) error { return n.link.Follow(ctx, key) }
+
+// Unfollow drops the subscription for key and tells the cluster the node no longer needs
+// it (interest/remove).
+func (n *Node) Unfollow(ctx context.Context, key string) error { return n.link.Unfollow(ctx, key) }
+
 // announce re-reports every instance after a reconnection: a restarted cluster learns
 // what runs here, as from a real node.
 func (n *Node) announce() {
 	n.mu.Lock()
+	again := n.connected
+	n.connected = true
 	ds := make([]mqttapi.Deployed, 0, len(n.instances))
 	for _, d := range n.instances {
 		ds = append(ds, d)
@@ -124,7 +142,13 @@ func (n *Node) announce() {
 			n.cfg.Logger.Warn("re-announce instance", "node", n.cfg.ID, "job", d.AppName, "err", err)
 		}
 	}
+	if again && n.cfg.OnReconnect != nil {
+		n.cfg.OnReconnect()
+	}
 }
+
+// Connected reports whether the node's link to the cluster is up now.
+func (n *Node) Connected() bool { return n.link.Connected() }
 
 // Close disconnects from the cluster; the cluster sees the node gone.
 func (n *Node) Close() { n.link.Close() }
