@@ -91,13 +91,17 @@ func (c Config) Validate() error {
 	if err := c.TLS.Validate(); err != nil {
 		return err
 	}
-	if c.RateLimit < 0 || c.RateBurst < 0 {
-		return fmt.Errorf("--rate-limit %g and --rate-burst %d must not be negative (--rate-limit 0 turns limiting off)", c.RateLimit, c.RateBurst)
+	if err := c.rateLimit().Validate(); err != nil {
+		return err
 	}
 	if c.MongoURI == "" && c.DataDir == "" {
 		return errors.New("no store: set --data-dir for the embedded store or --mongo-uri for MongoDB")
 	}
 	return nil
+}
+
+func (c Config) rateLimit() httpapi.RateLimit {
+	return httpapi.RateLimit{Rate: c.RateLimit, Burst: c.RateBurst}
 }
 
 // OpenStore opens the configured backend.
@@ -167,7 +171,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		Ready:     reg.Ping,
 		Mount:     func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
 		Public:    statuspage.Mount,
-		RateLimit: httpapi.RateLimit{Rate: c.RateLimit, Burst: c.RateBurst},
+		RateLimit: c.rateLimit(),
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
