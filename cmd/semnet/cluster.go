@@ -42,9 +42,9 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	f.rate.register(fs, defaultRateLimit)
 	fs.StringVar(&f.mqttListen, "mqtt-listen", broker.DefaultListen, "address the MQTT broker for worker nodes listens on")
 	fs.StringVar(&f.mqttAuth, "mqtt-auth", "", "worker credentials file (YAML or JSON; see cluster/broker); reloaded when it changes or on SIGHUP")
-	fs.StringVar(&f.mqttCert, "mqtt-cert", "", "TLS certificate (PEM) of the broker; with --mqtt-key the broker speaks only TLS")
+	fs.StringVar(&f.mqttCert, "mqtt-cert", "", "TLS certificate (PEM) of the broker; with --mqtt-key the broker speaks only TLS; re-read when the file changes")
 	fs.StringVar(&f.mqttKey, "mqtt-key", "", "TLS key (PEM) of the broker")
-	fs.StringVar(&f.mqttClientCA, "mqtt-client-ca", "", "CA (PEM) for worker client certificates: mutual TLS, certificate name = worker id")
+	fs.StringVar(&f.mqttClientCA, "mqtt-client-ca", "", "CA (PEM) for worker client certificates: mutual TLS, certificate name = worker id; re-read when the file changes")
 	fs.BoolVar(&f.mqttAnonymous, "mqtt-anonymous", false, "admit workers without credentials, identified by their client id (trusted networks only; ACLs still apply)")
 	fs.BoolVar(&f.insecure, "insecure", false, "like --mqtt-anonymous, for local demos: allowed only when the broker listens on loopback")
 	fs.IntVar(&f.maxPacket, "mqtt-max-packet", broker.DefaultMaxPacketSize, "largest MQTT packet a worker may send, in bytes; larger ones disconnect it")
@@ -103,6 +103,8 @@ out worker subnets, relays instance status to root and pushes changes to interes
 Workers authenticate with a password from --mqtt-auth (username = worker id = client id),
 a client certificate (--mqtt-client-ca; certificate name = worker id), or, on trusted
 networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-auth.
+The broker re-reads --mqtt-cert, --mqtt-key and --mqtt-client-ca when they change: the
+next connection is served the new certificate; open connections keep theirs.
 
 A worker node that disconnects (or falls silent for 1.5 × its keepalive) and stays away
 longer than --node-grace has its instances reported failed to root, which takes them out
