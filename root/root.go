@@ -58,9 +58,18 @@ type Config struct {
 	// source address (see httpapi.ClientKey).
 	RateLimit float64
 	RateBurst int
-	Plan      addrplan.Plan
-	Logger    *slog.Logger
+	// ReconcileInterval is how often root repairs its store while it runs, besides at
+	// start (MongoDB: leases a create left when it failed half way, see
+	// mongo.Store.Reconcile); zero means DefaultReconcileInterval. Not a flag: it only
+	// bounds how long an outage's leftovers hold their addresses, and the default keeps
+	// that well below the address quarantine.
+	ReconcileInterval time.Duration
+	Plan              addrplan.Plan
+	Logger            *slog.Logger
 }
+
+// DefaultReconcileInterval is how often root repairs its store unless told otherwise.
+const DefaultReconcileInterval = 5 * time.Minute
 
 // Validate refuses configurations that would be unsafe or cannot work.
 func (c Config) Validate() error {
@@ -93,6 +102,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.rateLimit().Validate(); err != nil {
 		return err
+	}
+	if c.ReconcileInterval < 0 {
+		return fmt.Errorf("reconcile interval %v must not be negative (0: every %v)", c.ReconcileInterval, DefaultReconcileInterval)
 	}
 	if c.MongoURI == "" && c.DataDir == "" {
 		return errors.New("no store: set --data-dir for the embedded store or --mongo-uri for MongoDB")
@@ -185,7 +197,11 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	s.http.RegisterOnShutdown(stopPolls)
 	go notif.Run(context.WithoutCancel(ctx))
 	if r, ok := st.(reconciler); ok {
-		go reconcileEvery(closing, r, reconcileInterval, log)
+		every := c.ReconcileInterval
+		if every == 0 {
+			every = DefaultReconcileInterval
+		}
+		go reconcileEvery(closing, r, every, log)
 	}
 	go func() {
 		if err := httpapi.Serve(s.http, ln); err != nil {
@@ -202,9 +218,6 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 type reconciler interface {
 	Reconcile(ctx context.Context) error
 }
-
-// reconcileInterval: how often root repairs the store while it runs, besides at start.
-const reconcileInterval = 5 * time.Minute
 
 // reconcileEvery runs r's Reconcile every interval until ctx ends, so addresses a
 // failed create left leased return to the pool without a restart.
