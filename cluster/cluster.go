@@ -68,6 +68,11 @@ type Config struct {
 	Broker broker.Config
 	// Tokens, when set, are required on the cluster's /api (reference callers send none).
 	Tokens []string
+	// RateLimit is the requests per second each client may make of /api, RateBurst its
+	// bucket (0: twice RateLimit); 0 turns limiting off, as for root (see root.Config). A
+	// client is a token scope at a source address (see httpapi.ClientKey).
+	RateLimit float64
+	RateBurst int
 	// Insecure lets any worker connect with just its client id (no password or
 	// certificate); allowed only when the broker listens on loopback.
 	Insecure bool
@@ -112,6 +117,9 @@ func (c Config) Validate() error {
 	if err := c.TLS.Validate(); err != nil {
 		return err
 	}
+	if err := c.rateLimit().Validate(); err != nil {
+		return err
+	}
 	if err := c.Location.Validate(); err != nil {
 		return fmt.Errorf("cluster location: %w", err)
 	}
@@ -125,6 +133,10 @@ func (c Config) Validate() error {
 		return errors.New("workers have no way to authenticate: give --mqtt-auth (a credentials file), --mqtt-client-ca (mutual TLS), --mqtt-anonymous (trusted networks only) or, on loopback, --insecure")
 	}
 	return nil
+}
+
+func (c Config) rateLimit() httpapi.RateLimit {
+	return httpapi.RateLimit{Rate: c.RateLimit, Burst: c.RateBurst}
 }
 
 // Server is a running cluster service.
@@ -222,7 +234,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	s.Addr = ln.Addr()
 	h := refapi.Handler(s.table, refapi.Config{
 		Tokens: c.Tokens, Logger: log.With("component", "rest"), Registerer: promReg, Gatherer: promReg,
-		Forget: nodeSrv.Release,
+		Forget: nodeSrv.Release, RateLimit: c.rateLimit(),
 	})
 	s.http = httpapi.NewServer(h, tc, log)
 	s.wg.Add(1)
@@ -254,7 +266,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		}
 		return s.heartbeat(ctx, rc, reg)
 	})
-	log.Info("cluster service started", "id", c.ID, "rest", s.Addr, "rest_tls", tc != nil, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
+	log.Info("cluster service started", "id", c.ID, "rest", s.Addr, "rest_tls", tc != nil, "rate_limit", c.RateLimit, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
 	return s, nil
 }
 

@@ -249,9 +249,10 @@ func startPlatform(t testing.TB, bin string, spec platformSpec) *dpPlatform {
 	for k, c := range spec.clusters {
 		clusterREST := netip.AddrPortFrom(ctrlIP, uint16(10110+k)).String()
 		mqtt[k] = netip.AddrPortFrom(ctrlIP, uint16(10003+k)).String()
+		// No REST rate limit, as for the tests' root: the tests, not a client, set the pace.
 		args := []string{"cluster", "--id", c.id, "--root", "http://" + rootAddr, "--root-token", token,
 			"--listen", clusterREST, "--mqtt-listen", mqtt[k], "--mqtt-auth", authFile,
-			"--lat", fmt.Sprint(c.lat), "--lon", fmt.Sprint(c.lon), "--log-level", "warn"}
+			"--lat", fmt.Sprint(c.lat), "--lon", fmt.Sprint(c.lon), "--log-level", "warn", "--rate-limit", "0"}
 		cp := &clusterProc{name: "cluster " + c.id, rest: clusterREST, args: append(args, spec.clusterArgs...)}
 		cp.cmd = startIn(t, p.ctrl, bin, cp.name, cp.args...)
 		waitReady(t, inCtrl, "http://"+clusterREST+"/readyz", cp.name)

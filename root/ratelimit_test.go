@@ -2,9 +2,7 @@ package root_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"regexp"
@@ -16,38 +14,8 @@ import (
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/root"
 	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/httpapi/httpapitest"
 )
-
-// fromAddr is an HTTP client whose connections come from the loopback address src
-// (Linux routes all of 127.0.0.0/8 to lo), so a test can be several clients.
-func fromAddr(src string) *http.Client {
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
-}
-
-type answer struct {
-	code       int
-	retryAfter string
-	body       []byte
-}
-
-func call(t *testing.T, hc *http.Client, url, token string) answer {
-	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return answer{resp.StatusCode, resp.Header.Get("Retry-After"), b}
-}
 
 // TestRootRateLimit runs a real root limiting each client to 2 requests/s in bursts of
 // 3: a client going over gets 429 problems with Retry-After (the Go client sees a
@@ -63,36 +31,13 @@ func TestRootRateLimit(t *testing.T) {
 	defer srv.Close()
 	port := strconv.Itoa(srv.Addr.(*net.TCPAddr).Port)
 	base := "http://127.0.0.1:" + port
-	a, b := fromAddr("127.0.0.1"), fromAddr("127.0.0.2")
+	a, b := httpapitest.FromAddr("127.0.0.1"), httpapitest.FromAddr("127.0.0.2")
+	pools := func(hc *http.Client) httpapitest.Answer {
+		return httpapitest.Do(t, hc, http.MethodGet, base+"/api/v1/pools", adminToken, "")
+	}
 
-	// The burst of 3, then a refusal: within a few requests even on a slow machine (a
-	// token comes back every 500 ms).
-	var refused answer
-	for i := 0; i < 6 && refused.code == 0; i++ {
-		switch got := call(t, a, base+"/api/v1/pools", adminToken); got.code {
-		case http.StatusOK:
-		case http.StatusTooManyRequests:
-			refused = got
-			if i < 3 {
-				t.Errorf("refused after %d requests, within the burst of 3", i)
-			}
-		default:
-			t.Fatalf("request %d: %d %s", i+1, got.code, got.body)
-		}
-	}
-	if refused.code == 0 {
-		t.Fatal("6 quick requests at 2/s with a burst of 3 were all served")
-	}
-	var p struct {
-		Status int
-		Detail string
-	}
-	if err := json.Unmarshal(refused.body, &p); err != nil || p.Status != http.StatusTooManyRequests || !strings.Contains(p.Detail, "2 requests/s") {
-		t.Errorf("429 body %s (%v)", refused.body, err)
-	}
-	if refused.retryAfter != "1" {
-		t.Errorf("Retry-After %q, want 1 (a token every 500 ms, rounded up)", refused.retryAfter)
-	}
+	// The burst of 3, then a refusal (a token comes back every 500 ms).
+	httpapitest.SpendBurst(t, 3, 2, func() httpapitest.Answer { return pools(a) })
 
 	rc, _ := client.New(base, adminToken, a)
 	for range 4 { // the first call refused, unless a token came back meanwhile
@@ -107,25 +52,25 @@ func TestRootRateLimit(t *testing.T) {
 	// Health, readiness and metrics are never limited, even for this client.
 	for range 5 {
 		for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
-			if got := call(t, a, base+path, ""); got.code != http.StatusOK {
-				t.Fatalf("GET %s from a limited client: %d", path, got.code)
+			if got := httpapitest.Do(t, a, http.MethodGet, base+path, "", ""); got.Code != http.StatusOK {
+				t.Fatalf("GET %s from a limited client: %d", path, got.Code)
 			}
 		}
 	}
 	// Another address has a bucket of its own.
-	if got := call(t, b, base+"/api/v1/pools", adminToken); got.code != http.StatusOK {
-		t.Errorf("another address: %d, want 200", got.code)
+	if got := pools(b); got.Code != http.StatusOK {
+		t.Errorf("another address: %d, want 200", got.Code)
 	}
 
 	time.Sleep(600 * time.Millisecond) // one token back
-	if got := call(t, a, base+"/api/v1/pools", adminToken); got.code != http.StatusOK {
-		t.Errorf("after waiting: %d, want 200", got.code)
+	if got := pools(a); got.Code != http.StatusOK {
+		t.Errorf("after waiting: %d, want 200", got.Code)
 	}
 
-	m := call(t, a, base+"/metrics", "")
-	if !strings.Contains(string(m.body), `semnet_root_http_rate_limited_total{scope="admin"}`) ||
-		!regexp.MustCompile(`(?m)^semnet_root_http_rate_limit_clients [12]$`).Match(m.body) {
-		t.Errorf("/metrics lacks the rate limit metrics:\n%s", grep(m.body, "rate_limit"))
+	m := httpapitest.Do(t, a, http.MethodGet, base+"/metrics", "", "")
+	if !strings.Contains(string(m.Body), `semnet_root_http_rate_limited_total{scope="admin"}`) ||
+		!regexp.MustCompile(`(?m)^semnet_root_http_rate_limit_clients [12]$`).Match(m.Body) {
+		t.Errorf("/metrics lacks the rate limit metrics:\n%s", httpapitest.Lines(m.Body, "rate_limit"))
 	}
 }
 
@@ -150,19 +95,8 @@ func TestRateLimitValidated(t *testing.T) {
 	}
 	defer srv.Close()
 	for i := range 50 {
-		if got := call(t, http.DefaultClient, "http://"+srv.Addr.String()+"/api/v1/pools", adminToken); got.code != http.StatusOK {
-			t.Fatalf("request %d without a limit: %d", i+1, got.code)
+		if got := httpapitest.Do(t, http.DefaultClient, http.MethodGet, "http://"+srv.Addr.String()+"/api/v1/pools", adminToken, ""); got.Code != http.StatusOK {
+			t.Fatalf("request %d without a limit: %d", i+1, got.Code)
 		}
 	}
-}
-
-// grep returns the lines of b containing s.
-func grep(b []byte, s string) string {
-	var out []string
-	for line := range strings.Lines(string(b)) {
-		if strings.Contains(line, s) {
-			out = append(out, line)
-		}
-	}
-	return strings.Join(out, "")
 }

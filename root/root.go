@@ -58,9 +58,18 @@ type Config struct {
 	// source address (see httpapi.ClientKey).
 	RateLimit float64
 	RateBurst int
-	Plan      addrplan.Plan
-	Logger    *slog.Logger
+	// ReconcileInterval is how often root repairs its store while it runs, besides at
+	// start (MongoDB: leases a create left when it failed half way, see
+	// mongo.Store.Reconcile); zero means DefaultReconcileInterval. Not a flag: it only
+	// bounds how long an outage's leftovers hold their addresses, and the default keeps
+	// that well below the address quarantine.
+	ReconcileInterval time.Duration
+	Plan              addrplan.Plan
+	Logger            *slog.Logger
 }
+
+// DefaultReconcileInterval is how often root repairs its store unless told otherwise.
+const DefaultReconcileInterval = 5 * time.Minute
 
 // Validate refuses configurations that would be unsafe or cannot work.
 func (c Config) Validate() error {
@@ -91,13 +100,20 @@ func (c Config) Validate() error {
 	if err := c.TLS.Validate(); err != nil {
 		return err
 	}
-	if c.RateLimit < 0 || c.RateBurst < 0 {
-		return fmt.Errorf("--rate-limit %g and --rate-burst %d must not be negative (--rate-limit 0 turns limiting off)", c.RateLimit, c.RateBurst)
+	if err := c.rateLimit().Validate(); err != nil {
+		return err
+	}
+	if c.ReconcileInterval < 0 {
+		return fmt.Errorf("reconcile interval %v must not be negative (0: every %v)", c.ReconcileInterval, DefaultReconcileInterval)
 	}
 	if c.MongoURI == "" && c.DataDir == "" {
 		return errors.New("no store: set --data-dir for the embedded store or --mongo-uri for MongoDB")
 	}
 	return nil
+}
+
+func (c Config) rateLimit() httpapi.RateLimit {
+	return httpapi.RateLimit{Rate: c.RateLimit, Burst: c.RateBurst}
 }
 
 // OpenStore opens the configured backend.
@@ -167,7 +183,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		Ready:     reg.Ping,
 		Mount:     func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
 		Public:    statuspage.Mount,
-		RateLimit: httpapi.RateLimit{Rate: c.RateLimit, Burst: c.RateBurst},
+		RateLimit: c.rateLimit(),
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -181,7 +197,11 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	s.http.RegisterOnShutdown(stopPolls)
 	go notif.Run(context.WithoutCancel(ctx))
 	if r, ok := st.(reconciler); ok {
-		go reconcileEvery(closing, r, reconcileInterval, log)
+		every := c.ReconcileInterval
+		if every == 0 {
+			every = DefaultReconcileInterval
+		}
+		go reconcileEvery(closing, r, every, log)
 	}
 	go func() {
 		if err := httpapi.Serve(s.http, ln); err != nil {
@@ -198,9 +218,6 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 type reconciler interface {
 	Reconcile(ctx context.Context) error
 }
-
-// reconcileInterval: how often root repairs the store while it runs, besides at start.
-const reconcileInterval = 5 * time.Minute
 
 // reconcileEvery runs r's Reconcile every interval until ctx ends, so addresses a
 // failed create left leased return to the pool without a restart.

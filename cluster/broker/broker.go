@@ -45,11 +45,13 @@ type Config struct {
 	Listen string
 
 	// CertFile and KeyFile (PEM) turn on TLS: the listener then speaks only TLS.
-	CertFile, KeyFile string
 	// ClientCAFile (PEM) turns on mutual TLS: client certificates are verified against
 	// these CAs, and a verified certificate whose Common Name or a DNS SAN equals the
-	// client id authenticates the client. Needs CertFile and KeyFile.
-	ClientCAFile string
+	// client id authenticates the client. Needs CertFile and KeyFile. All three are
+	// re-read when they change, for the connections that follow; errors name them by
+	// `semnet cluster`'s flags (--mqtt-cert, --mqtt-key, --mqtt-client-ca).
+	CertFile, KeyFile string
+	ClientCAFile      string
 
 	// CredentialsFile is the username/password file (format in the package doc); empty
 	// turns password authentication off.
@@ -184,7 +186,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Broker, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tc, err := loadTLS(cfg)
+	tc, err := loadTLS(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}

@@ -2,43 +2,19 @@ package broker
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
-	"fmt"
-	"os"
+	"log/slog"
+
+	"github.com/semnet/semnet/shared/tlsfiles"
 )
 
-// loadTLS builds the listener's TLS configuration; nil means plain TCP.
-func loadTLS(cfg Config) (*tls.Config, error) {
-	if cfg.CertFile == "" && cfg.KeyFile == "" {
-		if cfg.ClientCAFile != "" {
-			return nil, errors.New("a client CA (mutual TLS) needs TLS: set the certificate and key files too")
-		}
-		return nil, nil
-	}
-	if cfg.CertFile == "" || cfg.KeyFile == "" {
-		return nil, errors.New("TLS needs both a certificate file and a key file")
-	}
-	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load TLS certificate %s and key %s: %w", cfg.CertFile, cfg.KeyFile, err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if cfg.ClientCAFile != "" {
-		pem, err := os.ReadFile(cfg.ClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read client CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("client CA file %s holds no PEM certificate", cfg.ClientCAFile)
-		}
-		tc.ClientCAs = pool
-		// A certificate is verified if given (one from another CA fails the handshake);
-		// clients without one may still use a password, or be anonymous if allowed.
-		tc.ClientAuth = tls.VerifyClientCertIfGiven
-	}
-	return tc, nil
+// loadTLS builds the listener's TLS configuration; nil means plain TCP. The
+// certificate and the client CA are re-read when their files change (tlsfiles), so a
+// renewed broker certificate needs no restart; connections already open keep theirs.
+func loadTLS(cfg Config, log *slog.Logger) (*tls.Config, error) {
+	// A certificate is verified if given (one from another CA fails the handshake);
+	// clients without one may still use a password, or be anonymous if allowed.
+	return tlsfiles.Server{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, ClientCAFile: cfg.ClientCAFile,
+		ClientCertOptional: true, Flag: "mqtt-"}.Config(log)
 }
 
 // certNames returns the names a verified client certificate gives its holder: its

@@ -45,6 +45,11 @@ type Config struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// RateLimit, when its Rate is positive, limits each client's requests to /api as
+	// root's are (health, readiness and metrics are never limited). Its Key defaults to
+	// httpapi.ClientKey over Tokens: without tokens every caller is scope "none", one
+	// client per source address.
+	RateLimit httpapi.RateLimit
 }
 
 type server struct {
@@ -65,6 +70,8 @@ func Handler(t Table, cfg Config) http.Handler {
 	}
 	r := httpapi.NewRouter(httpapi.RouterConfig{Logger: cfg.Logger, Metrics: m, Gatherer: cfg.Gatherer, Ready: cfg.Ready})
 	r.Route("/api/net", func(r chi.Router) {
+		// Before authentication, so requests with made-up tokens are limited too.
+		r.Use(cfg.RateLimit.Middleware(cfg.Tokens, nil, cfg.Registerer, "semnet_cluster"))
 		if len(cfg.Tokens) > 0 {
 			r.Use(httpapi.BearerAuth(cfg.Tokens...))
 		}

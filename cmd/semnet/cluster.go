@@ -25,6 +25,7 @@ type clusterFlags struct {
 	spares, maxPacket, publishBurst                            int
 	publishRate                                                float64
 	tls                                                        tlsServerFlags
+	rate                                                       rateLimitFlags
 	rootTLS                                                    tlsClientFlags
 	log                                                        logFlags
 }
@@ -38,11 +39,12 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	f.rootTLS.register(fs, "root-", "root")
 	fs.StringVar(&f.listen, "listen", ":10110", "address the cluster's REST API listens on")
 	f.tls.register(fs)
+	f.rate.register(fs, defaultRateLimit)
 	fs.StringVar(&f.mqttListen, "mqtt-listen", broker.DefaultListen, "address the MQTT broker for worker nodes listens on")
 	fs.StringVar(&f.mqttAuth, "mqtt-auth", "", "worker credentials file (YAML or JSON; see cluster/broker); reloaded when it changes or on SIGHUP")
-	fs.StringVar(&f.mqttCert, "mqtt-cert", "", "TLS certificate (PEM) of the broker; with --mqtt-key the broker speaks only TLS")
+	fs.StringVar(&f.mqttCert, "mqtt-cert", "", "TLS certificate (PEM) of the broker; with --mqtt-key the broker speaks only TLS; re-read when the file changes")
 	fs.StringVar(&f.mqttKey, "mqtt-key", "", "TLS key (PEM) of the broker")
-	fs.StringVar(&f.mqttClientCA, "mqtt-client-ca", "", "CA (PEM) for worker client certificates: mutual TLS, certificate name = worker id")
+	fs.StringVar(&f.mqttClientCA, "mqtt-client-ca", "", "CA (PEM) for worker client certificates: mutual TLS, certificate name = worker id; re-read when the file changes")
 	fs.BoolVar(&f.mqttAnonymous, "mqtt-anonymous", false, "admit workers without credentials, identified by their client id (trusted networks only; ACLs still apply)")
 	fs.BoolVar(&f.insecure, "insecure", false, "like --mqtt-anonymous, for local demos: allowed only when the broker listens on loopback")
 	fs.IntVar(&f.maxPacket, "mqtt-max-packet", broker.DefaultMaxPacketSize, "largest MQTT packet a worker may send, in bytes; larger ones disconnect it")
@@ -70,7 +72,7 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 	}
 	c := cluster.Config{
 		ID: f.id, Name: name, Address: f.address, RootURL: f.rootURL, RootToken: f.rootToken, RootTLS: f.rootTLS.files,
-		Listen: f.listen, TLS: f.tls.files, MQTTListen: f.mqttListen, Insecure: f.insecure,
+		Listen: f.listen, TLS: f.tls.files, RateLimit: f.rate.limit, RateBurst: f.rate.burst, MQTTListen: f.mqttListen, Insecure: f.insecure,
 		Broker: broker.Config{
 			CertFile: f.mqttCert, KeyFile: f.mqttKey, ClientCAFile: f.mqttClientCA,
 			CredentialsFile: f.mqttAuth, AllowAnonymous: f.mqttAnonymous, MaxPacketSize: f.maxPacket,
@@ -101,6 +103,8 @@ out worker subnets, relays instance status to root and pushes changes to interes
 Workers authenticate with a password from --mqtt-auth (username = worker id = client id),
 a client certificate (--mqtt-client-ca; certificate name = worker id), or, on trusted
 networks, by client id alone (--mqtt-anonymous). Send SIGHUP to reload --mqtt-auth.
+The broker re-reads --mqtt-cert, --mqtt-key and --mqtt-client-ca when they change: the
+next connection is served the new certificate; open connections keep theirs.
 
 A worker node that disconnects (or falls silent for 1.5 × its keepalive) and stays away
 longer than --node-grace has its instances reported failed to root, which takes them out
@@ -109,6 +113,9 @@ of every node's choices; when it comes back, its re-announce makes them running 
 An https --root is verified with --root-ca (default: the system's CAs); --root-cert and
 --root-key answer a root requiring client certificates. --tls-cert and --tls-key serve
 the cluster's own REST API over HTTPS, --tls-client-ca requires client certificates.
+Each client of that API (token scope + source address) may make --rate-limit requests/s
+of /api in bursts of --rate-burst; beyond, the cluster answers 429 with Retry-After.
+/healthz, /readyz and /metrics are never limited.
 
 It answers /readyz with 200 once it serves.`,
 		Args:    cobra.NoArgs,

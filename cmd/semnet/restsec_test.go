@@ -18,7 +18,7 @@ func TestRESTSecurityFlags(t *testing.T) {
 		env   bool
 	}{
 		{[]string{"root"}, []string{"tls-cert", "tls-key", "tls-client-ca", "rate-limit", "rate-burst"}, true},
-		{[]string{"cluster"}, []string{"tls-cert", "tls-key", "tls-client-ca", "root-ca", "root-cert", "root-key"}, true},
+		{[]string{"cluster"}, []string{"tls-cert", "tls-key", "tls-client-ca", "root-ca", "root-cert", "root-key", "rate-limit", "rate-burst"}, true},
 		{[]string{"ctl"}, []string{"ca", "cert", "key"}, true},
 		{[]string{"probe"}, []string{"ca", "cert", "key", "insecure-skip-verify"}, false},
 	} {
@@ -32,11 +32,13 @@ func TestRESTSecurityFlags(t *testing.T) {
 			}
 		}
 	}
-	root, _ := execute(t, "root", "--help")
-	up, _ := execute(t, "up", "--help")
-	if !strings.Contains(root, "(default 1000)") {
-		t.Errorf("root --help does not show --rate-limit's default 1000")
+	for _, cmd := range []string{"root", "cluster"} {
+		help, _ := execute(t, cmd, "--help")
+		if i := strings.Index(help, "--rate-limit float"); i < 0 || !strings.Contains(help[i:i+strings.IndexByte(help[i:], '\n')], "(default 1000)") {
+			t.Errorf("%s --help does not show --rate-limit's default 1000", cmd)
+		}
 	}
+	up, _ := execute(t, "up", "--help")
 	if strings.Contains(up, "--tls-cert") || strings.Contains(up, "(default 1000)") {
 		t.Errorf("up --help offers TLS or a default rate limit:\n%s", up)
 	}
@@ -59,6 +61,7 @@ func TestRESTSecurityFlagErrors(t *testing.T) {
 		{append(rootArgs, "--rate-limit", "-5"), "must not be negative"},
 		{append(clusterArgs, "--root", "http://127.0.0.1:1", "--root-ca", ca.File), "use https://"},
 		{append(clusterArgs, "--root", "https://127.0.0.1:1", "--tls-key", cert.KeyFile), "--tls-key needs --tls-cert"},
+		{append(clusterArgs, "--root", "http://127.0.0.1:1", "--rate-burst", "-1"), "must not be negative"},
 		{[]string{"ctl", "--root", "http://127.0.0.1:1", "--ca", ca.File, "pools"}, "are for an https URL"},
 		{[]string{"probe", "--insecure-skip-verify", "http://127.0.0.1:1/readyz"}, "--insecure-skip-verify is for an https URL"},
 		{[]string{"probe", "--cert", cert.CertFile, "https://127.0.0.1:1/readyz"}, "--cert and --key go together"},

@@ -20,16 +20,9 @@ type rootFlags struct {
 	insecure, noMigrate                                 bool
 	quarantine                                          time.Duration
 	tls                                                 tlsServerFlags // root's only, not up's
-	rateLimit                                           float64
-	rateBurst                                           int
+	rate                                                rateLimitFlags
 	log                                                 logFlags
 }
-
-// defaultRateLimit is `semnet root`'s request rate per client: a fifth of what root
-// sustains on two cores (PERFORMANCE.md: 5,000 deploys/s), so one runaway client leaves
-// the rest to the others, and far above what a cluster asks (its cache answers its
-// nodes; it asks root on misses, status changes and new nodes).
-const defaultRateLimit = 1000
 
 // register adds the flags; rateDefault is --rate-limit's default (0: off).
 func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string, rateDefault float64) {
@@ -43,8 +36,7 @@ func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string, rateDefaul
 	fs.BoolVar(&f.insecure, "insecure", false, "serve /api without a token; allowed only on a loopback listen address")
 	fs.StringVar(&f.planFile, "address-plan", "", "JSON file overriding address plan fields (defaults: ADDRESSING.md)")
 	fs.DurationVar(&f.quarantine, "quarantine", addrplan.Default().Quarantine, "how long a released address waits before reuse")
-	fs.Float64Var(&f.rateLimit, "rate-limit", rateDefault, "requests per second each client (token scope + source address) may make of /api; over it, 429 with Retry-After (0: no limit)")
-	fs.IntVar(&f.rateBurst, "rate-burst", 0, "requests a client may make at once after a quiet spell (0: twice --rate-limit)")
+	f.rate.register(fs, rateDefault)
 	f.log.register(fs)
 }
 
@@ -63,7 +55,7 @@ func (f *rootFlags) config() (root.Config, error) {
 	}
 	c := root.Config{Listen: f.listen, DataDir: f.dataDir, MongoURI: f.mongoURI, MongoDB: f.mongoDB,
 		NoMigrate: f.noMigrate, Insecure: f.insecure, Plan: plan, Logger: log,
-		TLS: f.tls.files, RateLimit: f.rateLimit, RateBurst: f.rateBurst}
+		TLS: f.tls.files, RateLimit: f.rate.limit, RateBurst: f.rate.burst}
 	if f.token != "" {
 		c.Tokens = []string{f.token}
 	}

@@ -16,7 +16,7 @@ type tlsServerFlags struct{ files tlsfiles.Server }
 func (f *tlsServerFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.files.CertFile, "tls-cert", "", "TLS certificate (PEM, with its chain) of the REST API: with --tls-key it serves HTTPS only; re-read when the file changes")
 	fs.StringVar(&f.files.KeyFile, "tls-key", "", "TLS private key (PEM) of --tls-cert")
-	fs.StringVar(&f.files.ClientCAFile, "tls-client-ca", "", "CA (PEM) for client certificates: mutual TLS, every client (health probes too) must present a certificate it signed")
+	fs.StringVar(&f.files.ClientCAFile, "tls-client-ca", "", "CA (PEM) for client certificates: mutual TLS, every client (health probes too) must present a certificate it signed; re-read when the file changes")
 }
 
 // tlsClientFlags are the flags of a TLS client of a REST server: <prefix>ca,

@@ -56,7 +56,8 @@ carrying the demo service (--demo). It generates an API token unless --token
 			cl, err := cluster.Start(cmd.Context(), cluster.Config{
 				ID: cid, Name: cid, RootURL: "http://" + srv.Addr.String(), RootToken: f.token,
 				Listen: clusterListen, MQTTListen: mqttListen, Insecure: true,
-				Location: geo.Point{Lat: lat, Lon: lon}, StaleAfter: 30 * time.Second, Spares: 2,
+				RateLimit: 0, // no REST rate limit, as for up's root: one local user, on loopback
+				Location:  geo.Point{Lat: lat, Lon: lon}, StaleAfter: 30 * time.Second, Spares: 2,
 				NodeGrace: cluster.DefaultNodeGrace, Logger: c.Logger.With("tier", "cluster"),
 			})
 			if err != nil {

@@ -67,13 +67,8 @@ func Handler(reg *registry.Registry, cfg Config) http.Handler {
 	r := httpapi.NewRouter(httpapi.RouterConfig{Logger: cfg.Logger, Metrics: m, Gatherer: cfg.Gatherer,
 		Ready: cfg.Ready, Hint: " (see proto/openapi.yaml)"})
 	r.Route("/api", func(r chi.Router) {
-		if cfg.RateLimit.Rate > 0 {
-			if cfg.RateLimit.Key == nil {
-				cfg.RateLimit.Key = httpapi.ClientKey(cfg.Tokens, cfg.ReadTokens)
-			}
-			// Before authentication, so requests with made-up tokens are limited too.
-			r.Use(httpapi.NewRateLimiter(cfg.RateLimit, cfg.Registerer, "semnet_root").Middleware)
-		}
+		// Before authentication, so requests with made-up tokens are limited too.
+		r.Use(cfg.RateLimit.Middleware(cfg.Tokens, cfg.ReadTokens, cfg.Registerer, "semnet_root"))
 		r.Use(httpapi.ScopedBearerAuth(cfg.Tokens, cfg.ReadTokens))
 		r.Route("/v1", s.routesV1)
 		if cfg.Mount != nil {

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"container/list"
+	"fmt"
 	"math"
 	"net/http"
 	"net/netip"
@@ -31,6 +32,29 @@ type RateLimit struct {
 	Key func(r *http.Request) (client, label string)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+}
+
+// Validate refuses negative limits (0 is no limit, and a Burst of 0 the default). The
+// error names the command-line flags root and cluster set them with.
+func (cfg RateLimit) Validate() error {
+	if cfg.Rate < 0 || cfg.Burst < 0 {
+		return fmt.Errorf("--rate-limit %g and --rate-burst %d must not be negative (--rate-limit 0 turns limiting off)", cfg.Rate, cfg.Burst)
+	}
+	return nil
+}
+
+// Middleware is how a server limits its API: a RateLimiter for cfg, its metrics
+// registered with reg (nil: none) under namespace, and its Key, unless set, ClientKey
+// over the server's admin and readOnly tokens. With a Rate of 0 or less it is no limit:
+// the middleware hands every request on and nothing is registered.
+func (cfg RateLimit) Middleware(admin, readOnly []string, reg prometheus.Registerer, namespace string) func(http.Handler) http.Handler {
+	if cfg.Rate <= 0 {
+		return func(next http.Handler) http.Handler { return next }
+	}
+	if cfg.Key == nil {
+		cfg.Key = ClientKey(admin, readOnly)
+	}
+	return NewRateLimiter(cfg, reg, namespace).Middleware
 }
 
 // RateLimiter refuses a client's requests beyond its rate with 429 and a Retry-After

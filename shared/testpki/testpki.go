@@ -94,6 +94,49 @@ func (ca *CA) ClientTLS(client *Cert) *tls.Config {
 	return tc
 }
 
+// Install copies the certificate and key to certFile and keyFile, as a renewal replaces
+// a server's files (see Replace).
+func (c Cert) Install(t testing.TB, certFile, keyFile string) {
+	t.Helper()
+	Replace(t, c.CertFile, certFile)
+	Replace(t, c.KeyFile, keyFile)
+}
+
+// Install copies the CA's certificate to file, as a new CA bundle replaces a server's.
+func (ca *CA) Install(t testing.TB, file string) {
+	t.Helper()
+	Replace(t, ca.File, file)
+}
+
+// Replace writes the content of from to to, dated now or, if that is sooner, a second
+// after the file it replaces: files written within one tick of a coarse file system clock
+// keep their modification time, and two certificates of one kind often have one size, so
+// without this a server watching the file could miss the change.
+func Replace(t testing.TB, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatalf("testpki: %v", err)
+	}
+	mod := time.Now()
+	if fi, err := os.Stat(to); err == nil {
+		mod = later(mod, fi.ModTime().Add(time.Second))
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatalf("testpki: %v", err)
+	}
+	if err := os.Chtimes(to, mod, mod); err != nil {
+		t.Fatalf("testpki: %v", err)
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // issue signs tmpl with a fresh key and writes the certificate and key to
 // <CN>.crt and <CN>.key in the CA's directory.
 func (ca *CA) issue(t testing.TB, tmpl *x509.Certificate) Cert {

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/semnet/semnet/shared/testpki"
 	"github.com/semnet/semnet/shared/tlsfiles"
@@ -26,6 +25,8 @@ func TestServerValidate(t *testing.T) {
 		{tlsfiles.Server{CertFile: "c"}, "--tls-cert needs --tls-key"},
 		{tlsfiles.Server{KeyFile: "k"}, "--tls-key needs --tls-cert"},
 		{tlsfiles.Server{ClientCAFile: "ca"}, "--tls-client-ca (mutual TLS) needs TLS"},
+		{tlsfiles.Server{CertFile: "c", Flag: "mqtt-"}, "--mqtt-cert needs --mqtt-key"},
+		{tlsfiles.Server{ClientCAFile: "ca", Flag: "mqtt-"}, "--mqtt-client-ca (mutual TLS) needs TLS: give --mqtt-cert and --mqtt-key too"},
 	} {
 		err := c.s.Validate()
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
@@ -94,26 +95,8 @@ func TestConfigErrors(t *testing.T) {
 func TestServerReloadsChangedCertificate(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	install := func(c testpki.Cert, cert, key bool) {
-		t.Helper()
-		for _, f := range []struct {
-			from, to string
-			do       bool
-		}{{c.CertFile, certFile, cert}, {c.KeyFile, keyFile, key}} {
-			if !f.do {
-				continue
-			}
-			b, err := os.ReadFile(f.from)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(f.to, b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 	first, second, third := testpki.NewCA(t, "ca1").Server(t, "root"), testpki.NewCA(t, "ca2").Server(t, "root"), testpki.NewCA(t, "ca3").Server(t, "root")
-	install(first, true, true)
+	first.Install(t, certFile, keyFile)
 	var logs bytes.Buffer
 	tc, err := tlsfiles.Server{CertFile: certFile, KeyFile: keyFile}.Config(slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
@@ -131,23 +114,11 @@ func TestServerReloadsChangedCertificate(t *testing.T) {
 	if got := served(); got != serial(first) {
 		t.Fatalf("serves %s, want the first certificate %s", got, serial(first))
 	}
-	// Same-second writes may keep the modification time; the size or a later time tells.
-	bump := func() {
-		later := time.Now().Add(time.Minute)
-		for _, f := range []string{certFile, keyFile} {
-			if err := os.Chtimes(f, later, later); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	install(second, true, true)
-	bump()
+	second.Install(t, certFile, keyFile)
 	if got := served(); got != serial(second) {
 		t.Fatalf("after replacing the files: serves %s, want %s", got, serial(second))
 	}
-	install(third, true, false) // certificate replaced, key not yet
-	later := time.Now().Add(2 * time.Minute)
-	_ = os.Chtimes(certFile, later, later)
+	testpki.Replace(t, third.CertFile, certFile) // certificate replaced, key not yet
 	for range 3 {
 		if got := served(); got != serial(second) {
 			t.Fatalf("half-written pair: serves %s, want the previous %s", got, serial(second))
@@ -156,10 +127,50 @@ func TestServerReloadsChangedCertificate(t *testing.T) {
 	if n := strings.Count(logs.String(), "do not load"); n != 1 {
 		t.Errorf("half-written pair logged %d times, want once:\n%s", n, logs.String())
 	}
-	install(third, false, true)
-	later = later.Add(time.Minute)
-	_ = os.Chtimes(keyFile, later, later)
+	testpki.Replace(t, third.KeyFile, keyFile)
 	if got := served(); got != serial(third) {
 		t.Fatalf("after the key followed: serves %s, want %s", got, serial(third))
+	}
+}
+
+// TestServerReloadsClientCA: a client CA file replaced on disk is what the next handshake
+// verifies client certificates against (GetConfigForClient), with the server's client
+// authentication kept; one that no longer loads keeps the previous CA.
+func TestServerReloadsClientCA(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, caFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "clients.pem")
+	first, second := testpki.NewCA(t, "clients1"), testpki.NewCA(t, "clients2")
+	first.Server(t, "broker").Install(t, certFile, keyFile)
+	first.Install(t, caFile)
+	var logs bytes.Buffer
+	for _, optional := range []bool{false, true} {
+		tc, err := tlsfiles.Server{CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile, ClientCertOptional: optional}.Config(slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[bool]tls.ClientAuthType{false: tls.RequireAndVerifyClientCert, true: tls.VerifyClientCertIfGiven}[optional]
+		verifies := func(ca *testpki.CA) bool {
+			t.Helper()
+			c, err := tc.GetConfigForClient(&tls.ClientHelloInfo{})
+			if err != nil || c == nil || c.ClientAuth != want || c.GetCertificate == nil {
+				t.Fatalf("GetConfigForClient: %+v, %v; want client auth %v and the certificate", c, err, want)
+			}
+			return c.ClientCAs.Equal(ca.Pool())
+		}
+		if tc.ClientAuth != want || !tc.ClientCAs.Equal(first.Pool()) || !verifies(first) {
+			t.Fatalf("optional %v: the configuration does not verify against the first CA with %v", optional, want)
+		}
+		second.Install(t, caFile)
+		if !verifies(second) {
+			t.Errorf("optional %v: after replacing the CA file, clients are not verified against the new CA", optional)
+		}
+		testpki.Replace(t, keyFile, caFile) // no certificate in it
+		if !verifies(second) {
+			t.Errorf("optional %v: a CA file that does not load replaced the previous CA", optional)
+		}
+		first.Install(t, caFile) // for the next round
+	}
+	if n := strings.Count(logs.String(), "do not load"); n != 2 || !strings.Contains(logs.String(), "--tls-client-ca") {
+		t.Errorf("unloadable CA files logged %d times, want once per server, naming the flag:\n%s", n, logs.String())
 	}
 }

@@ -99,8 +99,10 @@ func serveChild(arg string) error {
 			Listen: "127.0.0.1:0", MQTTListen: "127.0.0.1:0", Insecure: true, Spares: 1,
 			// Capacity is measured: the closed-loop clients each publish more than the
 			// per-connection flood bound (1000/s) a real node never reaches.
-			Broker:   broker.Config{PublishRate: -1},
-			Location: geo.Point{Lat: 48.14, Lon: 11.58}, StaleAfter: time.Minute, Logger: log})
+			Broker: broker.Config{PublishRate: -1},
+			// Nor is its REST API limited: prefetch posts every job at once.
+			RateLimit: 0,
+			Location:  geo.Point{Lat: 48.14, Lon: 11.58}, StaleAfter: time.Minute, Logger: log})
 		if err != nil {
 			return err
 		}
