@@ -70,6 +70,7 @@ func Handler(reg *registry.Registry, cfg Config) http.Handler {
 		// Before authentication, so requests with made-up tokens are limited too.
 		r.Use(cfg.RateLimit.Middleware(cfg.Tokens, cfg.ReadTokens, cfg.Registerer, "semnet_root"))
 		r.Use(httpapi.ScopedBearerAuth(cfg.Tokens, cfg.ReadTokens))
+		r.Use(finishWrites)
 		r.Route("/v1", s.routesV1)
 		if cfg.Mount != nil {
 			cfg.Mount(r)
@@ -79,6 +80,27 @@ func Handler(reg *registry.Registry, cfg Config) http.Handler {
 		cfg.Public(r)
 	}
 	return r
+}
+
+// WriteTimeout bounds a write request's work once started, whether or not its client
+// still waits for the answer.
+const WriteTimeout = 30 * time.Second
+
+// finishWrites lets a write request run to its end when its client goes away: a change
+// spans several writes in the MongoDB store, and one cancelled between them (a client
+// timing out under load) would leave a service without its instances, or a lock held
+// until it goes stale. Reads still stop with their client.
+func finishWrites(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions:
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), WriteTimeout)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
 }
 
 // handle adapts a handler that returns an error to http.HandlerFunc, writing the error

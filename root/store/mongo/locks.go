@@ -80,6 +80,9 @@ func (s *Store) lock(ctx context.Context, key string) (unlock func(), err error)
 			return func() { s.unlock(ctx, key, token); release() }, nil
 		}
 		if !mongo.IsDuplicateKeyError(err) {
+			// The insert may have happened with only its answer lost (the caller gave
+			// up): remove our own lock rather than leave it blocking for lockTTL.
+			s.unlock(ctx, key, token)
 			release()
 			return nil, fmt.Errorf("lock %s: %w", key, dbErr(err))
 		}
