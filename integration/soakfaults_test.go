@@ -1,0 +1,193 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/api/client"
+)
+
+// faults injects the soak's faults one after another, spread over the middle of the run
+// (from 10% to 85% of d), each in the test's goroutine. The link cut lasts -partition
+// (60 s), at most a tenth of the run.
+func (s *soak) faults(d time.Duration) {
+	cut := min(*partitionFor, d/10)
+	list := []struct {
+		name string
+		run  func() string
+	}{
+		{"root A killed (kill -9), restarted 3 s later", func() string { return s.killRoot(0) }},
+		{"MongoDB killed, restarted 5 s later", s.killMongo},
+		{"Redis (c2's cache) restarted empty", s.restartRedis},
+		{fmt.Sprintf("root's link to both clusters down for %s", cut), func() string { return s.cutRoot(cut) }},
+		{"cluster c2 killed (kill -9), restarted 3 s later", s.killCluster},
+		{"1% of the nodes die (instances moved elsewhere once failed)", s.killNodes},
+		{"root B killed (kill -9), restarted 3 s later", func() string { return s.killRoot(1) }},
+	}
+	for i, f := range list {
+		at := s.t0.Add(time.Duration(float64(d) * (0.1 + 0.75*float64(i)/float64(len(list)))))
+		if w := time.Until(at); w > 0 {
+			time.Sleep(w)
+		}
+		start := time.Since(s.t0)
+		note := f.run()
+		s.mu.Lock()
+		s.events = append(s.events, soakEvent{name: f.name, start: start, end: time.Since(s.t0), note: note})
+		s.mu.Unlock()
+		s.t.Logf("soak: %s at %s: %s", f.name, start.Round(time.Second), note)
+	}
+}
+
+func (s *soak) killRoot(k int) string {
+	r := s.roots[k]
+	r.kill()
+	time.Sleep(3 * time.Second)
+	t0 := time.Now()
+	launches := r.start()
+	return fmt.Sprintf("ready again %s after its restart (%d launches)", time.Since(t0).Round(time.Millisecond), launches)
+}
+
+// killMongo kills FerretDB for 5 s, watching what root's /readyz says meanwhile.
+func (s *soak) killMongo() string {
+	s.ferret.Kill()
+	down := time.Now()
+	codes := map[int]int{}
+	for time.Since(down) < 5*time.Second {
+		codes[readyz(s.roots[0].addr)]++
+		time.Sleep(250 * time.Millisecond)
+	}
+	s.ferret.Start()
+	up := time.Now()
+	for readyz(s.roots[0].addr) != 200 && time.Since(up) < time.Minute {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Sprintf("root A /readyz during the outage: %v (status: polls); ready %s after MongoDB's restart",
+		codes, time.Since(up).Round(time.Millisecond))
+}
+
+func (s *soak) restartRedis() string {
+	s.redis.Kill()
+	time.Sleep(time.Second)
+	s.redis.Start()
+	return "down 1 s; c2 answered from root meanwhile and refilled its cache"
+}
+
+func (s *soak) cutRoot(d time.Duration) string {
+	s.proxy.Cut()
+	time.Sleep(d)
+	s.proxy.Restore()
+	return "cut, then restored"
+}
+
+// killCluster kills c2 for 3 s and times its nodes' return.
+func (s *soak) killCluster() string {
+	c := s.cls[1]
+	c.kill()
+	time.Sleep(3 * time.Second)
+	t0 := time.Now()
+	c.start()
+	ready := time.Since(t0)
+	for time.Since(t0) < time.Minute {
+		back := true
+		for _, n := range s.nodes {
+			if n.cluster == "c2" && !n.dead.Load() && !n.sim.Connected() {
+				back = false
+				break
+			}
+		}
+		if back {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Sprintf("ready %s after its restart; every c2 node reconnected %s after it", ready.Round(time.Millisecond),
+		time.Since(t0).Round(time.Millisecond))
+}
+
+// killNodes takes 1% of the nodes (at least 2) away for good, waits until root reports
+// their instances failed, and moves those instances to live nodes, as an orchestrator
+// would.
+func (s *soak) killNodes() string {
+	var dead []*soakNode
+	for _, n := range s.nodes {
+		if len(dead) >= max(2, len(s.nodes)/100) {
+			break
+		}
+		if n.i%7 == 3 { // a fixed, spread-out choice across both clusters
+			dead = append(dead, n)
+		}
+	}
+	type victim struct {
+		j         *soakJob
+		num, node int
+	}
+	var victims []victim
+	s.mu.Lock()
+	jobs := make([]*soakJob, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		jobs = append(jobs, j)
+	}
+	s.mu.Unlock()
+	t0 := time.Now()
+	for _, n := range dead {
+		n.dead.Store(true)
+		n.sim.Close()
+		n.mu.Lock()
+		follow := n.follow
+		n.mu.Unlock()
+		for _, job := range follow {
+			s.exp.unfollowed(n, job)
+		}
+	}
+	// Lock every job to see its instances: operations on them wait meanwhile.
+	for _, j := range jobs {
+		j.mu.Lock()
+		for num, in := range j.inst {
+			for _, n := range dead {
+				if in.node == n.i && !j.deleted {
+					victims = append(victims, victim{j, num, n.i})
+				}
+			}
+		}
+		j.mu.Unlock()
+	}
+	failedIn := time.Duration(-1)
+	for time.Since(t0) < soakGrace+time.Minute {
+		all := true
+		for _, v := range victims {
+			var in api.Instance
+			_, err := s.rest("read instance", func(ctx context.Context, rc *client.Client) (err error) {
+				in, err = rc.Instance(ctx, v.j.svc.JobName, v.num)
+				return err
+			})
+			// Out of every choice: not running where the dead node was (failed, or
+			// moved, or gone).
+			if err == nil && in.Status == "running" && in.HostPort == s.nodes[v.node].port {
+				all = false
+				break
+			}
+		}
+		if all {
+			failedIn = time.Since(t0)
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	moved := 0
+	for _, v := range victims {
+		v.j.mu.Lock()
+		if in, ok := v.j.inst[v.num]; ok && !v.j.deleted && s.nodes[in.node].dead.Load() {
+			s.place(v.j, v.num, s.liveNode(-1))
+			moved++
+		}
+		v.j.mu.Unlock()
+	}
+	if failedIn < 0 {
+		s.t.Errorf("soak: the instances of %d dead nodes were not all failed at root within %s", len(dead), soakGrace+time.Minute)
+		return fmt.Sprintf("%d nodes died; NOT all their %d instances failed at root in time", len(dead), len(victims))
+	}
+	return fmt.Sprintf("%d nodes died holding %d instances: all out of root's choices %s later (grace %s); %d moved to live nodes",
+		len(dead), len(victims), failedIn.Round(time.Millisecond), soakGrace, moved)
+}

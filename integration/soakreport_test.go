@@ -1,0 +1,266 @@
+package integration
+
+import (
+	"fmt"
+	"html"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// series holds the soak's samples per second of the run: latencies by name ("query",
+// "rest", "propagation") and event counts ("query_failed", ...), each attributed to the
+// second the operation started in.
+type series struct {
+	mu  sync.Mutex
+	t0  time.Time
+	lat map[string][][]time.Duration
+	cnt map[string][]int
+}
+
+func newSeries(t0 time.Time) *series {
+	return &series{t0: t0, lat: map[string][][]time.Duration{}, cnt: map[string][]int{}}
+}
+
+func (s *series) restart(t0 time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.t0, s.lat, s.cnt = t0, map[string][][]time.Duration{}, map[string][]int{}
+}
+
+func (s *series) sec(at time.Time) int { return max(0, int(at.Sub(s.t0)/time.Second)) }
+
+func grow[T any](v []T, i int) []T {
+	if i >= len(v) {
+		v = append(v, make([]T, i+1-len(v))...)
+	}
+	return v
+}
+
+func (s *series) add(name string, at time.Time, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.sec(at)
+	v := grow(s.lat[name], i)
+	v[i] = append(v[i], d)
+	s.lat[name] = v
+}
+
+func (s *series) count(name string, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.sec(at)
+	v := grow(s.cnt[name], i)
+	v[i]++
+	s.cnt[name] = v
+}
+
+// quantile of sorted d (0 when empty).
+func quantile(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	return d[min(len(d)-1, int(q*float64(len(d))))]
+}
+
+// pooled returns the sorted samples of name from seconds for which keep is true.
+func (s *series) pooled(name string, keep func(sec int) bool) []time.Duration {
+	var all []time.Duration
+	for i, v := range s.lat[name] {
+		if keep(i) {
+			all = append(all, v...)
+		}
+	}
+	slices.Sort(all)
+	return all
+}
+
+func (s *series) total(name string) int {
+	n := 0
+	for _, c := range s.cnt[name] {
+		n += c
+	}
+	return n
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+
+func dist(d []time.Duration) string {
+	if len(d) == 0 {
+		return "no samples"
+	}
+	return fmt.Sprintf("p50 %s, p99 %s, max %s (n=%d)", ms(quantile(d, .5)), ms(quantile(d, .99)), ms(d[len(d)-1]), len(d))
+}
+
+// report writes summary.md (the table), series.csv and latency.svg to dir and logs the
+// table.
+func (s *soak) report(dir string, end time.Duration) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	se := s.series
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	// A second counts as calm when no fault was under way in it or the 10 s after.
+	calm := func(sec int) bool {
+		at := time.Duration(sec) * time.Second
+		for _, e := range s.events {
+			if at+time.Second > e.start && at < e.end+10*time.Second {
+				return false
+			}
+		}
+		return true
+	}
+	all := func(int) bool { return true }
+	var b strings.Builder
+	fmt.Fprintf(&b, "# semnet soak: %s, %d simulated nodes on 2 clusters, 2 root replicas on FerretDB\n\n", end.Round(time.Second), len(s.nodes))
+	fmt.Fprintf(&b, "Offered: %.0f table queries/s (open loop), %.0f churn operations/s. \"calm\": seconds with no fault under way and none in the 10 s before.\n\n", *soakQPS, *soakChurn)
+	b.WriteString("| what | all of the run | calm seconds | target (PERFORMANCE.md) |\n|---|---|---|---|\n")
+	row := func(what, name, target string) {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", what, dist(se.pooled(name, all)), dist(se.pooled(name, calm)), target)
+	}
+	row("table query over MQTT (answered)", "query", "p99 <= 10 ms (hit, 5,000/s at 1,000 nodes)")
+	row("tooling REST call at root (with retries)", "rest", "p99 <= 20 ms (deploy on MongoDB)")
+	row("propagation: tooling change -> each following node's table", "propagation", "p99 <= 100 ms (root change -> 1,000 nodes)")
+	fmt.Fprintf(&b, "\n| counter | total |\n|---|---|\n")
+	for _, c := range []struct{ name, what string }{
+		{"query_failed", "table queries unanswered (5 s timeout) or not sent"},
+		{"query_unknown", "table queries answered \"unknown service\" (undeployed meanwhile)"},
+		{"query_stale", "answers marked stale (cluster cut off from root)"},
+		{"query_rejected", "answers the node table refused"},
+		{"push_rejected", "pushes the node table refused"},
+		{"rest_failed", "tooling calls failed after a minute of retries"},
+		{"report_failed", "node reports not acknowledged by the broker (re-announced later)"},
+		{"churn_skipped", "churn operations skipped (16 still waiting)"},
+	} {
+		fmt.Fprintf(&b, "| %s | %d |\n", c.what, se.total(c.name))
+	}
+	fmt.Fprintf(&b, "| propagations superseded by a later change before arriving | %d |\n", s.exp.superseded)
+	fmt.Fprintf(&b, "| propagations never seen (node still waiting at the end) | %d |\n", s.exp.missing())
+	b.WriteString("\n| # | fault | at | lasted | observed |\n|---|---|---|---|---|\n")
+	for i, e := range s.events {
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", i+1, e.name, e.start.Round(time.Second), (e.end - e.start).Round(time.Second), e.note)
+	}
+	b.WriteString("\n| consistency check | result |\n|---|---|\n")
+	for _, f := range s.figures {
+		fmt.Fprintf(&b, "| %s | %s |\n", f.what, f.value)
+	}
+	b.WriteString("\n![latency over time](latency.svg)\n")
+	s.t.Logf("soak summary (%s):\n%s", dir, b.String())
+	if err := os.WriteFile(filepath.Join(dir, "summary.md"), []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "series.csv"), []byte(s.csv(end)), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "latency.svg"), []byte(s.svg(end)), 0o644)
+}
+
+// perSecond returns quantile q of name for each second up to end (0: no sample).
+func (se *series) perSecond(name string, q float64, end time.Duration) []time.Duration {
+	out := make([]time.Duration, int(end/time.Second)+1)
+	for i := range out {
+		if i < len(se.lat[name]) {
+			v := slices.Clone(se.lat[name][i])
+			slices.Sort(v)
+			out[i] = quantile(v, q)
+		}
+	}
+	return out
+}
+
+func (s *soak) csv(end time.Duration) string {
+	se := s.series
+	var b strings.Builder
+	cols := []string{"query_p50_ms", "query_p99_ms", "rest_p99_ms", "propagation_p99_ms"}
+	counts := []string{"query_failed", "query_unknown", "query_stale", "rest_failed", "report_failed"}
+	b.WriteString("second,query_n," + strings.Join(cols, ",") + "," + strings.Join(counts, ",") + "\n")
+	lines := [][]time.Duration{se.perSecond("query", .5, end), se.perSecond("query", .99, end), se.perSecond("rest", .99, end), se.perSecond("propagation", .99, end)}
+	for i := range lines[0] {
+		n := 0
+		if i < len(se.lat["query"]) {
+			n = len(se.lat["query"][i])
+		}
+		fmt.Fprintf(&b, "%d,%d", i, n)
+		for _, l := range lines {
+			fmt.Fprintf(&b, ",%.3f", float64(l[i])/float64(time.Millisecond))
+		}
+		for _, c := range counts {
+			v := 0
+			if i < len(se.cnt[c]) {
+				v = se.cnt[c][i]
+			}
+			fmt.Fprintf(&b, ",%d", v)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// svg plots per-second p99 latencies over the run on a log scale, with the fault windows
+// shaded and numbered as in the summary's fault table.
+func (s *soak) svg(end time.Duration) string {
+	const (
+		w, h                   = 1100.0, 460.0
+		left, right, top, bott = 70.0, 20.0, 40.0, 50.0
+		lo, hi                 = 0.1, 100000.0 // ms: 0.1 ms to 100 s
+	)
+	secs := math.Max(1, end.Seconds())
+	x := func(sec float64) float64 { return left + (w-left-right)*sec/secs }
+	y := func(d time.Duration) float64 {
+		v := math.Min(hi, math.Max(lo, float64(d)/float64(time.Millisecond)))
+		return top + (h-top-bott)*(1-(math.Log10(v)-math.Log10(lo))/(math.Log10(hi)-math.Log10(lo)))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", w, h)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(&b, `<text x="%.0f" y="20" font-size="14">semnet soak: per-second p99 latency (log scale), %d nodes; shaded: faults</text>`+"\n", left, len(s.nodes))
+	for i, e := range s.events {
+		x0, x1 := x(e.start.Seconds()), x(math.Max(e.end.Seconds(), e.start.Seconds()+1))
+		fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%.0f" fill="#f4c7c3" opacity="0.6"><title>%s</title></rect>`+"\n",
+			x0, top, x1-x0, h-top-bott, html.EscapeString(e.name))
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" text-anchor="middle" fill="#a33">%d</text>`+"\n", (x0+x1)/2, top+14, i+1)
+	}
+	for v := lo; v <= hi; v *= 10 {
+		yy := y(time.Duration(v * float64(time.Millisecond)))
+		label := fmt.Sprintf("%g ms", v)
+		if v >= 1000 {
+			label = fmt.Sprintf("%g s", v/1000)
+		}
+		fmt.Fprintf(&b, `<line x1="%.0f" x2="%.0f" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.0f" y="%.1f" text-anchor="end">%s</text>`+"\n",
+			left, w-right, yy, yy, left-6, yy+4, label)
+	}
+	step := max(10, int(secs/10)/10*10)
+	for sec := 0; float64(sec) <= secs; sec += step {
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" text-anchor="middle">%ds</text>`+"\n", x(float64(sec)), h-bott+18, sec)
+	}
+	fmt.Fprintf(&b, `<line x1="%.0f" x2="%.0f" y1="%.0f" y2="%.0f" stroke="black"/>`+"\n", left, w-right, h-bott, h-bott)
+	lines := []struct {
+		name, label, color string
+		q                  float64
+	}{
+		{"query", "table query p99", "#1f77b4", .99},
+		{"query", "table query p50", "#9ecae1", .5},
+		{"rest", "tooling REST p99", "#ff7f0e", .99},
+		{"propagation", "propagation p99", "#2ca02c", .99},
+	}
+	se := s.series
+	for k, l := range lines {
+		var pts []string
+		for i, d := range se.perSecond(l.name, l.q, end) {
+			if d > 0 {
+				pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(float64(i)+.5), y(d)))
+			}
+		}
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>`+"\n", l.color, strings.Join(pts, " "))
+		lx := left + 10 + float64(k)*170
+		fmt.Fprintf(&b, `<line x1="%.0f" x2="%.0f" y1="%.0f" y2="%.0f" stroke="%s" stroke-width="3"/><text x="%.0f" y="%.0f">%s</text>`+"\n",
+			lx, lx+20, h-14, h-14, l.color, lx+25, h-10, l.label)
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
