@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,7 +51,7 @@ var bodyRoutes = []struct {
 	{http.MethodPost, "/api/net/service/net_deploy_status", "job"},
 }
 
-// sweepEvery is how many inputs that created something pass between two full checks of
+// sweepEvery is how many inputs answered 2xx pass between two full checks of
 // the stored state, each followed by a reset to the fixture (so the store stays small
 // and every input stays fast).
 const sweepEvery = 32
@@ -81,7 +82,7 @@ func (fa *fuzzAPI) input(t *testing.T, route uint8, body []byte) {
 		return
 	}
 	fa.record(t, r.kind, a.Body)
-	if fa.created++; fa.created >= sweepEvery {
+	if fa.accepted++; fa.accepted >= sweepEvery {
 		fa.sweep(t)
 		fa.reset(t)
 	}
@@ -94,9 +95,9 @@ type fuzzAPI struct {
 	fixture api.Service
 	inst0   api.Instance
 	// owners maps each address answered as allocated to its owner ("service ID" or
-	// "instance ID/n"); created counts inputs that allocated since the last reset.
-	owners  map[netip.Addr]string
-	created int
+	// "instance ID/n"); accepted counts inputs answered 2xx since the last reset.
+	owners   map[netip.Addr]string
+	accepted int
 }
 
 func newFuzzAPI(f testing.TB) *fuzzAPI {
@@ -172,12 +173,13 @@ func (fa *fuzzAPI) checkFixture(t *testing.T) {
 	}
 }
 
-// own records that owner holds the addresses, failing if another owner holds one.
+// own records that owner holds the addresses, failing if another owner holds one or
+// the owner got one twice.
 func (fa *fuzzAPI) own(t testing.TB, owner string, addrs ...netip.Addr) {
 	t.Helper()
-	for _, a := range addrs {
-		if !a.IsValid() {
-			t.Fatalf("%s answered without an address: %v", owner, addrs)
+	for i, a := range addrs {
+		if !a.IsValid() || slices.Contains(addrs[:i], a) {
+			t.Fatalf("%s answered with a missing or repeated address: %v", owner, addrs)
 		}
 		if o, ok := fa.owners[a]; ok && o != owner {
 			t.Fatalf("address %v given to %s, but %s holds it", a, owner, o)
@@ -326,5 +328,5 @@ func (fa *fuzzAPI) reset(t testing.TB) {
 	clear(fa.owners)
 	fa.own(t, serviceOwner(fa.fixture.ID), fa.fixture.RRIP, fa.fixture.RRIPv6, fa.fixture.ClosestIP, fa.fixture.ClosestIPv6)
 	fa.own(t, instanceOwner(fa.fixture.ID, 0), fa.inst0.InstanceIP, fa.inst0.InstanceIPv6)
-	fa.created = 0
+	fa.accepted = 0
 }
