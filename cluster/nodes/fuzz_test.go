@@ -67,47 +67,38 @@ func (b *broker) none(t *testing.T) {
 	}
 }
 
-// reports captures the instance status reports the server queues for root.
-type reports struct {
+// captured collects what the server hands on, for the checks to take.
+type captured[T any] struct {
 	mu  sync.Mutex
-	got []report.Report
+	got []T
 }
 
-func (r *reports) Enqueue(rep report.Report) {
-	r.mu.Lock()
-	r.got = append(r.got, rep)
-	r.mu.Unlock()
+func (c *captured[T]) add(v T) {
+	c.mu.Lock()
+	c.got = append(c.got, v)
+	c.mu.Unlock()
 }
 
-func (r *reports) take() []report.Report {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := r.got
-	r.got = nil
+func (c *captured[T]) take() []T {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.got
+	c.got = nil
 	return out
 }
+
+// reports captures the instance status reports the server queues for root.
+type reports struct{ captured[report.Report] }
+
+func (r *reports) Enqueue(rep report.Report) { r.add(rep) }
 
 // relay captures the gateway registrations the server hands to the relay.
 type relay struct {
-	mu  sync.Mutex
-	got []mqttapi.GatewayRegister
+	captured[mqttapi.GatewayRegister]
 }
 
-func (g *relay) Register(_ string, req mqttapi.GatewayRegister) {
-	g.mu.Lock()
-	g.got = append(g.got, req)
-	g.mu.Unlock()
-}
-
-func (g *relay) NodeGone(string) {}
-
-func (g *relay) take() []mqttapi.GatewayRegister {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	out := g.got
-	g.got = nil
-	return out
-}
+func (g *relay) Register(_ string, req mqttapi.GatewayRegister) { g.add(req) }
+func (g *relay) NodeGone(string)                                {}
 
 // FuzzHandle feeds the cluster's node message handler (the function the broker calls for
 // every publish under nodes/+/net/#) arbitrary topics and payloads from node n1, with the
