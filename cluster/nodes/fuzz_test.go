@@ -194,6 +194,9 @@ func FuzzHandle(f *testing.F) {
 				}
 			}
 		}
+		if got := gws.take(); len(got) != 0 {
+			t.Fatalf("%s %q relayed gateway registrations %+v", topic, payload, got)
+		}
 		running := checkReports(t, suffix, payload, reps.take(), job)
 		srv.NodeGone(fuzzNode)
 		checkDeaths(t, running, reps.take())
