@@ -176,15 +176,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	notif.SetRegistry(reg)
 	metrics.watchPools(promReg, reg)
 	closing, stopPolls := context.WithCancel(context.Background())
-	h := rest.Handler(reg, rest.Config{
-		Closing: closing,
-		Tokens:  c.Tokens, ReadTokens: c.ReadTokens, Logger: log.With("component", "rest"),
-		Registerer: promReg, Gatherer: promReg,
-		Ready:     reg.Ping,
-		Mount:     func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
-		Public:    statuspage.Mount,
-		RateLimit: c.rateLimit(),
-	})
+	h := handler(closing, c, reg, promReg, log)
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
 		stopPolls()
@@ -211,6 +203,21 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	log.Info("root serving", "addr", ln.Addr().String(), "store", storeName(c), "auth", len(c.Tokens) > 0,
 		"tls", tc != nil, "mutual_tls", c.TLS.ClientCAFile != "", "rate_limit", c.RateLimit)
 	return s, nil
+}
+
+// handler builds root's HTTP handler over reg: /api/v1, the reference API under /api,
+// the status page, health, readiness and metrics. Long polls end when closing does. The
+// fuzz tests drive this very handler.
+func handler(closing context.Context, c Config, reg *registry.Registry, promReg *prometheus.Registry, log *slog.Logger) http.Handler {
+	return rest.Handler(reg, rest.Config{
+		Closing: closing,
+		Tokens:  c.Tokens, ReadTokens: c.ReadTokens, Logger: log.With("component", "rest"),
+		Registerer: promReg, Gatherer: promReg,
+		Ready:     reg.Ping,
+		Mount:     func(r chi.Router) { refapi.Mount(r, reg, refapi.Options{Logger: log.With("component", "refapi")}) },
+		Public:    statuspage.Mount,
+		RateLimit: c.rateLimit(),
+	})
 }
 
 // reconciler is a store that can repair what interrupted writers leave behind (the

@@ -3,10 +3,12 @@
 package clustertest
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/semnet/semnet/cluster"
+	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/root"
 	"github.com/semnet/semnet/shared/addrplan"
@@ -93,4 +95,47 @@ func StartWithRoot(t testing.TB, editRoot func(*root.Config), edit func(*cluster
 		t.Fatal("cluster did not register with root")
 	}
 	return p
+}
+
+// Job is a root with one service whose instance 0 runs, for tests that drive the
+// cluster's parts directly (fuzz targets above all): root's embedded store in a
+// temporary directory, cluster ClusterID registered, and no address quarantine (fuzz
+// inputs allocate and release far more subnets than the plan holds).
+type Job struct {
+	Root     *root.Server
+	RC       *client.Client
+	Service  api.Service
+	Instance api.Instance // number 0, running
+}
+
+// StartJob starts root with the service app.ns.web.ns and its instance 0 running in
+// cluster clusterID.
+func StartJob(tb testing.TB, clusterID string) *Job {
+	tb.Helper()
+	plan := addrplan.Default()
+	plan.Quarantine = 0
+	j := &Job{Root: startRoot(tb, root.Config{Listen: "127.0.0.1:0", DataDir: tb.TempDir(), Insecure: true, Plan: plan})}
+	tb.Cleanup(func() { j.Root.Close() })
+	var err error
+	if j.RC, err = client.New("http://"+j.Root.Addr.String(), "", nil); err != nil {
+		tb.Fatal(err)
+	}
+	ctx := tb.Context()
+	if _, err = j.RC.RegisterCluster(ctx, api.ClusterRequest{ID: clusterID, Name: clusterID, Address: "127.0.0.1", Port: 10100,
+		Location: geo.Point{Lat: 48.14, Lon: 11.58}}); err != nil {
+		tb.Fatal(err)
+	}
+	if j.Service, err = j.RC.CreateService(ctx, api.ServiceRequest{App: "app", AppNS: "ns", Service: "web", ServiceNS: "ns"}); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err = j.RC.CreateInstance(ctx, j.Service.ID, api.InstanceRequest{ClusterID: clusterID}); err != nil {
+		tb.Fatal(err)
+	}
+	j.Instance, err = j.RC.PlaceInstance(ctx, j.Service.ID, 0, api.Placement{Status: "running", ClusterID: clusterID,
+		NamespaceIP: netip.MustParseAddr("10.18.0.2"), NamespaceIPv6: netip.MustParseAddr("fc00::2"),
+		HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 50103})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return j
 }

@@ -277,7 +277,10 @@ func (s *Server) addressChanged(nodeID string, payload []byte) error {
 	}
 	for _, in := range e.Table.Instances {
 		if in.Number == int(a.InstanceNumber) {
-			p := api.Placement{Status: "running", NamespaceIP: in.NamespaceIP, NamespaceIPv6: in.NamespaceIPv6,
+			// ClusterID as in every report: root orders a cluster's reports by their
+			// sequence only when it knows whose they are, so without it a late address
+			// change could undo a newer report.
+			p := api.Placement{Status: "running", ClusterID: s.opt.ClusterID, NamespaceIP: in.NamespaceIP, NamespaceIPv6: in.NamespaceIPv6,
 				HostIP: hostIP, HostPort: int(a.HostPort), Location: in.Location}
 			rep := report.Report{Node: nodeID, Job: a.AppName, Instance: int(a.InstanceNumber), Placement: p}
 			var fresh bool

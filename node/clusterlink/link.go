@@ -99,11 +99,7 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 	if cfg.KeepAlive < time.Second || cfg.KeepAlive%time.Second != 0 || cfg.KeepAlive > 65535*time.Second {
 		return nil, fmt.Errorf("clusterlink: keepalive %v must be whole seconds from 1 s to 65535 s (MQTT)", cfg.KeepAlive)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	l := &Link{cfg: cfg, log: cfg.Logger, waiting: map[string]chan *mqttapi.TableQueryResult{}, follow: map[string]bool{},
-		ready: make(chan struct{})}
+	l := newLink(cfg)
 	scheme := "tcp://"
 	if cfg.TLS != nil {
 		scheme = "ssl://"
@@ -164,6 +160,15 @@ func Dial(ctx context.Context, cfg Config) (*Link, error) {
 	return l, nil
 }
 
+// newLink returns a link that is not connected yet: Dial connects it.
+func newLink(cfg Config) *Link {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Link{cfg: cfg, log: cfg.Logger, waiting: map[string]chan *mqttapi.TableQueryResult{}, follow: map[string]bool{},
+		ready: make(chan struct{})}
+}
+
 // attemptFailed records why a connection attempt failed, logging a reason only when it
 // differs from the previous attempt's: paho retries every second.
 func (l *Link) attemptFailed(err error) {
@@ -220,8 +225,10 @@ func (l *Link) route(_ paho.Client, m paho.Message) {
 		}
 		return
 	}
-	_, suffix, ok := mqttapi.ParseNodeTopic(topic)
-	if !ok {
+	// Only this node's topics are subscribed; anything else (a broker that routes
+	// wrongly) is no answer to this node's requests.
+	id, suffix, ok := mqttapi.ParseNodeTopic(topic)
+	if !ok || id != l.cfg.NodeID {
 		return
 	}
 	switch suffix {
@@ -310,17 +317,8 @@ func (l *Link) query(ctx context.Context, key string) (*mqttapi.TableQueryResult
 	if _, err := netip.ParseAddr(key); err == nil {
 		q = mqttapi.TableQuery{SIP: key}
 	}
-	ch := make(chan *mqttapi.TableQueryResult, 1)
-	l.mu.Lock()
-	l.waiting[key] = ch
-	l.mu.Unlock()
-	defer func() {
-		l.mu.Lock()
-		if l.waiting[key] == ch {
-			delete(l.waiting, key)
-		}
-		l.mu.Unlock()
-	}()
+	ch, done := l.await(key)
+	defer done()
 	if err := l.publish(ctx, mqttapi.SuffixTableQuery, q); err != nil {
 		return nil, err
 	}
@@ -337,19 +335,29 @@ func (l *Link) query(ctx context.Context, key string) (*mqttapi.TableQueryResult
 	}
 }
 
+// await registers for the result of a query by key (deliver hands it over); done drops
+// the registration unless a result took it. It is in place before the query is
+// published, so no answer can arrive unseen.
+func (l *Link) await(key string) (<-chan *mqttapi.TableQueryResult, func()) {
+	ch := make(chan *mqttapi.TableQueryResult, 1)
+	l.mu.Lock()
+	l.waiting[key] = ch
+	l.mu.Unlock()
+	return ch, func() {
+		l.mu.Lock()
+		if l.waiting[key] == ch {
+			delete(l.waiting, key)
+		}
+		l.mu.Unlock()
+	}
+}
+
 // Subnet asks the cluster for the node's worker subnet pair.
 func (l *Link) Subnet(ctx context.Context) (mqttapi.SubnetResult, error) {
 	l.subMu.Lock()
 	defer l.subMu.Unlock()
-	ch := make(chan mqttapi.SubnetResult, 1)
-	l.mu.Lock()
-	l.subnet = ch
-	l.mu.Unlock()
-	defer func() {
-		l.mu.Lock()
-		l.subnet = nil
-		l.mu.Unlock()
-	}()
+	ch, done := l.awaitSubnet()
+	defer done()
 	if err := l.publish(ctx, mqttapi.SuffixSubnet, mqttapi.SubnetRequest{Method: mqttapi.SubnetMethodGet}); err != nil {
 		return mqttapi.SubnetResult{}, err
 	}
@@ -366,6 +374,20 @@ func (l *Link) Subnet(ctx context.Context) (mqttapi.SubnetResult, error) {
 		return r, nil
 	case <-ctx.Done():
 		return mqttapi.SubnetResult{}, fmt.Errorf("clusterlink: subnet request: no answer: %w", ctx.Err())
+	}
+}
+
+// awaitSubnet registers for the answer to the subnet request about to be published (the
+// caller holds subMu: one at a time); done drops the registration.
+func (l *Link) awaitSubnet() (<-chan mqttapi.SubnetResult, func()) {
+	ch := make(chan mqttapi.SubnetResult, 1)
+	l.mu.Lock()
+	l.subnet = ch
+	l.mu.Unlock()
+	return ch, func() {
+		l.mu.Lock()
+		l.subnet = nil
+		l.mu.Unlock()
 	}
 }
 

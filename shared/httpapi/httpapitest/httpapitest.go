@@ -1,15 +1,19 @@
 // Package httpapitest holds what tests of semnet's REST servers (root, cluster) need to
 // be their clients: several clients from one machine, whole answers (status, headers,
-// body) and the check that a client going over its rate limit is refused as
+// body), requests served in process for fuzz targets, and the checks that a client going
+// over its rate limit is refused, and that a client's mistake is answered, as
 // shared/httpapi promises.
 package httpapitest
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -60,6 +64,53 @@ func Do(t testing.TB, hc *http.Client, method, url, token, body string) Answer {
 		t.Fatalf("%s %s: reading the answer: %v", method, url, err)
 	}
 	return Answer{resp.StatusCode, resp.Header.Get("Retry-After"), resp.Header.Get("Content-Type"), b}
+}
+
+// Serve serves one request with h in process, without a listener, so that a fuzz
+// target can send thousands a second, and returns the whole answer. body is sent as
+// JSON, token (when not empty) as the bearer token.
+func Serve(h http.Handler, method, path, token string, body []byte) Answer {
+	req := httptest.NewRequest(method, path, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return Answer{rec.Code, rec.Header().Get("Retry-After"), rec.Header().Get("Content-Type"), rec.Body.Bytes()}
+}
+
+// CheckClientError checks the answer to a request whose only possible fault is the
+// client's (the server and what it depends on are up): no 5xx; a 4xx is
+// application/problem+json whose status matches and whose detail says what was wrong;
+// a 2xx is JSON, or empty for 204.
+func CheckClientError(a Answer) error {
+	switch {
+	case a.Code >= 500:
+		return fmt.Errorf("server error %d for a client's request: %s", a.Code, a.Body)
+	case a.Code >= 400:
+		if a.ContentType != "application/problem+json" {
+			return fmt.Errorf("%d with Content-Type %q, want application/problem+json: %s", a.Code, a.ContentType, a.Body)
+		}
+		var p struct {
+			Status int
+			Detail string
+		}
+		if err := json.Unmarshal(a.Body, &p); err != nil {
+			return fmt.Errorf("%d: the problem does not decode (%v): %s", a.Code, err, a.Body)
+		}
+		if p.Status != a.Code || strings.TrimSpace(p.Detail) == "" {
+			return fmt.Errorf("%d: problem %s lacks a matching status or a detail", a.Code, a.Body)
+		}
+	case a.Code == http.StatusNoContent:
+	case a.Code >= 200 && a.Code < 300:
+		if !strings.HasPrefix(a.ContentType, "application/json") || !json.Valid(a.Body) {
+			return fmt.Errorf("%d with Content-Type %q and a body that is not JSON: %s", a.Code, a.ContentType, a.Body)
+		}
+	default:
+		return fmt.Errorf("unexpected status %d: %s", a.Code, a.Body)
+	}
+	return nil
 }
 
 // SpendBurst sends requests with send, each answered with success until the client's
