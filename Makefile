@@ -29,7 +29,8 @@ release:
 vet:
 	gofmt -l . | (! grep .) && $(GO) vet ./...
 
-# Each fuzz target for a fixed number of executions (about 10 s each here): catches
+# Each fuzz target for a fixed number of executions (10-30 s each here; the REST and MQTT
+# targets drive real servers, so fewer executions): catches
 # regressions on the committed corpora. A count, not a duration: Go 1.26's coordinator can
 # fail a duration-bounded run with a spurious "context deadline exceeded" when a busy
 # worker misses the deadline (go.dev/issue/75804, fixed in Go 1.27).
@@ -39,6 +40,10 @@ fuzz-smoke:
 	$(GO) test -run='^$$' -fuzz='^FuzzEmbedded$$' -fuzztime=300000x ./node/packet/
 	$(GO) test -run='^$$' -fuzz='^FuzzApply$$' -fuzztime=300000x ./node/table/
 	$(GO) test -run='^$$' -fuzz='^FuzzApplyJSON$$' -fuzztime=300000x ./node/table/
+	$(GO) test -run='^$$' -fuzz='^FuzzAPIBodies$$' -fuzztime=30000x ./root/
+	$(GO) test -run='^$$' -fuzz='^FuzzRefBodies$$' -fuzztime=20000x ./cluster/refapi/
+	$(GO) test -run='^$$' -fuzz='^FuzzHandle$$' -fuzztime=100000x ./cluster/nodes/
+	$(GO) test -run='^$$' -fuzz='^FuzzRoute$$' -fuzztime=100000x ./node/clusterlink/
 
 bench:
 	./.ci/with-servers $(GO) test -run='^$$' -bench=. -benchmem ./shared/... ./root/... ./cluster/... ./node/...
