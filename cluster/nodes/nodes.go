@@ -41,6 +41,7 @@ type Table interface {
 	Cached(ctx context.Context, key string) (*cache.Entry, bool)
 	Lookup(ctx context.Context, key string) (*cache.Entry, error)
 	Forget(ctx context.Context, job string) error
+	Follow(ctx context.Context, job string) error
 	Stale() bool
 }
 
@@ -264,7 +265,20 @@ func (s *Server) Release(ctx context.Context, job string) error {
 	if !s.in.unused(job) {
 		return nil
 	}
-	return s.table.Forget(ctx, job)
+	return s.drop(ctx, job)
+}
+
+// drop drops the cluster's interest in job at root and, should a node have asked for it
+// again meanwhile, takes it up again at once: that node's query may have registered the
+// interest the drop then removed, and the changes since would never reach it.
+func (s *Server) drop(ctx context.Context, job string) error {
+	if err := s.table.Forget(ctx, job); err != nil {
+		return err
+	}
+	if s.in.unused(job) {
+		return nil
+	}
+	return s.table.Follow(ctx, job)
 }
 
 // forget queues a job no node needs for the forgetter: dropping an interest at root is a
@@ -290,7 +304,7 @@ func (s *Server) forgetter() {
 			if !s.in.unused(job) {
 				continue
 			}
-			if err := s.table.Forget(s.ctx, job); err != nil && s.ctx.Err() == nil {
+			if err := s.drop(s.ctx, job); err != nil && s.ctx.Err() == nil {
 				s.log.Warn("could not drop the cluster's interest at root", "job", job, "err", err)
 			}
 		}

@@ -83,6 +83,10 @@ type Table struct {
 	// unfollowed holds the jobs whose interest the cluster dropped at root (job -> true).
 	// A sync.Map: every cache hit reads it, it rarely changes.
 	unfollowed sync.Map
+	// forgets counts the starts and ends of Forget calls: a fetch that registered
+	// interest clears a job's mark only if no Forget started or ended meanwhile, as one
+	// could remove at root the interest the fetch just added.
+	forgets atomic.Uint64
 }
 
 // New returns a table over the cache, fetching from root. Start following with Run.
@@ -171,6 +175,18 @@ func (t *Table) Refresh(ctx context.Context, key string) error {
 	return nil
 }
 
+// Follow re-reads a job registering the cluster's interest again, and reports it through
+// OnChange: for a job a node asked for again while its interest was being dropped, whose
+// changes root did not send meanwhile.
+func (t *Table) Follow(ctx context.Context, job string) error {
+	e, err := t.fetch(ctx, job, true)
+	if err != nil {
+		return err
+	}
+	t.opt.OnChange(e.JobName(), e)
+	return nil
+}
+
 // Prefetch makes sure a job is cached and followed (the orchestrator announces a job
 // before its instances start).
 func (t *Table) Prefetch(ctx context.Context, key string) (*cache.Entry, error) {
@@ -181,6 +197,13 @@ func (t *Table) Prefetch(ctx context.Context, key string) (*cache.Entry, error) 
 // cached entry stays but is no longer trusted; the next lookup fetches it again.
 func (t *Table) Forget(ctx context.Context, job string) error {
 	t.unfollowed.Store(job, true)
+	t.forgets.Add(1)
+	defer func() {
+		// Marked again: a fetch that registered interest while the removal was on its
+		// way may have cleared the mark, and root has no interest now.
+		t.unfollowed.Store(job, true)
+		t.forgets.Add(1)
+	}()
 	ctx, cancel := context.WithTimeout(ctx, t.opt.FetchTimeout)
 	defer cancel()
 	if err := t.root.RemoveInterest(ctx, t.opt.ClusterID, job); err != nil && !errors.Is(err, client.ErrNotFound) {
@@ -203,6 +226,7 @@ func (t *Table) fetch(ctx context.Context, key string, interest bool) (*cache.En
 	if interest {
 		cid = t.opt.ClusterID
 	}
+	forgets := t.forgets.Load()
 	te, err := t.root.Resolve(ctx, key, cid)
 	if errors.Is(err, client.ErrNotFound) {
 		t.contact()
@@ -217,7 +241,8 @@ func (t *Table) fetch(ctx context.Context, key string, interest bool) (*cache.En
 	if _, err := t.cache.Put(ctx, e); err != nil {
 		t.log.Warn("cache write failed", "job", e.JobName(), "err", err)
 	}
-	if interest {
+	if interest && t.forgets.Load() == forgets {
+		// Otherwise the job stays marked, and its next lookup registers interest again.
 		t.unfollowed.Delete(e.JobName())
 	}
 	return e, nil

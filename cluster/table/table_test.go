@@ -181,3 +181,60 @@ func TestRootReplaced(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// gatedRoot is a real root client whose RemoveInterest waits for its gate: the drop of an
+// interest still on its way to root.
+type gatedRoot struct {
+	*client.Client
+	entered, gate chan struct{}
+}
+
+func (g *gatedRoot) RemoveInterest(ctx context.Context, clusterID, service string) error {
+	close(g.entered)
+	<-g.gate
+	return g.Client.RemoveInterest(ctx, clusterID, service)
+}
+
+// TestForgetRacingLookup: a lookup that registers the interest again while its drop is
+// on the way to root must not leave the cache trusting an entry root no longer sends
+// changes for (a soak run found caches answering from such entries for good).
+func TestForgetRacingLookup(t *testing.T) {
+	ctx := t.Context()
+	srv, rc := startRoot(t, t.TempDir())
+	defer srv.Close()
+	if _, err := rc.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Name: "c1", Address: "127.0.0.1", Port: 10110, Location: geo.Point{Lat: 48, Lon: 11}}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: "web", ServiceNS: "eu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedRoot{Client: rc, entered: make(chan struct{}), gate: make(chan struct{})}
+	tb := table.New(g, cache.NewMemory(cache.Options{}), table.Options{ClusterID: "c1"})
+	if _, err := tb.Lookup(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	forgot := make(chan error, 1)
+	go func() { forgot <- tb.Forget(ctx, svc.JobName) }()
+	<-g.entered
+	if _, err := tb.Lookup(ctx, svc.JobName); err != nil { // a node asks again meanwhile
+		t.Fatal(err)
+	}
+	close(g.gate)
+	if err := <-forgot; err != nil {
+		t.Fatal(err)
+	}
+	// Root now has no interest of c1 in the job, so it sends no changes: a change there
+	// must still show at the next lookup.
+	in, err := rc.CreateInstance(ctx, svc.JobName, api.InstanceRequest{ClusterID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := tb.Lookup(ctx, svc.JobName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Revision < in.Revision {
+		t.Errorf("lookup answered revision %d from the cache; root is at %d (instance %d created)", e.Revision, in.Revision, in.Number)
+	}
+}
