@@ -84,26 +84,36 @@ func startDaemon(t *testing.T, name, bin, addr string, args ...string) *daemon {
 
 // start launches the process and waits until it is ready, launching it again when it
 // exits first (as its supervisor would: root exits when its store does not answer at
-// start). It returns how many launches it took.
+// start). It returns how many launches it took; the test fails if it never got ready.
 func (d *daemon) start() int {
 	d.t.Helper()
+	n, err := d.launch()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return n
+}
+
+func (d *daemon) launch() (int, error) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for launch := 1; ; launch++ {
 		d.cmd = exec.Command(d.bin, d.args...)
 		d.cmd.Env = append(os.Environ(), "SEMNET_TOKEN="+token)
 		d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 		if err := d.cmd.Start(); err != nil {
-			d.t.Fatal(err)
+			return launch, err
 		}
 		exited := make(chan struct{})
 		go func(cmd *exec.Cmd) { cmd.Wait(); close(exited) }(d.cmd)
 		for {
 			if readyz(d.addr) == http.StatusOK {
 				d.exited = exited
-				return launch
+				return launch, nil
 			}
 			if time.Now().After(deadline) {
-				d.t.Fatalf("%s not ready after %d launches", d.name, launch)
+				_ = d.cmd.Process.Kill()
+				<-exited
+				return launch, fmt.Errorf("%s not ready after %d launches", d.name, launch)
 			}
 			select {
 			case <-exited:
@@ -283,7 +293,7 @@ func (s *soak) startNodes() {
 	t := s.t
 	s.nodes = make([]*soakNode, *soakNodes)
 	errs := make(chan error, len(s.nodes))
-	sem := make(chan struct{}, 32)
+	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
 	for i := range s.nodes {
 		n := &soakNode{i: i, cluster: []string{"c1", "c2"}[i%2], port: 20000 + i,
@@ -295,11 +305,18 @@ func (s *soak) startNodes() {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			// A node whose start fails (its subnet request timed out: root is slow while
+			// many nodes start) starts again, as its supervisor would restart it.
 			var err error
-			n.sim, err = simnode.Start(s.ctx, simnode.Config{ID: fmt.Sprintf("w%d", i), Broker: s.brokers[i%2],
-				HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: n.port, Location: &n.loc,
-				OnUpdate:    func(key string, u mqttapi.UpdatesAvailable) { s.pushed(n, key, u) },
-				OnReconnect: func() { go s.refresh(n) }})
+			for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
+				n.sim, err = simnode.Start(s.ctx, simnode.Config{ID: fmt.Sprintf("w%d", i), Broker: s.brokers[i%2],
+					HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: n.port, Location: &n.loc,
+					OnUpdate:    func(key string, u mqttapi.UpdatesAvailable) { s.pushed(n, key, u) },
+					OnReconnect: func() { go s.refresh(n) }})
+				if err == nil || time.Now().After(deadline) {
+					break
+				}
+			}
 			errs <- err
 		}()
 	}

@@ -120,7 +120,7 @@ func (c Config) rateLimit() httpapi.RateLimit {
 func OpenStore(ctx context.Context, c Config) (store.Store, error) {
 	opt := store.Options{Quarantine: c.Plan.Quarantine}
 	if c.MongoURI != "" {
-		st, err := mongo.Open(ctx, c.MongoURI, c.MongoDB, mongo.Options{Options: opt, SkipMigrate: c.NoMigrate})
+		st, err := mongo.Open(ctx, c.MongoURI, c.MongoDB, mongo.Options{Options: opt, SkipMigrate: c.NoMigrate, Logger: c.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("open MongoDB store: %w", err)
 		}

@@ -67,6 +67,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -97,6 +98,8 @@ type Options struct {
 	// AbandonAfter is how long a missing revision may block the change log before
 	// readers skip it. Default 5 seconds.
 	AbandonAfter time.Duration
+	// Logger, when set, is told about a repair at Open that failed for want of the server.
+	Logger *slog.Logger
 }
 
 // Store is the MongoDB-backed store.Store. It is safe for concurrent use.
@@ -179,7 +182,15 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 	}
 	s.next = rev + 1
 	if err := s.Reconcile(ctx); err != nil {
-		return nil, err
+		if !errors.Is(err, store.ErrUnavailable) {
+			return nil, err
+		}
+		// A server too busy for the repair now (FerretDB answers "database is locked"
+		// under load) need not keep root from starting: what the repair frees only holds
+		// addresses until root's next periodic run (root.Config.ReconcileInterval).
+		if opt.Logger != nil {
+			opt.Logger.Warn("store repair at start failed; the periodic run retries", "err", err)
+		}
 	}
 	return s, nil
 }
