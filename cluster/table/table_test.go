@@ -31,6 +31,20 @@ func startRoot(t *testing.T, dir string) (*root.Server, *client.Client) {
 	return srv, rc
 }
 
+// startJob runs a real root with cluster c1 registered and one service.
+func startJob(t *testing.T) (*root.Server, *client.Client, api.Service) {
+	t.Helper()
+	srv, rc := startRoot(t, t.TempDir())
+	if _, err := rc.RegisterCluster(t.Context(), api.ClusterRequest{ID: "c1", Name: "c1", Address: "127.0.0.1", Port: 10110, Location: geo.Point{Lat: 48, Lon: 11}}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "shop", AppNS: "prod", Service: "web", ServiceNS: "eu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, rc, svc
+}
+
 type changes struct {
 	mu   sync.Mutex
 	seen []string // "job" or "job:deleted"
@@ -68,15 +82,8 @@ func (c *changes) waitFor(t *testing.T, what string, cond func() bool) {
 
 func TestLookupFollowAndResync(t *testing.T) {
 	ctx := t.Context()
-	srv, rc := startRoot(t, t.TempDir())
+	srv, rc, svc := startJob(t)
 	defer srv.Close()
-	if _, err := rc.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Name: "c1", Address: "127.0.0.1", Port: 10110, Location: geo.Point{Lat: 48, Lon: 11}}); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: "web", ServiceNS: "eu"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := cache.NewMemory(cache.Options{})
 	ch := &changes{ch: make(chan struct{}, 1)}
 	tb := table.New(rc, c, table.Options{ClusterID: "c1", Wait: time.Second, OnChange: ch.record})
@@ -200,15 +207,8 @@ func (g *gatedRoot) RemoveInterest(ctx context.Context, clusterID, service strin
 // changes for (a soak run found caches answering from such entries for good).
 func TestForgetRacingLookup(t *testing.T) {
 	ctx := t.Context()
-	srv, rc := startRoot(t, t.TempDir())
+	srv, rc, svc := startJob(t)
 	defer srv.Close()
-	if _, err := rc.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Name: "c1", Address: "127.0.0.1", Port: 10110, Location: geo.Point{Lat: 48, Lon: 11}}); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: "web", ServiceNS: "eu"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	g := &gatedRoot{Client: rc, entered: make(chan struct{}), gate: make(chan struct{})}
 	tb := table.New(g, cache.NewMemory(cache.Options{}), table.Options{ClusterID: "c1"})
 	if _, err := tb.Lookup(ctx, svc.JobName); err != nil {
