@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync/atomic"
@@ -158,23 +159,7 @@ func (n *Node) onGatewayConfig(c mqttapi.GatewayConfig) {
 		n.registerGateway(gatewayRetry)
 		return
 	}
-	var ex []datapath.Exposure
-	var tcp, udp []uint16
-	for _, e := range c.Exposures {
-		x := datapath.Exposure{PublicPort: uint16(e.PublicPort), ServicePort: uint16(e.ServicePort), Target4: e.TargetIP, Target6: e.TargetIPv6}
-		switch e.Protocol {
-		case api.ProtocolTCP:
-			x.Proto = packet.TCP
-			tcp = append(tcp, x.PublicPort)
-		case api.ProtocolUDP:
-			x.Proto = packet.UDP
-			udp = append(udp, x.PublicPort)
-		default:
-			n.log.Warn("exposure with an unknown protocol ignored", "id", e.ID, "protocol", e.Protocol)
-			continue
-		}
-		ex = append(ex, x)
-	}
+	ex, tcp, udp := n.exposures(c.Exposures)
 	n.mu.Lock()
 	prev := n.gw.instance
 	n.gw.instance, n.gw.exposures = c.InstanceNumber, len(ex)
@@ -192,4 +177,62 @@ func (n *Node) onGatewayConfig(c mqttapi.GatewayConfig) {
 	}
 	n.log.Info("gateway configured", "instance", c.InstanceNumber, "instance_ip", c.InstanceIP, "instance_ip_v6", c.InstanceIPv6,
 		"exposures", len(ex), "revision", c.Revision)
+}
+
+// exposures turns the cluster's exposures into the datapath's, with the public ports to
+// open per protocol. An exposure the datapath could not apply (a port outside 1..65535,
+// no target address or one of the wrong family, an unknown protocol, a public port taken
+// by an earlier exposure of the same protocol) is left out and logged: the others still
+// apply, and a truncated port must never open a port nobody exposed.
+func (n *Node) exposures(list []mqttapi.GatewayExposure) (ex []datapath.Exposure, tcp, udp []uint16) {
+	type portKey struct {
+		proto packet.Proto
+		port  uint16
+	}
+	taken := map[portKey]bool{}
+	for _, e := range list {
+		if err := checkExposure(e); err != nil {
+			n.log.Warn("exposure ignored", "id", e.ID, "err", err)
+			continue
+		}
+		x := datapath.Exposure{PublicPort: uint16(e.PublicPort), ServicePort: uint16(e.ServicePort), Target4: e.TargetIP, Target6: e.TargetIPv6}
+		switch e.Protocol {
+		case api.ProtocolTCP:
+			x.Proto = packet.TCP
+		case api.ProtocolUDP:
+			x.Proto = packet.UDP
+		}
+		k := portKey{x.Proto, x.PublicPort}
+		if taken[k] {
+			n.log.Warn("exposure ignored: its public port is exposed already", "id", e.ID, "protocol", e.Protocol, "public_port", e.PublicPort)
+			continue
+		}
+		taken[k] = true
+		if x.Proto == packet.TCP {
+			tcp = append(tcp, x.PublicPort)
+		} else {
+			udp = append(udp, x.PublicPort)
+		}
+		ex = append(ex, x)
+	}
+	return ex, tcp, udp
+}
+
+// checkExposure says why the datapath cannot apply e, if it cannot.
+func checkExposure(e mqttapi.GatewayExposure) error {
+	switch {
+	case e.Protocol != api.ProtocolTCP && e.Protocol != api.ProtocolUDP:
+		return fmt.Errorf("protocol %q is neither %q nor %q", e.Protocol, api.ProtocolTCP, api.ProtocolUDP)
+	case e.PublicPort < 1 || e.PublicPort > 65535:
+		return fmt.Errorf("public_port %d is outside 1..65535", e.PublicPort)
+	case e.ServicePort < 1 || e.ServicePort > 65535:
+		return fmt.Errorf("service_port %d is outside 1..65535", e.ServicePort)
+	case !e.TargetIP.IsValid() && !e.TargetIPv6.IsValid():
+		return errors.New("no target_ip nor target_ip_v6")
+	case e.TargetIP.IsValid() && !e.TargetIP.Is4():
+		return fmt.Errorf("target_ip %s is not IPv4", e.TargetIP)
+	case e.TargetIPv6.IsValid() && (!e.TargetIPv6.Is6() || e.TargetIPv6.Is4In6()):
+		return fmt.Errorf("target_ip_v6 %s is not IPv6", e.TargetIPv6)
+	}
+	return nil
 }

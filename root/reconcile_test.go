@@ -1,9 +1,13 @@
 package root_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,4 +138,81 @@ func TestReconcileIntervalValidated(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("the default reconcile interval: %v", err)
 	}
+}
+
+// TestStoreWait starts root while its MongoDB server is down: with a store wait, root
+// keeps trying and serves once the server is up; without one, or with a URI no retry can
+// fix, it fails at once with an error saying why.
+func TestStoreWait(t *testing.T) {
+	db := testservers.StartFerretDB(t)
+	db.Kill()
+	cfg := root.Config{Listen: "127.0.0.1:0", MongoURI: db.URI(), MongoDB: "semnet", Insecure: true, Plan: addrplan.Default()}
+
+	t.Run("try once", func(t *testing.T) {
+		_, err := root.Start(t.Context(), cfg)
+		if !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("Start with the server down and no store wait: %v, want an error wrapping store.ErrUnavailable", err)
+		}
+	})
+	t.Run("bad URI", func(t *testing.T) {
+		c := cfg
+		c.MongoURI, c.StoreWait = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=nonsense", time.Hour
+		_, err := root.Start(t.Context(), c)
+		if err == nil || errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("Start with a malformed URI: %v, want a URI error that is not store.ErrUnavailable", err)
+		}
+	})
+	t.Run("waits", func(t *testing.T) {
+		logs := &syncBuffer{}
+		c := cfg
+		c.StoreWait, c.Logger = time.Minute, slog.New(slog.NewTextHandler(logs, nil))
+		type started struct {
+			srv *root.Server
+			err error
+		}
+		done := make(chan started, 1)
+		go func() {
+			srv, err := root.Start(t.Context(), c)
+			done <- started{srv, err}
+		}()
+		// The server comes up only after root has failed to reach it at least once.
+		for !strings.Contains(logs.String(), "MongoDB unavailable; retrying") {
+			select {
+			case s := <-done:
+				t.Fatalf("Start returned before the server was up: %v", s.err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		db.Start()
+		s := <-done
+		if s.err != nil {
+			t.Fatalf("Start after the server came up: %v\nroot's log:\n%s", s.err, logs)
+		}
+		defer s.srv.Close()
+		rc, err := client.New("http://"+s.srv.Addr.String(), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "wait", AppNS: "db", Service: "up", ServiceNS: "test"}); err != nil {
+			t.Fatalf("create a service on the root that waited: %v", err)
+		}
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger writing while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

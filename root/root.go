@@ -17,6 +17,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -64,8 +65,13 @@ type Config struct {
 	// bounds how long an outage's leftovers hold their addresses, and the default keeps
 	// that well below the address quarantine.
 	ReconcileInterval time.Duration
-	Plan              addrplan.Plan
-	Logger            *slog.Logger
+	// StoreWait is how long root keeps trying to open MongoDB while the server is
+	// unreachable or too busy to answer (not started yet, restarting, SQLITE_BUSY on
+	// FerretDB), with backoff, before it gives up; zero tries once. Errors that cannot
+	// pass (a bad URI, a dirty migration) end the start at once.
+	StoreWait time.Duration
+	Plan      addrplan.Plan
+	Logger    *slog.Logger
 }
 
 // DefaultReconcileInterval is how often root repairs its store unless told otherwise.
@@ -103,6 +109,9 @@ func (c Config) Validate() error {
 	if err := c.rateLimit().Validate(); err != nil {
 		return err
 	}
+	if c.StoreWait < 0 {
+		return fmt.Errorf("store wait %v must not be negative (0: try once)", c.StoreWait)
+	}
 	if c.ReconcileInterval < 0 {
 		return fmt.Errorf("reconcile interval %v must not be negative (0: every %v)", c.ReconcileInterval, DefaultReconcileInterval)
 	}
@@ -120,11 +129,7 @@ func (c Config) rateLimit() httpapi.RateLimit {
 func OpenStore(ctx context.Context, c Config) (store.Store, error) {
 	opt := store.Options{Quarantine: c.Plan.Quarantine}
 	if c.MongoURI != "" {
-		st, err := mongo.Open(ctx, c.MongoURI, c.MongoDB, mongo.Options{Options: opt, SkipMigrate: c.NoMigrate, Logger: c.Logger})
-		if err != nil {
-			return nil, fmt.Errorf("open MongoDB store: %w", err)
-		}
-		return st, nil
+		return openMongo(ctx, c, opt)
 	}
 	if err := os.MkdirAll(c.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
@@ -132,6 +137,39 @@ func OpenStore(ctx context.Context, c Config) (store.Store, error) {
 	st, err := bolt.Open(filepath.Join(c.DataDir, "root.db"), opt)
 	if err != nil {
 		return nil, fmt.Errorf("open embedded store in %s: %w", c.DataDir, err)
+	}
+	return st, nil
+}
+
+// openMongo opens the MongoDB store, retrying while the server is unavailable for up
+// to c.StoreWait: in a deployment root often starts before its database is ready, or
+// restarts while the database is loaded; a supervisor restarting root would only add
+// its own delay.
+func openMongo(ctx context.Context, c Config, opt store.Options) (store.Store, error) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 250*time.Millisecond, 5*time.Second, c.StoreWait
+	var b backoff.BackOff = bo
+	if c.StoreWait == 0 {
+		b = &backoff.StopBackOff{}
+	}
+	attempts := 0
+	st, err := backoff.RetryNotifyWithData(func() (*mongo.Store, error) {
+		attempts++
+		st, err := mongo.Open(ctx, c.MongoURI, c.MongoDB, mongo.Options{Options: opt, SkipMigrate: c.NoMigrate, Logger: c.Logger})
+		if err != nil && (!errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil) {
+			return nil, backoff.Permanent(err)
+		}
+		return st, err
+	}, backoff.WithContext(b, ctx), func(err error, wait time.Duration) {
+		if c.Logger != nil {
+			c.Logger.Warn("MongoDB unavailable; retrying", "attempt", attempts, "retry_in", wait.Round(time.Millisecond), "store_wait", c.StoreWait, "err", err)
+		}
+	})
+	if err != nil {
+		if attempts > 1 {
+			return nil, fmt.Errorf("open MongoDB store (gave up after %d attempts in --store-wait %v): %w", attempts, c.StoreWait, err)
+		}
+		return nil, fmt.Errorf("open MongoDB store: %w", err)
 	}
 	return st, nil
 }

@@ -129,6 +129,9 @@ func Open(ctx context.Context, uri, dbName string, opt Options) (*Store, error) 
 		return nil, errors.New("mongo: open: database name is empty")
 	}
 	co := options.Client().ApplyURI(uri)
+	if err := co.Validate(); err != nil {
+		return nil, fmt.Errorf("mongo: URI: %w", err) // not ErrUnavailable: retrying cannot help
+	}
 	if co.ServerSelectionTimeout == nil {
 		// The driver's default (30 s) holds every request that long while the server is
 		// down; the API should answer 503 well before a client gives up.
