@@ -10,7 +10,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -46,7 +48,8 @@ var (
 	soakQPS   = flag.Float64("soak-qps", 300, "TestSoak: table queries per second the nodes offer in total (open loop)")
 	soakChurn = flag.Float64("soak-churn", 10, "TestSoak: churn operations per second (deploy, scale up or down, migrate, undeploy)")
 	soakSvcs  = flag.Int("soak-services", 60, "TestSoak: services deployed before the run (one to three instances each)")
-	soakOut   = flag.String("soak-out", "", "TestSoak: directory for summary.md, latency.svg and series.csv (default: a temporary one)")
+	soakOut   = flag.String("soak-out", "", "TestSoak: directory for summary.md, latency.svg, series.csv and each daemon's log (default: a temporary one)")
+	soakLog   = flag.String("soak-log-level", "warn", "TestSoak: the roots' and clusters' --log-level (info shows every placement and ignored late report)")
 )
 
 const (
@@ -253,6 +256,12 @@ func TestSoak(t *testing.T) {
 	if err := s.report(out, end); err != nil {
 		t.Error(err)
 	}
+	for _, d := range append(slices.Clone(s.roots), s.cls...) {
+		name := strings.ReplaceAll(d.name, " ", "-") + ".log"
+		if err := os.WriteFile(filepath.Join(out, name), []byte(d.log.String()), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
 }
 
 // startPlatform starts FerretDB, Redis, two roots on FerretDB behind the link proxy, and
@@ -267,7 +276,7 @@ func (s *soak) startPlatform(bin string) {
 		addr := testservers.FreeAddr(t)
 		rootAddrs = append(rootAddrs, addr)
 		s.roots = append(s.roots, startDaemon(t, fmt.Sprintf("root %c", 'A'+k), bin, addr,
-			"root", "--listen", addr, "--mongo-uri", s.ferret.URI(), "--mongo-db", db, "--log-level", "warn", "--rate-limit", "0"))
+			"root", "--listen", addr, "--mongo-uri", s.ferret.URI(), "--mongo-db", db, "--log-level", *soakLog, "--rate-limit", "0"))
 		rc, err := client.New("http://"+addr, token, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -282,7 +291,7 @@ func (s *soak) startPlatform(bin string) {
 		rest, mqtt := testservers.FreeAddr(t), testservers.FreeAddr(t)
 		args := append([]string{"cluster", "--id", c.id, "--root", "http://" + s.proxy.Addr(), "--root-token", token,
 			"--listen", rest, "--mqtt-listen", mqtt, "--insecure", "--lat", c.lat, "--lon", c.lon,
-			"--node-grace", soakGrace.String(), "--log-level", "warn"}, c.extra...)
+			"--node-grace", soakGrace.String(), "--log-level", *soakLog}, c.extra...)
 		s.cls = append(s.cls, startDaemon(t, "cluster "+c.id, bin, rest, args...))
 		s.brokers = append(s.brokers, mqtt)
 	}

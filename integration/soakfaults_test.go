@@ -158,6 +158,7 @@ func (s *soak) killNodes() string {
 		j.mu.Unlock()
 	}
 	failedIn := time.Duration(-1)
+	var still string // the first victim root still offers, as root has it
 	for time.Since(t0) < soakGrace+time.Minute {
 		all := true
 		for _, v := range victims {
@@ -170,6 +171,7 @@ func (s *soak) killNodes() string {
 			// moved, or gone).
 			if err == nil && in.Status == "running" && in.HostPort == s.nodes[v.node].port {
 				all = false
+				still = fmt.Sprintf("%s instance %d: %+v", v.j.svc.JobName, v.num, in)
 				break
 			}
 		}
@@ -189,7 +191,7 @@ func (s *soak) killNodes() string {
 		v.j.mu.Unlock()
 	}
 	if failedIn < 0 {
-		s.t.Errorf("soak: the instances of %d dead nodes were not all failed at root within %s", len(dead), soakGrace+time.Minute)
+		s.t.Errorf("soak: the instances of %d dead nodes were not all failed at root within %s; still offered: %s", len(dead), soakGrace+time.Minute, still)
 		return fmt.Sprintf("%d nodes died; NOT all their %d instances failed at root in time", len(dead), len(victims))
 	}
 	return fmt.Sprintf("%d nodes died holding %d instances: all out of root's choices %s later (grace %s); %d moved to live nodes",

@@ -102,6 +102,9 @@ func serveChild(arg string) error {
 			Broker: broker.Config{PublishRate: -1},
 			// Nor is its REST API limited: prefetch posts every job at once.
 			RateLimit: 0,
+			// The tool places instances at root itself, not through nodes: no node
+			// announces them, so the sweep after a start must not fail them.
+			NodeGrace: -1,
 			Location:  geo.Point{Lat: 48.14, Lon: 11.58}, StaleAfter: time.Minute, Logger: log})
 		if err != nil {
 			return err
