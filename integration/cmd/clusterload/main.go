@@ -17,6 +17,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -29,11 +30,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -53,6 +57,7 @@ type options struct {
 	nodes, services, instances, misses, rounds, fill, closedClients int
 	rate                                                            float64
 	duration                                                        time.Duration
+	profile                                                         string
 }
 
 func main() {
@@ -67,6 +72,7 @@ func main() {
 	flag.IntVar(&o.misses, "misses", 300, "cache-miss queries (one per fresh service)")
 	flag.IntVar(&o.rounds, "rounds", 20, "propagation rounds (each changes one instance at root)")
 	flag.IntVar(&o.fill, "fill", 0, "also cache this many instances (10 per service) and report the cluster's RSS")
+	flag.StringVar(&o.profile, "profile", "", "write the cluster's CPU and allocation profiles of the whole run (cluster.cpu.prof, cluster.allocs.prof; `go tool pprof` reads them) to this directory")
 	flag.Parse()
 	var err error
 	if *serve != "" {
@@ -92,6 +98,13 @@ type child struct {
 // until its stdin closes, printing its addresses as one JSON line.
 func serveChild(arg string) error {
 	ctx := context.Background()
+	if dir := os.Getenv(profileEnv); dir != "" {
+		stop, err := profile(dir, "cluster")
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var out child
 	if rootURL, ok := strings.CutPrefix(arg, "cluster "); ok {
@@ -138,13 +151,45 @@ func serveChild(arg string) error {
 	return nil
 }
 
-func startChild(arg string) (*child, error) {
+// profileEnv tells a cluster child where to write its profiles (-profile).
+const profileEnv = "CLUSTERLOAD_PROFILE"
+
+// profile starts a CPU profile into dir/name.cpu.prof; the returned function stops it and
+// writes the allocations since the start into dir/name.allocs.prof.
+func profile(dir, name string) (func(), error) {
+	f, err := os.Create(filepath.Join(dir, name+".cpu.prof"))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		a, err := os.Create(filepath.Join(dir, name+".allocs.prof"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "clusterload:", err)
+			return
+		}
+		defer a.Close()
+		if err := pprof.Lookup("allocs").WriteTo(a, 0); err != nil {
+			fmt.Fprintln(os.Stderr, "clusterload:", err)
+		}
+	}, nil
+}
+
+func startChild(arg, profileDir string) (*child, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(self, "-serve", arg)
 	cmd.Stderr = os.Stderr
+	if profileDir != "" {
+		cmd.Env = append(os.Environ(), profileEnv+"="+profileDir)
+	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -175,6 +220,32 @@ func (c *child) stop() {
 		c.cmd.Process.Kill()
 		<-done
 	}
+}
+
+// cpu returns the CPU time (user and system) the child used so far.
+func (c *child) cpu() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces, in parentheses): utime and
+	// stime are the 12th and 13th, in clock ticks (100 per second on Linux).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+// selfCPU returns the CPU time this process (load generator and root) used so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func (c *child) rss() string {
@@ -409,24 +480,29 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	cl, err := startChild("cluster " + rootURL)
+	cl, err := startChild("cluster "+rootURL, o.profile)
 	if err != nil {
 		return err
 	}
 	defer cl.stop()
-	echo, err := startChild("echo")
+	echo, err := startChild("echo", "")
 	if err != nil {
 		return err
 	}
 
 	// 1. Closed-loop throughput: bare broker echo vs cache hits, same clients.
 	lat := &latencies{}
-	en, err := connectAll(echo.MQTT, "e", o.closedClients, lat)
+	en, err := connectAll(echo.MQTT, "e", max(o.nodes, o.closedClients), lat)
 	if err != nil {
 		return err
 	}
-	echoRate := closedLoop(en, jobs, 5*time.Second)
+	echoRate := closedLoop(en[:o.closedClients], jobs, 5*time.Second)
 	echoLat := summary(lat.take())
+	// The same open loop as the cluster's below, against the bare echo: what the broker,
+	// the clients and the machine cost before the cluster does anything.
+	openLoop(en[:o.nodes], jobs, o.rate, o.duration)
+	echoLost := waitAnswers(en, 30*time.Second)
+	echoOpen := summary(lat.take())
 	disconnectAll(en)
 	echo.stop()
 
@@ -448,11 +524,15 @@ func run(o options) error {
 		o.closedClients, echoRate, echoLat, hitRate, hitLat, hitRate/echoRate)
 
 	// 2. Open loop at the offered rate over every connected node.
+	clCPU, genCPU, t0 := cl.cpu(), selfCPU(), time.Now()
 	openLoop(qn[:o.nodes], jobs, o.rate, o.duration)
 	lost := waitAnswers(qn, 30*time.Second)
 	d := lat.take()
-	fmt.Printf("open loop, %d connected nodes, %.0f queries/s offered for %s: cache hits %s; unanswered %d, error answers %d\n",
-		o.nodes, o.rate, o.duration, summary(d), lost, lat.bad.Swap(0))
+	clCPU, genCPU, wall := cl.cpu()-clCPU, selfCPU()-genCPU, time.Since(t0).Seconds()
+	fmt.Printf("open loop, %d connected nodes, %.0f queries/s offered for %s:\n  broker echo: %s; unanswered %d\n  cache hits:  %s; unanswered %d, error answers %d\n",
+		o.nodes, o.rate, o.duration, echoOpen, echoLost, summary(d), lost, lat.bad.Swap(0))
+	fmt.Printf("  CPU meanwhile: cluster %.2f cores (%.0f µs per query), load generator with root %.2f cores, of 2\n",
+		clCPU.Seconds()/wall, float64(clCPU.Microseconds())/float64(max(1, len(d))), genCPU.Seconds()/wall)
 
 	// 3. Misses: fresh services, each queried once (the cluster asks root).
 	fresh, err := deploy(ctx, rc, "m", o.misses, o.instances)
