@@ -92,7 +92,8 @@ if st then
   end
   redis.call('HDEL', KEYS[1], job)
   redis.call('HDEL', KEYS[3], job)
-  redis.call('HINCRBY', KEYS[6], 'instances', -s.n)
+  -- Not -s.n for none: Lua passes -0 as "-0", which HINCRBY refuses.
+  if s.n ~= 0 then redis.call('HINCRBY', KEYS[6], 'instances', -s.n) end
 end
 local tomb = redis.call('HGET', KEYS[4], job)
 if tomb then
