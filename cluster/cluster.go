@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -81,6 +82,11 @@ type Config struct {
 	RadiusKM float64
 
 	RedisURL string // empty: in-memory cache
+	// HoldTTL is how long the holds by which replicas sharing the Redis cache keep the
+	// cluster's interest in the jobs their nodes need outlast the replica that stopped
+	// renewing them (cache.DefaultHoldTTL when zero; renewed every third of it).
+	// `semnet cluster` keeps the default; tests shorten it.
+	HoldTTL time.Duration
 
 	StaleAfter time.Duration // answers are marked stale after this long without root
 	Spares     int           // spare worker subnets kept for root outages
@@ -180,15 +186,18 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	copt := cache.Options{HoldTTL: c.HoldTTL}.WithDefaults()
 	var ch cache.Cache
 	if c.RedisURL != "" {
-		ch, err = redicache.New(ctx, c.RedisURL, "semnet:"+c.ID+":", cache.Options{})
+		ch, err = redicache.New(ctx, c.RedisURL, "semnet:"+c.ID+":", copt)
 		if err != nil {
 			return nil, fmt.Errorf("open Redis cache: %w", err)
 		}
 	} else {
-		ch = cache.NewMemory(cache.Options{})
+		ch = cache.NewMemory(copt)
 	}
+	host, _ := os.Hostname()
+	replica := table.NewReplicaID(host)
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -211,6 +220,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		ClusterID: c.ID, StaleAfter: c.StaleAfter, Logger: log.With("component", "table"),
 		OnChange:   func(job string, e *cache.Entry) { nodeSrv.Changed(job, e) },
 		OnGateways: relay.Changed,
+		Replica:    replica, HoldRenew: copt.HoldTTL / 3, Registerer: promReg,
 	})
 	s.reports = report.New(rc, log.With("component", "report"), promReg)
 	s.spares = subnets.New(rc, c.ID, c.Spares, log.With("component", "subnets"))
@@ -252,6 +262,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	port := s.Addr.(*net.TCPAddr).Port
 	reg := api.ClusterRequest{ID: c.ID, Name: c.Name, Address: address, Port: port, Location: c.Location, RadiusKM: c.RadiusKM}
 	s.goRun(runCtx, func(ctx context.Context) error { return s.reports.Run(ctx) })
+	s.goRun(runCtx, s.table.RunHolds)
 	s.goRun(runCtx, func(ctx context.Context) error {
 		if err := s.register(ctx, rc, reg); err != nil {
 			return err
@@ -266,7 +277,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		}
 		return s.heartbeat(ctx, rc, reg)
 	})
-	log.Info("cluster service started", "id", c.ID, "rest", s.Addr, "rest_tls", tc != nil, "rate_limit", c.RateLimit, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
+	log.Info("cluster service started", "id", c.ID, "replica", replica, "rest", s.Addr, "rest_tls", tc != nil, "rate_limit", c.RateLimit, "mqtt", s.MQTTAddr, "root", c.RootURL, "cache", cacheKind(c.RedisURL))
 	return s, nil
 }
 
@@ -381,7 +392,10 @@ func (s *Server) ReloadCredentials() {
 // Registered is closed once root accepted the cluster's registration.
 func (s *Server) Registered() <-chan struct{} { return s.registered }
 
-// Close stops serving, gives spare subnets back to root and closes the cache.
+// Close stops serving, gives spare subnets back to root and closes the cache. It does
+// not release the replica's holds of jobs in the cache: they expire after HoldTTL, as
+// a crashed replica's do, so a replica restarting at once finds the cluster's
+// interests at root and its cached entries as it left them.
 func (s *Server) Close() error {
 	s.cancel()
 	var errs []error

@@ -117,8 +117,60 @@ type Cache interface {
 	// racing to record their progress cannot undo each other's.
 	SetCursor(ctx context.Context, rev uint64) error
 
+	Holds
+
 	// Close releases the cache's resources.
 	Close() error
+}
+
+// Holds is the bookkeeping that lets replicas of a cluster service share the cluster's
+// interest at root. Root keeps one interest per cluster and job, so a replica whose
+// nodes no longer need a job may drop it only when no other replica needs it either: a
+// replica holds a job while it needs it, and the one that releases the last hold drops
+// the interest.
+//
+// A hold expires HoldTTL after it was taken or last renewed, so a replica that died does
+// not hold jobs for ever; a live replica renews its holds well within that time. Holds
+// are counted and expired by the clock of the replica that asks (Options.Now): the
+// replicas' clocks must agree to well within HoldTTL.
+//
+// Dropping an interest races with taking it up: root's interest is registered by a
+// fetch and removed by a call of its own, whose order at root nobody controls. The
+// protocol (cluster/table) is: hold before fetching with interest (or, where the job is
+// known only from the fetch, read Drops before it and fetch again when Hold reports a
+// drop since); release, remove the interest at root when Release was the last, then
+// call Dropped and take the interest up again when somebody holds the job by then.
+type Holds interface {
+	// Hold records that replica needs job, until HoldTTL from now. first reports that no
+	// replica held the job (an unexpired hold) before, not even this one; drops is the
+	// drop count (see Drops) at that moment.
+	Hold(ctx context.Context, replica, job string) (first bool, drops uint64, err error)
+
+	// Release drops replica's hold of job (holding it or not). last reports that no
+	// replica holds the job now; then the job's entry is removed too, without a
+	// tombstone, as no replica follows it any more (its next lookup fetches it with
+	// interest). Releasing a job nobody holds reports last.
+	Release(ctx context.Context, replica, job string) (last bool, err error)
+
+	// Dropped records that replica removed the cluster's interest in job at root after
+	// its Release reported last: it counts the drop (see Drops) and reports whether any
+	// replica holds the job now. Then the caller takes the interest up again, and every
+	// other holder is told through Renew to re-read the job (root sent no changes in
+	// between); else the job's entry is removed again, since a fetch racing the drop may
+	// have put it back.
+	Dropped(ctx context.Context, replica, job string) (held bool, err error)
+
+	// Drops returns the number of drops Dropped has counted. A replica that fetched with
+	// interest before knowing the job (a lookup by address) reads it before the fetch:
+	// if Hold then reports it first and the count moved, a drop may have removed the
+	// interest the fetch registered, and it fetches again.
+	Drops(ctx context.Context) (uint64, error)
+
+	// Renew extends replica's unexpired holds of jobs to HoldTTL from now. It returns the
+	// jobs replica must take the interest up in again and re-read: those of jobs it no
+	// longer held (expired, or lost with the server), which it does not hold again, and
+	// those another replica's Dropped reported held (once each).
+	Renew(ctx context.Context, replica string, jobs []string) (refollow []string, err error)
 }
 
 // Defaults of Options.
@@ -129,6 +181,9 @@ const (
 	DefaultTombstoneTTL = 10 * time.Minute
 	// DefaultMaxTombstones bounds tombstones to about a megabyte.
 	DefaultMaxTombstones = 10000
+	// DefaultHoldTTL is three times the renewal period cluster/table uses by default:
+	// a replica misses two renewals (a Redis failover) before its holds expire.
+	DefaultHoldTTL = 30 * time.Second
 )
 
 // Options tune a cache. The zero value selects the defaults.
@@ -137,7 +192,9 @@ type Options struct {
 	TombstoneTTL time.Duration
 	// MaxTombstones is how many tombstones are kept; the oldest go first.
 	MaxTombstones int
-	// Now is the clock tombstones are aged by (tests pass a fake one).
+	// HoldTTL is how long a hold lasts without renewal (see Holds).
+	HoldTTL time.Duration
+	// Now is the clock tombstones and holds are aged by (tests pass a fake one).
 	Now func() time.Time
 }
 
@@ -149,6 +206,9 @@ func (o Options) WithDefaults() Options {
 	if o.MaxTombstones <= 0 {
 		o.MaxTombstones = DefaultMaxTombstones
 	}
+	if o.HoldTTL <= 0 {
+		o.HoldTTL = DefaultHoldTTL
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -158,7 +218,30 @@ func (o Options) WithDefaults() Options {
 var (
 	errNoJobName       = errors.New("cache: put: entry has no job name (table.service.job_name)")
 	errNoDeleteJobName = errors.New("cache: delete: empty job name")
+	errNoHoldJob       = errors.New("cache: hold: empty job name")
+	errNoReplica       = errors.New("cache: hold: empty replica id")
 )
+
+// CheckHold returns an error unless replica may hold job: neither is empty. Backends call
+// it first in Hold, Release and Dropped.
+func CheckHold(replica, job string) error {
+	if err := CheckReplica(replica); err != nil {
+		return err
+	}
+	if job == "" {
+		return errNoHoldJob
+	}
+	return nil
+}
+
+// CheckReplica returns an error unless replica is a replica id: not empty. Backends call
+// it first in Renew.
+func CheckReplica(replica string) error {
+	if replica == "" {
+		return errNoReplica
+	}
+	return nil
+}
 
 // CheckPut returns an error unless e can be stored: it is not nil and has a job name.
 // Backends call it first in Put.

@@ -33,6 +33,11 @@ type Memory struct {
 	tombs     map[string]tombstone // by job name
 	tombq     []tombRef            // tombstones in the order they were laid, oldest first
 	tombSeq   uint64
+
+	// Holds (see Holds), usually of one replica; tests share a Memory between several.
+	holds   map[string]map[string]time.Time // job -> replica -> expiry
+	retaken map[string]map[string]struct{}  // job -> replicas Renew tells to re-read it
+	drops   uint64
 }
 
 var _ Cache = (*Memory)(nil)
@@ -53,11 +58,13 @@ type tombRef struct {
 // NewMemory returns an empty in-memory cache.
 func NewMemory(opt Options) *Memory {
 	return &Memory{
-		opt:   opt.WithDefaults(),
-		jobs:  make(map[string]*Entry),
-		ids:   make(map[string]*Entry),
-		addrs: make(map[[16]byte]*Entry),
-		tombs: make(map[string]tombstone),
+		opt:     opt.WithDefaults(),
+		jobs:    make(map[string]*Entry),
+		ids:     make(map[string]*Entry),
+		addrs:   make(map[[16]byte]*Entry),
+		tombs:   make(map[string]tombstone),
+		holds:   make(map[string]map[string]time.Time),
+		retaken: make(map[string]map[string]struct{}),
 	}
 }
 
@@ -162,9 +169,7 @@ func (m *Memory) Delete(_ context.Context, jobName string, rev uint64) error {
 		if old.Revision > rev {
 			return nil
 		}
-		delete(m.jobs, jobName)
-		m.unindex(old)
-		m.instances -= len(old.Table.Instances)
+		m.remove(old)
 	}
 	if t, ok := m.tombs[jobName]; ok && !m.expired(t, now) && t.rev > rev {
 		return nil
@@ -174,6 +179,13 @@ func (m *Memory) Delete(_ context.Context, jobName string, rev uint64) error {
 	m.tombq = append(m.tombq, tombRef{job: jobName, seq: m.tombSeq})
 	m.pruneTombs(now)
 	return nil
+}
+
+// remove drops a cached entry and its keys.
+func (m *Memory) remove(e *Entry) {
+	delete(m.jobs, e.JobName())
+	m.unindex(e)
+	m.instances -= len(e.Table.Instances)
 }
 
 func (m *Memory) expired(t tombstone, now time.Time) bool {
@@ -245,3 +257,123 @@ func (m *Memory) SetCursor(_ context.Context, rev uint64) error {
 
 // Close implements Cache; a Memory has nothing to release and keeps working.
 func (m *Memory) Close() error { return nil }
+
+// liveHolders returns job's unexpired holds, dropping the expired ones (and the job's
+// bookkeeping once none is left).
+func (m *Memory) liveHolders(job string, now time.Time) map[string]time.Time {
+	hs := m.holds[job]
+	for r, exp := range hs {
+		if !exp.After(now) {
+			delete(hs, r)
+		}
+	}
+	if len(hs) == 0 {
+		delete(m.holds, job)
+		delete(m.retaken, job) // only holders are told to re-read
+		return nil
+	}
+	return hs
+}
+
+// Hold implements Holds.
+func (m *Memory) Hold(_ context.Context, replica, job string) (bool, uint64, error) {
+	if err := CheckHold(replica, job); err != nil {
+		return false, 0, err
+	}
+	now := m.opt.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	hs := m.liveHolders(job, now)
+	first := len(hs) == 0
+	if hs == nil {
+		hs = make(map[string]time.Time, 1)
+		m.holds[job] = hs
+	}
+	hs[replica] = now.Add(m.opt.HoldTTL)
+	return first, m.drops, nil
+}
+
+// Release implements Holds.
+func (m *Memory) Release(_ context.Context, replica, job string) (bool, error) {
+	if err := CheckHold(replica, job); err != nil {
+		return false, err
+	}
+	now := m.opt.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if hs := m.liveHolders(job, now); hs != nil {
+		delete(hs, replica)
+		delete(m.retaken[job], replica)
+	}
+	if m.liveHolders(job, now) != nil {
+		return false, nil
+	}
+	if e := m.jobs[job]; e != nil {
+		m.remove(e)
+	}
+	return true, nil
+}
+
+// Dropped implements Holds.
+func (m *Memory) Dropped(_ context.Context, replica, job string) (bool, error) {
+	if err := CheckHold(replica, job); err != nil {
+		return false, err
+	}
+	now := m.opt.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.drops++
+	hs := m.liveHolders(job, now)
+	if hs == nil {
+		if e := m.jobs[job]; e != nil {
+			m.remove(e)
+		}
+		return false, nil
+	}
+	for r := range hs {
+		if r == replica {
+			continue
+		}
+		rs := m.retaken[job]
+		if rs == nil {
+			rs = make(map[string]struct{}, 1)
+			m.retaken[job] = rs
+		}
+		rs[r] = struct{}{}
+	}
+	return true, nil
+}
+
+// Drops implements Holds.
+func (m *Memory) Drops(context.Context) (uint64, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.drops, nil
+}
+
+// Renew implements Holds.
+func (m *Memory) Renew(_ context.Context, replica string, jobs []string) ([]string, error) {
+	if err := CheckReplica(replica); err != nil {
+		return nil, err
+	}
+	now := m.opt.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var refollow []string
+	for _, job := range jobs {
+		hs := m.liveHolders(job, now)
+		if _, ok := hs[replica]; !ok {
+			refollow = append(refollow, job)
+			continue
+		}
+		hs[replica] = now.Add(m.opt.HoldTTL)
+		if _, ok := m.retaken[job][replica]; ok {
+			delete(m.retaken[job], replica)
+			if len(m.retaken[job]) == 0 {
+				delete(m.retaken, job)
+			}
+			refollow = append(refollow, job)
+		}
+	}
+	return refollow, nil
+}

@@ -73,7 +73,11 @@ func errorResult(q mqttapi.TableQuery, key string, err error) mqttapi.TableQuery
 
 // answer sends the entry and records the node's interest under the key it used.
 func (s *Server) answer(nodeID, topic, key string, e *cache.Entry) {
-	s.in.query(nodeID, key, e.JobName())
+	if job := e.JobName(); s.in.query(nodeID, key, job) && !s.table.Holding(job) {
+		// The job's hold was released since the lookup (no node needed it): take it
+		// again, or the interest at root may be gone.
+		s.recheck(job)
+	}
 	b, err := s.encoded(e, key)
 	if err == nil {
 		err = s.pub.Publish(topic, b)
@@ -219,13 +223,21 @@ func (s *Server) deployed(nodeID string, payload []byte) error {
 		var fresh bool
 		fresh, rep.Done = s.live.running(nodeID, d.AppName, rep.Instance, p.HostIP, p.HostPort)
 		if fresh {
-			s.in.deploy(nodeID, d.AppName)
+			s.deploy(nodeID, d.AppName)
 		}
 	} else if s.live.stopped(nodeID, d.AppName, rep.Instance) && s.in.undeploy(nodeID, d.AppName) {
-		s.forget(d.AppName)
+		s.recheck(d.AppName)
 	}
 	s.reports.Enqueue(rep)
 	return nil
+}
+
+// deploy records that node runs an instance of job; a job this replica's nodes start
+// needing that it does not hold is held and followed, so the node hears of its changes.
+func (s *Server) deploy(nodeID, job string) {
+	if s.in.deploy(nodeID, job) && !s.table.Holding(job) {
+		s.recheck(job)
+	}
 }
 
 func (s *Server) undeployed(nodeID string, payload []byte) error {
@@ -250,7 +262,7 @@ func (s *Server) undeployed(nodeID string, payload []byte) error {
 	p.HostPort = int(u.HostPort)
 	s.reports.Enqueue(report.Report{Node: nodeID, Job: u.AppName, Instance: int(u.InstanceNumber), Placement: p})
 	if s.live.stopped(nodeID, u.AppName, int(u.InstanceNumber)) && s.in.undeploy(nodeID, u.AppName) {
-		s.forget(u.AppName)
+		s.recheck(u.AppName)
 	}
 	return nil
 }
@@ -285,7 +297,7 @@ func (s *Server) addressChanged(nodeID string, payload []byte) error {
 			rep := report.Report{Node: nodeID, Job: a.AppName, Instance: int(a.InstanceNumber), Placement: p}
 			var fresh bool
 			if fresh, rep.Done = s.live.running(nodeID, a.AppName, rep.Instance, hostIP, rep.Placement.HostPort); fresh {
-				s.in.deploy(nodeID, a.AppName)
+				s.deploy(nodeID, a.AppName)
 			}
 			s.reports.Enqueue(rep)
 			return nil
@@ -303,7 +315,7 @@ func (s *Server) interestRemove(nodeID string, payload []byte) error {
 		return invalidf("appname is required")
 	}
 	if job, unused := s.in.remove(nodeID, r.AppName); unused {
-		s.forget(job)
+		s.recheck(job)
 	}
 	return nil
 }

@@ -41,14 +41,17 @@ func removeFrom(m map[string]set, k, v string) {
 	}
 }
 
-// query records that node asked for job by key.
-func (in *interests) query(node, key, job string) {
+// query records that node asked for job by key. It reports whether no node needed the
+// job before.
+func (in *interests) query(node, key, job string) (fresh bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	fresh = in.unusedLocked(job)
 	addTo(in.byKey, key, node)
 	addTo(in.byNode, node, key)
 	addTo(in.keysOf, job, key)
 	in.jobOf[key] = job
+	return fresh
 }
 
 // remove drops node's interest in key. It returns the job the key stood for and whether
@@ -73,7 +76,7 @@ func (in *interests) settle(key string) (job string, unused bool) {
 	}
 	delete(in.jobOf, key)
 	removeFrom(in.keysOf, job, key)
-	return job, len(in.keysOf[job]) == 0 && len(in.deployed[job]) == 0
+	return job, in.unusedLocked(job)
 }
 
 // dropNode forgets every query interest of a node that went away (its subscriptions went
@@ -92,16 +95,18 @@ func (in *interests) dropNode(node string) (unused []string) {
 }
 
 // deploy and undeploy count the instances of job a node runs: a node always needs the
-// entries of its own jobs.
-func (in *interests) deploy(node, job string) {
+// entries of its own jobs. deploy reports whether no node needed the job before.
+func (in *interests) deploy(node, job string) (fresh bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	fresh = in.unusedLocked(job)
 	m := in.deployed[job]
 	if m == nil {
 		m = map[string]int{}
 		in.deployed[job] = m
 	}
 	m[node]++
+	return fresh
 }
 
 func (in *interests) undeploy(node, job string) (unused bool) {
@@ -115,7 +120,7 @@ func (in *interests) undeploy(node, job string) (unused bool) {
 			delete(in.deployed, job)
 		}
 	}
-	return len(in.keysOf[job]) == 0 && len(in.deployed[job]) == 0
+	return in.unusedLocked(job)
 }
 
 // keys returns the keys nodes use for job (each is an updates topic to publish on).
@@ -147,5 +152,9 @@ func (in *interests) forgetJob(job string) {
 func (in *interests) unused(job string) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	return in.unusedLocked(job)
+}
+
+func (in *interests) unusedLocked(job string) bool {
 	return len(in.keysOf[job]) == 0 && len(in.deployed[job]) == 0
 }

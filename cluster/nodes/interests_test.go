@@ -8,9 +8,12 @@ import (
 func TestInterests(t *testing.T) {
 	in := newInterests()
 	const job = "a.b.c.d"
-	in.query("w1", job, job)
-	in.query("w1", "10.30.0.1", job)
-	in.query("w2", "10.30.0.1", job)
+	if !in.query("w1", job, job) {
+		t.Fatal("the first query of a job is not fresh")
+	}
+	if in.query("w1", "10.30.0.1", job) || in.query("w2", "10.30.0.1", job) {
+		t.Fatal("a query of a job nodes need already is fresh")
+	}
 	keys := in.keys(job)
 	slices.Sort(keys)
 	if !slices.Equal(keys, []string{"10.30.0.1", job}) {
@@ -22,7 +25,9 @@ func TestInterests(t *testing.T) {
 	if _, unused := in.remove("w1", job); unused {
 		t.Fatal("w2 still uses the job through its IP")
 	}
-	in.deploy("w3", job)
+	if in.deploy("w3", job) {
+		t.Fatal("deploying a job nodes query is fresh")
+	}
 	if gone := in.dropNode("w2"); len(gone) != 0 {
 		t.Fatalf("w3 runs the job, yet dropping w2 reported %v unused", gone)
 	}
@@ -35,6 +40,9 @@ func TestInterests(t *testing.T) {
 	// Removing what was never there is harmless.
 	if j, unused := in.remove("w9", "nothing"); j != "" || unused {
 		t.Fatalf("remove of an unknown key: %q %v", j, unused)
+	}
+	if !in.deploy("w1", "e.f.g.h") {
+		t.Fatal("deploying a job no node needed is not fresh")
 	}
 	in.query("w1", job, job)
 	in.forgetJob(job)

@@ -35,13 +35,17 @@ type Publisher interface {
 	Publish(topic string, payload []byte) error
 }
 
-// Table answers lookups and follows jobs (a *table.Table).
+// Table answers lookups and follows jobs (a *table.Table). It holds the jobs this
+// replica needs (Lookup and Follow take the hold, Forget releases it) in a cache other
+// replicas may share: the cluster's interest at root is dropped when no replica holds a
+// job.
 type Table interface {
 	// Cached answers from the cache only, without waiting for root.
 	Cached(ctx context.Context, key string) (*cache.Entry, bool)
 	Lookup(ctx context.Context, key string) (*cache.Entry, error)
 	Forget(ctx context.Context, job string) error
 	Follow(ctx context.Context, job string) error
+	Holding(job string) bool
 	Stale() bool
 }
 
@@ -94,19 +98,19 @@ type Presence interface {
 
 // Server handles node messages.
 type Server struct {
-	table   Table
-	pub     Publisher
-	reports Reporter
-	subnets Subnets
-	opt     Options
-	log     *slog.Logger
-	in      *interests
-	live    *liveness
-	misses  chan struct{} // semaphore of queries waiting for root
-	forgets chan string   // jobs to drop at root, by the forgetter goroutine
-	memo    sync.Map      // query key -> *encodedResult
-	ctx     context.Context
-	m       serverMetrics
+	table    Table
+	pub      Publisher
+	reports  Reporter
+	subnets  Subnets
+	opt      Options
+	log      *slog.Logger
+	in       *interests
+	live     *liveness
+	misses   chan struct{} // semaphore of queries waiting for root
+	rechecks chan string   // jobs to hold or release, by the reconciler goroutine
+	memo     sync.Map      // query key -> *encodedResult
+	ctx      context.Context
+	m        serverMetrics
 }
 
 type serverMetrics struct {
@@ -125,13 +129,13 @@ func New(ctx context.Context, t Table, pub Publisher, r Reporter, s Subnets, opt
 		log = slog.New(slog.DiscardHandler)
 	}
 	srv := &Server{table: t, pub: pub, reports: r, subnets: s, opt: opt, log: log, in: newInterests(),
-		misses: make(chan struct{}, opt.MaxPendingMisses), forgets: make(chan string, 4096), ctx: ctx}
+		misses: make(chan struct{}, opt.MaxPendingMisses), rechecks: make(chan string, 4096), ctx: ctx}
 	var present func(string) bool
 	if opt.Presence != nil {
 		present = opt.Presence.Connected
 	}
 	srv.live = newLiveness(ctx, opt.NodeGrace, opt.ClusterID, present, r.Enqueue, srv.died, log)
-	go srv.forgetter()
+	go srv.reconciler()
 	srv.m = serverMetrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "node_messages_total",
 			Help: "Messages from worker nodes by topic suffix and result (ok, malformed, invalid, unknown_topic, error)."}, []string{"topic", "result"}),
@@ -245,7 +249,7 @@ func (s *Server) NodeGone(nodeID string) {
 		s.opt.Gateways.NodeGone(nodeID)
 	}
 	for _, job := range s.in.dropNode(nodeID) {
-		s.forget(job)
+		s.recheck(job)
 	}
 	s.live.gone(nodeID)
 }
@@ -254,13 +258,14 @@ func (s *Server) NodeGone(nodeID string) {
 func (s *Server) died(nodeID string, refs []instanceRef) {
 	for _, ref := range refs {
 		if s.in.undeploy(nodeID, ref.job) {
-			s.forget(ref.job)
+			s.recheck(ref.job)
 		}
 	}
 }
 
 // Release drops the cluster's interest in a job the orchestrator no longer needs, unless
-// a node still queries it or runs one of its instances.
+// a node of this replica still queries it or runs one of its instances (or a node of
+// another replica does: see Table).
 func (s *Server) Release(ctx context.Context, job string) error {
 	if !s.in.unused(job) {
 		return nil
@@ -268,44 +273,51 @@ func (s *Server) Release(ctx context.Context, job string) error {
 	return s.drop(ctx, job)
 }
 
-// drop drops the cluster's interest in job at root and, should a node have asked for it
-// again meanwhile, takes it up again at once: that node's query may have registered the
-// interest the drop then removed, and the changes since would never reach it.
+// drop releases this replica's hold of job (dropping the cluster's interest at root when
+// it was the last) and, should a node have asked for it again meanwhile without the
+// table taking the hold (a query answered from the cache before the release), follows
+// it again at once: the changes since would never reach that node.
 func (s *Server) drop(ctx context.Context, job string) error {
 	if err := s.table.Forget(ctx, job); err != nil {
 		return err
 	}
-	if s.in.unused(job) {
+	if s.in.unused(job) || s.table.Holding(job) {
 		return nil
 	}
 	return s.table.Follow(ctx, job)
 }
 
-// forget queues a job no node needs for the forgetter: dropping an interest at root is a
-// round trip, and it is asked for from the broker's goroutines (a node going away) that
-// must not wait for root.
-func (s *Server) forget(job string) {
+// recheck queues a job whose use by this replica's nodes changed for the reconciler:
+// holding or releasing it is a round trip to the cache and maybe root, and it is asked
+// for from the broker's goroutines (a node going away) that must not wait for them.
+func (s *Server) recheck(job string) {
 	select {
-	case s.forgets <- job:
+	case s.rechecks <- job:
 	default:
-		// Full (root is slow or away): keeping an interest costs only some pushes.
-		s.log.Warn("too many interests to drop at root; keeping this one", "job", job)
+		// Full (root or Redis is slow or away). Keeping an interest costs only some
+		// pushes; a job needed but not held is followed at its next lookup miss.
+		s.log.Warn("too many jobs to hold or release; leaving this one as it is", "job", job)
 	}
 }
 
-// forgetter drops the cluster's interest at root for queued jobs, re-checking each: a
-// node may have asked for it again since.
-func (s *Server) forgetter() {
+// reconciler makes this replica hold the queued jobs its nodes need and release those
+// they do not, re-checking each when its turn comes: a node may have asked for it again,
+// or let it go, since.
+func (s *Server) reconciler() {
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
-		case job := <-s.forgets:
-			if !s.in.unused(job) {
-				continue
+		case job := <-s.rechecks:
+			var err error
+			switch used, held := !s.in.unused(job), s.table.Holding(job); {
+			case !used && held:
+				err = s.drop(s.ctx, job)
+			case used && !held:
+				err = s.table.Follow(s.ctx, job)
 			}
-			if err := s.drop(s.ctx, job); err != nil && s.ctx.Err() == nil {
-				s.log.Warn("could not drop the cluster's interest at root", "job", job, "err", err)
+			if err != nil && s.ctx.Err() == nil {
+				s.log.Warn("could not hold or release the job at root", "job", job, "err", err)
 			}
 		}
 	}

@@ -8,18 +8,29 @@
 // cursor of the stream is kept in the cache, so a restarted cluster (or another replica
 // sharing a Redis cache) resumes where it left off; when root says the log no longer
 // reaches back that far, every cached entry is re-read.
+//
+// Root keeps one interest per cluster and job, shared by the replicas of a cluster
+// service that share a Redis cache. A replica holds the jobs its nodes need in the cache
+// (cache.Holds) and drops the cluster's interest only when it releases the last hold;
+// it answers a cached entry at once only for a job it holds, so a hit costs no more
+// round trips than the read itself. The protocol that keeps drops and lookups racing
+// across replicas from leaving an entry nobody follows is in cache.Holds; Lookup, Forget
+// and RunHolds carry it out.
 package table
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/semnet/semnet/cluster/cache"
@@ -43,6 +54,7 @@ type Cache interface {
 	Jobs(ctx context.Context) ([]string, error)
 	Cursor(ctx context.Context) (uint64, error)
 	SetCursor(ctx context.Context, rev uint64) error
+	cache.Holds
 }
 
 // ErrUnknown is returned by Lookup when root knows no service by the key.
@@ -66,7 +78,14 @@ type Options struct {
 	// OnGateways is called by the follower when root reports a change to gateways or
 	// exposures, and after a resync (which may have skipped some).
 	OnGateways func()
+	// Replica names this replica in the holds of a cache it may share with other
+	// replicas (cache.Holds); New picks a random one when it is empty.
+	Replica string
+	// HoldRenew is how often RunHolds renews the replica's holds (default 10s); it must
+	// be well within the cache's HoldTTL (default 30s).
+	HoldRenew  time.Duration
 	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 	Now        func() time.Time
 }
 
@@ -80,13 +99,25 @@ type Table struct {
 	flight      singleflight.Group
 	lastContact atomic.Int64 // unix nanoseconds of root's last answer
 
-	// unfollowed holds the jobs whose interest the cluster dropped at root (job -> true).
-	// A sync.Map: every cache hit reads it, it rarely changes.
-	unfollowed sync.Map
-	// forgets counts the starts and ends of Forget calls: a fetch that registered
-	// interest clears a job's mark only if no Forget started or ended meanwhile, as one
-	// could remove at root the interest the fetch just added.
-	forgets atomic.Uint64
+	// held records the jobs this replica holds in the cache (job -> struct{}). A
+	// sync.Map: every cache hit reads it, it rarely changes.
+	held  sync.Map
+	nheld atomic.Int64
+	// holdMu serializes taking and releasing the hold of a job (by a hash of its name),
+	// so held stays what the cache has: a release overtaking a hold's round trip would
+	// leave the job held here and released in the cache.
+	holdMu   [64]sync.Mutex
+	holdSeed maphash.Seed
+	// refollow holds the held jobs whose interest must be taken up again (job ->
+	// struct{}): the renewal found the hold lapsed or another replica's drop, or a fetch
+	// that was to take it up failed. RunHolds retries them.
+	refollow sync.Map
+	m        metrics
+}
+
+type metrics struct {
+	releases   *prometheus.CounterVec // outcome: shared, dropped, retaken
+	refollowed prometheus.Counter
 }
 
 // New returns a table over the cache, fetching from root. Start following with Run.
@@ -109,14 +140,44 @@ func New(root Root, c Cache, opt Options) *Table {
 	if opt.OnChange == nil {
 		opt.OnChange = func(string, *cache.Entry) {}
 	}
+	if opt.Replica == "" {
+		opt.Replica = NewReplicaID("")
+	}
+	if opt.HoldRenew <= 0 {
+		opt.HoldRenew = 10 * time.Second
+	}
 	log := opt.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	t := &Table{root: root, cache: c, opt: opt, log: log}
+	t := &Table{root: root, cache: c, opt: opt, log: log, holdSeed: maphash.MakeSeed()}
+	t.m = metrics{
+		releases: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "interest_releases_total",
+			Help: "Jobs this replica's nodes stopped needing, by outcome: shared (another replica holds them: the interest at root stays), dropped (at root), retaken (dropped, then taken up again for a replica that asked meanwhile)."}, []string{"outcome"}),
+		refollowed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "holds_refollowed_total",
+			Help: "Held jobs whose interest at root was taken up again: the hold had lapsed (Redis lost it, or it expired), another replica's drop raced a lookup, or root was away."}),
+	}
+	if opt.Registerer != nil {
+		opt.Registerer.MustRegister(t.m.releases, t.m.refollowed, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "semnet", Subsystem: "cluster", Name: "held_jobs",
+			Help: "Jobs this replica holds in the cache: those its nodes need, whose interest at root it keeps.",
+		}, func() float64 { return float64(t.nheld.Load()) }))
+	}
 	t.contact()
 	return t
 }
+
+// NewReplicaID returns a replica id unique to this process: host (the host name, say;
+// it helps an operator reading the holds in Redis) and 80 random bits.
+func NewReplicaID(host string) string {
+	if host == "" {
+		return rand.Text()[:16]
+	}
+	return host + "/" + rand.Text()[:16]
+}
+
+// Replica returns the replica id this table holds jobs by.
+func (t *Table) Replica() string { return t.opt.Replica }
 
 func (t *Table) contact() { t.lastContact.Store(t.opt.Now().UnixNano()) }
 
@@ -126,35 +187,148 @@ func (t *Table) Stale() bool {
 	return t.opt.Now().Sub(time.Unix(0, t.lastContact.Load())) > t.opt.StaleAfter
 }
 
-// Cached returns the cached entry for a key, if the cache has one the cluster still
-// follows; it never waits for root.
+// Cached returns the cached entry for a key, if the cache has one of a job this replica
+// holds (and so follows); it never waits for root, nor asks the cache more than Get.
 func (t *Table) Cached(ctx context.Context, key string) (*cache.Entry, bool) {
 	e, err := t.cache.Get(ctx, key)
-	if err != nil || t.isUnfollowed(e.JobName()) {
+	if err != nil || !t.Holding(e.JobName()) {
 		return nil, false
 	}
 	return e, true
 }
 
-// Lookup returns the entry for a job name, service ID, Service IP or Instance IP: from
-// the cache, or else from root, registering the cluster's interest so the follower keeps
-// it fresh. Concurrent misses on one key share one fetch. It returns ErrUnknown (wrapped)
-// when root knows no such service, and an error satisfying client.Temporary when root
-// cannot be reached.
+// Holding reports whether this replica holds job: it answers its cached entry at once,
+// and keeps the cluster's interest in it at root.
+func (t *Table) Holding(job string) bool {
+	_, ok := t.held.Load(job)
+	return ok
+}
+
+// Lookup returns the entry for a job name, service ID, Service IP or Instance IP, and
+// takes this replica's hold of its job: from the cache, or else from root, registering
+// the cluster's interest so the follower keeps it fresh. Concurrent misses on one key
+// share one fetch. It returns ErrUnknown (wrapped) when root knows no such service, and
+// an error satisfying client.Temporary when root cannot be reached.
 func (t *Table) Lookup(ctx context.Context, key string) (*cache.Entry, error) {
 	e, err := t.cache.Get(ctx, key)
-	if err == nil && !t.isUnfollowed(e.JobName()) {
+	if err == nil && t.Holding(e.JobName()) {
 		return e, nil
 	}
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		// The cache (Redis) failing is no reason to fail the node: root can answer.
 		t.log.Warn("cache read failed; asking root", "key", key, "err", err)
 	}
-	v, err, _ := t.flight.Do(key, func() (any, error) { return t.fetch(ctx, key, true) })
+	v, err, _ := t.flight.Do(key, func() (any, error) {
+		if e != nil {
+			return t.adopt(ctx, key, e)
+		}
+		return t.miss(ctx, key)
+	})
 	if err != nil {
 		return nil, err
 	}
 	return v.(*cache.Entry), nil
+}
+
+// adopt takes this replica's hold of a cached job it does not hold. While another
+// replica holds it, that one keeps it followed; if none did, nobody may have followed
+// it since it was cached, so it is fetched again with interest (after the hold, so a
+// drop racing the fetch sees it and takes the interest up again).
+func (t *Table) adopt(ctx context.Context, key string, e *cache.Entry) (*cache.Entry, error) {
+	job := e.JobName()
+	first, _, err := t.hold(ctx, job)
+	if err == nil && !first {
+		return e, nil
+	}
+	if err != nil {
+		t.log.Warn("cache hold failed; asking root", "job", job, "err", err)
+	}
+	f, err := t.fetch(ctx, key, true)
+	switch {
+	case err == nil && f.JobName() != job:
+		// The key (an address) went to another job since it was cached: that one is
+		// held as after any miss, and no node gets this one from here.
+		if _, rerr := t.release(ctx, job); rerr != nil {
+			t.log.Warn("cache release failed", "job", job, "err", rerr)
+		}
+		return t.miss(ctx, key)
+	case err == nil:
+		return f, nil
+	case errors.Is(err, ErrUnknown):
+		// No node gets the job from this lookup, so none will release it.
+		if _, rerr := t.release(ctx, job); rerr != nil {
+			t.log.Warn("cache release failed", "job", job, "err", rerr)
+		}
+		return nil, err
+	default:
+		// Root is away: answer what the cache has (marked stale once root has been
+		// away for StaleAfter), and follow the job as soon as root answers.
+		t.log.Warn("could not follow a cached job nobody held; answering the cached entry, will retry", "job", job, "err", err)
+		t.refollow.Store(job, struct{}{})
+		return e, nil
+	}
+}
+
+// miss fetches an entry the cache does not have, registering the cluster's interest,
+// and takes this replica's hold of its job. The job is known only from the answer (the
+// key may be an address), so the hold comes after the fetch: if it is the job's first
+// and a drop was recorded since the fetch began, that drop may have removed the
+// interest the fetch registered, and the fetch is repeated (see cache.Holds).
+func (t *Table) miss(ctx context.Context, key string) (*cache.Entry, error) {
+	drops, derr := t.cache.Drops(ctx)
+	e, err := t.fetch(ctx, key, true)
+	if err != nil {
+		return nil, err
+	}
+	job := e.JobName()
+	first, now, err := t.hold(ctx, job)
+	if err != nil {
+		// The renewal finds the hold missing once the cache answers, and follows the
+		// job again then.
+		t.log.Warn("cache hold failed", "job", job, "err", err)
+		return e, nil
+	}
+	if !first || derr == nil && now == drops {
+		return e, nil
+	}
+	again, err := t.fetch(ctx, key, true)
+	if err != nil {
+		t.refollow.Store(job, struct{}{})
+		return e, nil
+	}
+	return again, nil
+}
+
+// hold takes this replica's hold of job, unless it holds it already (then first is
+// false and drops 0). Should the cache fail, the job counts as held all the same: the
+// renewal finds the hold missing and follows the job again.
+func (t *Table) hold(ctx context.Context, job string) (first bool, drops uint64, err error) {
+	mu := t.holdLock(job)
+	mu.Lock()
+	defer mu.Unlock()
+	if t.Holding(job) {
+		return false, 0, nil
+	}
+	first, drops, err = t.cache.Hold(ctx, t.opt.Replica, job)
+	t.held.Store(job, struct{}{})
+	t.nheld.Add(1)
+	return first, drops, err
+}
+
+// release drops this replica's hold of job, and reports whether it was the last.
+func (t *Table) release(ctx context.Context, job string) (last bool, err error) {
+	mu := t.holdLock(job)
+	mu.Lock()
+	defer mu.Unlock()
+	if _, ok := t.held.LoadAndDelete(job); ok {
+		t.nheld.Add(-1)
+	}
+	t.refollow.Delete(job)
+	return t.cache.Release(ctx, t.opt.Replica, job)
+}
+
+func (t *Table) holdLock(job string) *sync.Mutex {
+	return &t.holdMu[maphash.String(t.holdSeed, job)%uint64(len(t.holdMu))]
 }
 
 // Refresh re-reads a job (or any key of it) from root, stores it and reports the change
@@ -175,46 +349,166 @@ func (t *Table) Refresh(ctx context.Context, key string) error {
 	return nil
 }
 
-// Follow re-reads a job registering the cluster's interest again, and reports it through
-// OnChange: for a job a node asked for again while its interest was being dropped, whose
-// changes root did not send meanwhile.
+// Follow takes this replica's hold of a job and re-reads it registering the cluster's
+// interest, reporting it through OnChange: for a job a node of this replica needs (asked
+// for again while its interest was being dropped, or runs) that the replica does not
+// hold, whose changes root may not have sent. Should root not answer, RunHolds tries
+// again.
 func (t *Table) Follow(ctx context.Context, job string) error {
+	if _, _, err := t.hold(ctx, job); err != nil {
+		t.log.Warn("cache hold failed", "job", job, "err", err)
+	}
+	return t.follow(ctx, job)
+}
+
+// follow re-reads a held job registering the cluster's interest, and reports it through
+// OnChange.
+func (t *Table) follow(ctx context.Context, job string) error {
 	e, err := t.fetch(ctx, job, true)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrUnknown):
+		if _, rerr := t.release(ctx, job); rerr != nil {
+			t.log.Warn("cache release failed", "job", job, "err", rerr)
+		}
+		return err
+	case err != nil:
+		t.refollow.Store(job, struct{}{})
 		return err
 	}
-	t.opt.OnChange(e.JobName(), e)
+	t.refollow.Delete(job)
+	t.opt.OnChange(job, e)
 	return nil
 }
 
 // Prefetch makes sure a job is cached and followed (the orchestrator announces a job
-// before its instances start).
+// before its instances start). It takes no hold: the deployment is the cluster's, not
+// this replica's (the orchestrator's DELETE may reach another replica), and the nodes
+// that run the job hold it.
 func (t *Table) Prefetch(ctx context.Context, key string) (*cache.Entry, error) {
-	return t.Lookup(ctx, key)
-}
-
-// Forget drops the cluster's interest in a job at root: no node needs it any more. The
-// cached entry stays but is no longer trusted; the next lookup fetches it again.
-func (t *Table) Forget(ctx context.Context, job string) error {
-	t.unfollowed.Store(job, true)
-	t.forgets.Add(1)
-	defer func() {
-		// Marked again: a fetch that registered interest while the removal was on its
-		// way may have cleared the mark, and root has no interest now.
-		t.unfollowed.Store(job, true)
-		t.forgets.Add(1)
-	}()
-	ctx, cancel := context.WithTimeout(ctx, t.opt.FetchTimeout)
-	defer cancel()
-	if err := t.root.RemoveInterest(ctx, t.opt.ClusterID, job); err != nil && !errors.Is(err, client.ErrNotFound) {
-		return fmt.Errorf("drop interest in %s at root: %w", job, err)
+	if e, ok := t.Cached(ctx, key); ok {
+		return e, nil
 	}
-	return nil
+	return t.fetch(ctx, key, true)
 }
 
-func (t *Table) isUnfollowed(job string) bool {
-	_, ok := t.unfollowed.Load(job)
-	return ok
+// Forget releases this replica's hold of a job its nodes no longer need. When no other
+// replica holds it, the cluster's interest at root is dropped (and the cached entry with
+// it: a lookup fetches it again). Should a replica, this one included, have taken a hold
+// meanwhile, its fetch may have registered the interest the drop then removed, so the
+// interest is taken up again, and the other holders re-read the job at their next
+// renewal (root sent no changes in between).
+func (t *Table) Forget(ctx context.Context, job string) error {
+	last, err := t.release(ctx, job)
+	if err != nil {
+		// Whether another replica holds it is unknown: an interest too many costs only
+		// changes nobody needs; one too few, a stale cache.
+		return fmt.Errorf("release %s in the cache, keeping the interest at root: %w", job, err)
+	}
+	if !last {
+		t.m.releases.WithLabelValues("shared").Inc()
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, t.opt.FetchTimeout)
+	err = t.root.RemoveInterest(rctx, t.opt.ClusterID, job)
+	cancel()
+	if err != nil && !errors.Is(err, client.ErrNotFound) {
+		// It may have reached root all the same: record the drop either way.
+		err = fmt.Errorf("drop interest in %s at root: %w", job, err)
+	} else {
+		err = nil
+	}
+	held, derr := t.cache.Dropped(ctx, t.opt.Replica, job)
+	if derr == nil && !held {
+		t.m.releases.WithLabelValues("dropped").Inc()
+		return err
+	}
+	if derr != nil {
+		t.log.Warn("cache failed recording a drop; taking the interest up again in case a replica needs it", "job", job, "err", derr)
+	}
+	t.m.releases.WithLabelValues("retaken").Inc()
+	e, ferr := t.fetch(ctx, job, true)
+	if ferr != nil {
+		if t.Holding(job) {
+			t.refollow.Store(job, struct{}{})
+		}
+		return errors.Join(err, fmt.Errorf("take the interest in %s up again: %w", job, ferr))
+	}
+	t.opt.OnChange(job, e)
+	return err
+}
+
+// RunHolds renews this replica's holds every HoldRenew until ctx ends, and takes the
+// cluster's interest up again in the held jobs the renewal reports (the hold lapsed, or
+// another replica's drop raced a lookup) or whose following failed. It returns ctx's
+// error. A replica that stops running it (it stopped, or died) holds nothing once its
+// holds expire.
+func (t *Table) RunHolds(ctx context.Context) error {
+	tk := time.NewTicker(t.opt.HoldRenew)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tk.C:
+		}
+		t.renew(ctx)
+	}
+}
+
+func (t *Table) renew(ctx context.Context) {
+	var jobs []string
+	t.held.Range(func(k, _ any) bool {
+		jobs = append(jobs, k.(string))
+		return true
+	})
+	refollow, err := t.cache.Renew(ctx, t.opt.Replica, jobs)
+	if err != nil && ctx.Err() == nil {
+		t.log.Warn("renewing this replica's holds failed; retrying", "replica", t.opt.Replica, "jobs", len(jobs), "err", err)
+	}
+	if len(refollow) > 0 {
+		t.log.Info("taking the interest up again in held jobs: holds lapsed, or another replica's drop raced a lookup", "jobs", len(refollow))
+	}
+	for _, job := range refollow {
+		if t.rehold(ctx, job) {
+			t.refollow.Store(job, struct{}{})
+		}
+	}
+	t.refollow.Range(func(k, _ any) bool {
+		job := k.(string)
+		if !t.Holding(job) {
+			t.refollow.Delete(job)
+			return true
+		}
+		err := t.follow(ctx, job)
+		switch {
+		case err == nil:
+			t.m.refollowed.Inc()
+		case errors.Is(err, ErrUnknown):
+		default:
+			// Root is away, most likely: the rest waits for the next round rather than
+			// holding up the renewals a fetch timeout each.
+			if ctx.Err() == nil {
+				t.log.Warn("could not take the interest up again; retrying", "job", job, "err", err)
+			}
+			return false
+		}
+		return true
+	})
+}
+
+// rehold takes the hold of job again if this replica still holds it (the renewal found
+// it lapsed), and reports whether it does.
+func (t *Table) rehold(ctx context.Context, job string) bool {
+	mu := t.holdLock(job)
+	mu.Lock()
+	defer mu.Unlock()
+	if !t.Holding(job) {
+		return false
+	}
+	if _, _, err := t.cache.Hold(ctx, t.opt.Replica, job); err != nil {
+		t.log.Warn("cache hold failed", "job", job, "err", err)
+	}
+	return true
 }
 
 // fetch reads an entry from root and caches it. With interest it registers the cluster's
@@ -226,7 +520,6 @@ func (t *Table) fetch(ctx context.Context, key string, interest bool) (*cache.En
 	if interest {
 		cid = t.opt.ClusterID
 	}
-	forgets := t.forgets.Load()
 	te, err := t.root.Resolve(ctx, key, cid)
 	if errors.Is(err, client.ErrNotFound) {
 		t.contact()
@@ -241,19 +534,21 @@ func (t *Table) fetch(ctx context.Context, key string, interest bool) (*cache.En
 	if _, err := t.cache.Put(ctx, e); err != nil {
 		t.log.Warn("cache write failed", "job", e.JobName(), "err", err)
 	}
-	if interest && t.forgets.Load() == forgets {
-		// Otherwise the job stays marked, and its next lookup registers interest again.
-		t.unfollowed.Delete(e.JobName())
-	}
 	return e, nil
 }
 
-// drop removes a deleted job from the cache and reports it.
+// drop removes a deleted job from the cache, reports it and releases this replica's
+// hold (root dropped the interest with the job).
 func (t *Table) drop(ctx context.Context, job string, rev uint64) error {
 	if err := t.cache.Delete(ctx, job, rev); err != nil {
 		return fmt.Errorf("drop %s from cache: %w", job, err)
 	}
 	t.opt.OnChange(job, nil)
+	if t.Holding(job) {
+		if _, err := t.release(ctx, job); err != nil {
+			t.log.Warn("cache release failed", "job", job, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -364,8 +659,9 @@ func (t *Table) apply(ctx context.Context, cs []api.Change) error {
 	return nil
 }
 
-// resync re-reads every cached job, re-registering the cluster's interest (root may have
-// lost it along with its log).
+// resync re-reads every cached job this replica holds, re-registering the cluster's
+// interest (root may have lost it along with its log). The other replicas re-read the
+// jobs they hold; those nobody holds are fetched again by the next lookup.
 func (t *Table) resync(ctx context.Context) error {
 	t.opt.OnGateways()
 	jobs, err := t.cache.Jobs(ctx)
@@ -373,7 +669,7 @@ func (t *Table) resync(ctx context.Context) error {
 		return fmt.Errorf("list cached jobs: %w", err)
 	}
 	for _, job := range jobs {
-		if t.isUnfollowed(job) {
+		if !t.Holding(job) {
 			continue
 		}
 		e, err := t.fetch(ctx, job, true)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/root"
 	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/fakeclock"
 	"github.com/semnet/semnet/shared/geo"
 )
 
@@ -204,13 +207,15 @@ func (g *gatedRoot) RemoveInterest(ctx context.Context, clusterID, service strin
 
 // TestForgetRacingLookup: a lookup that registers the interest again while its drop is
 // on the way to root must not leave the cache trusting an entry root no longer sends
-// changes for (a soak run found caches answering from such entries for good).
+// changes for (a soak run found caches answering from such entries for good): the drop
+// sees the lookup's hold and takes the interest up again.
 func TestForgetRacingLookup(t *testing.T) {
 	ctx := t.Context()
 	srv, rc, svc := startJob(t)
 	defer srv.Close()
 	g := &gatedRoot{Client: rc, entered: make(chan struct{}), gate: make(chan struct{})}
-	tb := table.New(g, cache.NewMemory(cache.Options{}), table.Options{ClusterID: "c1"})
+	ch := &changes{ch: make(chan struct{}, 1)}
+	tb := table.New(g, cache.NewMemory(cache.Options{}), table.Options{ClusterID: "c1", Wait: 200 * time.Millisecond, OnChange: ch.record})
 	if _, err := tb.Lookup(ctx, svc.JobName); err != nil {
 		t.Fatal(err)
 	}
@@ -224,17 +229,190 @@ func TestForgetRacingLookup(t *testing.T) {
 	if err := <-forgot; err != nil {
 		t.Fatal(err)
 	}
-	// Root now has no interest of c1 in the job, so it sends no changes: a change there
-	// must still show at the next lookup.
+	wantInterest(t, rc, svc, true)
+	// A change at root reaches the cache.
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go tb.Run(runCtx)
 	in, err := rc.CreateInstance(ctx, svc.JobName, api.InstanceRequest{ClusterID: "c1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := tb.Lookup(ctx, svc.JobName)
+	ch.waitFor(t, "the change in the cache", func() bool {
+		e, err := tb.Lookup(ctx, svc.JobName)
+		return err == nil && e.Revision >= in.Revision
+	})
+}
+
+// wantInterest fails unless root's interests of cluster c1 include svc exactly when want.
+func wantInterest(t *testing.T, rc *client.Client, svc api.Service, want bool) {
+	t.Helper()
+	ids, err := rc.Interests(t.Context(), "c1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Revision < in.Revision {
-		t.Errorf("lookup answered revision %d from the cache; root is at %d (instance %d created)", e.Revision, in.Revision, in.Number)
+	if slices.Contains(ids, svc.ID) != want {
+		t.Fatalf("root's interests of c1: %v; want %s in them: %v", ids, svc.ID, want)
+	}
+}
+
+// lateRoot is a real root client whose first answer to Resolve waits for its gate: a
+// fetch whose registration of interest reached root, and whose answer is still on its
+// way.
+type lateRoot struct {
+	*client.Client
+	entered, gate chan struct{}
+	once          sync.Once
+}
+
+func (l *lateRoot) Resolve(ctx context.Context, key, clusterID string) (api.TableEntry, error) {
+	te, err := l.Client.Resolve(ctx, key, clusterID)
+	l.once.Do(func() {
+		close(l.entered)
+		<-l.gate
+	})
+	return te, err
+}
+
+// TestReplicaDropRacingFetch: replicas a and b share a cache. b fetches by address (so
+// it holds the job only once the answer is in) while a drops the job: b's fetch
+// registers the interest before a's drop reaches root, and b holds the job after a
+// recorded the drop. b must fetch again, or root has no interest while b holds the job.
+func TestReplicaDropRacingFetch(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, svc := startJob(t)
+	defer srv.Close()
+	c := cache.NewMemory(cache.Options{})
+	g := &gatedRoot{Client: rc, entered: make(chan struct{}), gate: make(chan struct{})}
+	a := table.New(g, c, table.Options{ClusterID: "c1", Replica: "a"})
+	late := &lateRoot{Client: rc, entered: make(chan struct{}), gate: make(chan struct{})}
+	b := table.New(late, c, table.Options{ClusterID: "c1", Replica: "b"})
+	if _, err := a.Lookup(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	forgot := make(chan error, 1)
+	go func() { forgot <- a.Forget(ctx, svc.JobName) }()
+	<-g.entered // a released the last hold; its drop is on the way to root
+	looked := make(chan error, 1)
+	go func() {
+		_, err := b.Lookup(ctx, svc.RRIPv6.String())
+		looked <- err
+	}()
+	<-late.entered // b's fetch registered the interest
+	close(g.gate)
+	if err := <-forgot; err != nil {
+		t.Fatal(err)
+	}
+	wantInterest(t, rc, svc, false) // a's drop removed b's registration
+	close(late.gate)
+	if err := <-looked; err != nil {
+		t.Fatal(err)
+	}
+	if !b.Holding(svc.JobName) {
+		t.Fatal("b does not hold the job it looked up")
+	}
+	wantInterest(t, rc, svc, true)
+}
+
+// TestReplicaDropRacingHold: b takes its hold while a's drop is on the way to root, so
+// a's drop removes the interest b's fetch registered: a takes it up again, and b re-reads
+// the job at its next renewal (root sent no changes to anyone in between).
+func TestReplicaDropRacingHold(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, svc := startJob(t)
+	defer srv.Close()
+	c := cache.NewMemory(cache.Options{})
+	g := &gatedRoot{Client: rc, entered: make(chan struct{}), gate: make(chan struct{})}
+	a := table.New(g, c, table.Options{ClusterID: "c1", Replica: "a"})
+	ch := &changes{ch: make(chan struct{}, 1)}
+	b := table.New(rc, c, table.Options{ClusterID: "c1", Replica: "b", OnChange: ch.record, HoldRenew: 20 * time.Millisecond})
+	if _, err := a.Lookup(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	forgot := make(chan error, 1)
+	go func() { forgot <- a.Forget(ctx, svc.JobName) }()
+	<-g.entered
+	if _, err := b.Lookup(ctx, svc.RRIP.String()); err != nil {
+		t.Fatal(err)
+	}
+	close(g.gate)
+	if err := <-forgot; err != nil {
+		t.Fatal(err)
+	}
+	wantInterest(t, rc, svc, true)
+	if a.Holding(svc.JobName) || !b.Holding(svc.JobName) {
+		t.Fatalf("a holds the job: %v, b: %v; want b only", a.Holding(svc.JobName), b.Holding(svc.JobName))
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go b.RunHolds(runCtx)
+	ch.waitFor(t, "b to re-read the job", func() bool {
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		return slices.Contains(ch.seen, svc.JobName)
+	})
+}
+
+// TestHoldExpiry: a replica that stops renewing (it died) holds nothing once its holds
+// expire: the other replica's release is then the last and drops the interest.
+func TestHoldExpiry(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, svc := startJob(t)
+	defer srv.Close()
+	clock := fakeclock.New()
+	c := cache.NewMemory(cache.Options{HoldTTL: time.Minute, Now: clock.Now})
+	a := table.New(rc, c, table.Options{ClusterID: "c1", Replica: "a"})
+	b := table.New(rc, c, table.Options{ClusterID: "c1", Replica: "b"})
+	for _, tb := range []*table.Table{a, b} {
+		if _, err := tb.Lookup(ctx, svc.JobName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Forget(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	wantInterest(t, rc, svc, true) // a holds it
+	if _, err := b.Lookup(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Minute) // a died a minute ago
+	if err := b.Forget(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	wantInterest(t, rc, svc, false)
+}
+
+// countingCache counts the hold calls that reach the cache.
+type countingCache struct {
+	*cache.Memory
+	holds atomic.Int64
+}
+
+func (c *countingCache) Hold(ctx context.Context, replica, job string) (bool, uint64, error) {
+	c.holds.Add(1)
+	return c.Memory.Hold(ctx, replica, job)
+}
+
+// TestHitTakesNoHold: a job is held once, when the replica starts needing it; lookups
+// that hit the cache after that cost the cache read alone (with Redis, one round trip).
+func TestHitTakesNoHold(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, svc := startJob(t)
+	defer srv.Close()
+	c := &countingCache{Memory: cache.NewMemory(cache.Options{})}
+	tb := table.New(rc, c, table.Options{ClusterID: "c1"})
+	if _, err := tb.Lookup(ctx, svc.RRIP.String()); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{svc.JobName, svc.ID, svc.RRIP.String(), svc.ClosestIPv6.String()} {
+		if _, err := tb.Lookup(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := tb.Cached(ctx, key); !ok {
+			t.Fatalf("Cached(%s) missed", key)
+		}
+	}
+	if n := c.holds.Load(); n != 1 {
+		t.Errorf("%d holds reached the cache, want 1", n)
 	}
 }

@@ -22,7 +22,8 @@ import (
 
 // Run runs the conformance suite. open returns a fresh, empty cache for each subtest, set
 // up with opt (whose Now is a Clock the subtest controls); Run closes it when the subtest
-// ends, before the cleanups open registered.
+// ends, before the cleanups open registered. The hold tests play several replicas on the
+// one cache.
 func Run(t *testing.T, open func(t *testing.T, opt cache.Options) cache.Cache) {
 	tests := []struct {
 		name string
@@ -42,6 +43,10 @@ func Run(t *testing.T, open func(t *testing.T, opt cache.Options) cache.Cache) {
 		{"Cursor", cache.Options{}, testCursor},
 		{"JobsAndLen", cache.Options{}, testJobsAndLen},
 		{"Concurrent", cache.Options{}, testConcurrent},
+		{"Holds", cache.Options{}, testHolds},
+		{"HoldExpiry", cache.Options{HoldTTL: time.Minute}, testHoldExpiry},
+		{"Dropped", cache.Options{}, testDropped},
+		{"ConcurrentHolds", cache.Options{}, testConcurrentHolds},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -232,6 +232,14 @@ func testDelete(t *testing.T, h *harness) {
 	h.del(t, "app.ns.never.ns", 1)
 	h.wantJobs(t, JobName(1))
 	h.wantLen(t, 1, 1)
+
+	// A job without instances (a service just created) is deleted like any other.
+	empty := Entry(3, 5, 0, 0)
+	h.put(t, empty, true)
+	h.del(t, empty.JobName(), 6)
+	h.wantNotFound(t, keys(empty)...)
+	h.wantJobs(t, JobName(1))
+	h.wantLen(t, 1, 1)
 }
 
 func testTombstoneTTL(t *testing.T, h *harness) {

@@ -9,13 +9,18 @@
 //	<prefix>state   hash  job name → {"r": revision, "n": instances, "k": [index keys]}
 //	<prefix>tomb    hash  job name → revision of its delete
 //	<prefix>tombs   zset  job name, scored by when its tombstone was laid (ms)
-//	<prefix>meta    hash  "cursor", "instances"
+//	<prefix>meta    hash  "cursor", "instances", "drops"
+//	<prefix>holds:<job>    zset  replica ids holding the job, scored by expiry (ms)
+//	<prefix>retaken:<job>  set   holders Renew tells to re-read the job
 //
 // state lets the write scripts check revisions and unindex a job without decoding its
 // entry, which Lua would have to do with doubles. Writes are Lua scripts (see scripts.go),
-// which is what makes Put atomic with its revision check and reindexing.
+// which is what makes Put atomic with its revision check and reindexing, and Release
+// atomic with removing the entry of a job nobody holds. A job's holds and retaken keys
+// expire with its last hold (PEXPIRE, relative, so the server's clock does not matter),
+// so replicas that died leave nothing behind.
 //
-// New connects to one Redis server. A Redis Cluster would need all six keys in one slot: a
+// New connects to one Redis server. A Redis Cluster would need all keys in one slot: a
 // prefix with a hash tag, such as "{semnet:c1}:", and a cluster client.
 package redis
 
@@ -26,6 +31,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -34,11 +40,13 @@ import (
 
 // Cache is a cache.Cache in Redis.
 type Cache struct {
-	rdb  *goredis.Client
-	opt  cache.Options
-	keys []string // the six keys of the package comment, in the order the scripts use
+	rdb    *goredis.Client
+	opt    cache.Options
+	prefix string
+	keys   []string // the six fixed keys of the package comment, in the order the scripts use
 
-	get, put, del, setCursor *goredis.Script
+	get, put, del, setCursor            *goredis.Script
+	hold, release, dropped, renewScript *goredis.Script
 }
 
 var _ cache.Cache = (*Cache)(nil)
@@ -70,12 +78,17 @@ func New(ctx context.Context, url, prefix string, opt cache.Options) (*Cache, er
 		return nil, fmt.Errorf("cache: redis ping %s: %w", ropt.Addr, err)
 	}
 	c := &Cache{
-		rdb:       rdb,
-		opt:       opt.WithDefaults(),
-		get:       goredis.NewScript(getLua),
-		put:       goredis.NewScript(putLua),
-		del:       goredis.NewScript(deleteLua),
-		setCursor: goredis.NewScript(setCursorLua),
+		rdb:         rdb,
+		opt:         opt.WithDefaults(),
+		prefix:      prefix,
+		get:         goredis.NewScript(getLua),
+		put:         goredis.NewScript(putLua),
+		del:         goredis.NewScript(deleteLua),
+		setCursor:   goredis.NewScript(setCursorLua),
+		hold:        goredis.NewScript(holdLua),
+		release:     goredis.NewScript(releaseLua),
+		dropped:     goredis.NewScript(droppedLua),
+		renewScript: goredis.NewScript(renewLua),
 	}
 	for _, name := range []string{"jobs", "index", "state", "tomb", "tombs", "meta"} {
 		c.keys = append(c.keys, prefix+name)
@@ -203,6 +216,111 @@ func (c *Cache) SetCursor(ctx context.Context, rev uint64) error {
 		return fmt.Errorf("cache: redis set cursor %d: %w", rev, err)
 	}
 	return nil
+}
+
+// jobKeys returns the fixed keys followed by the holds and retaken keys of each job, as
+// the hold scripts take them.
+func (c *Cache) jobKeys(jobs ...string) []string {
+	keys := make([]string, 0, len(c.keys)+2*len(jobs))
+	keys = append(keys, c.keys...)
+	for _, job := range jobs {
+		keys = append(keys, c.prefix+"holds:"+job, c.prefix+"retaken:"+job)
+	}
+	return keys
+}
+
+// Hold implements cache.Holds.
+func (c *Cache) Hold(ctx context.Context, replica, job string) (bool, uint64, error) {
+	if err := cache.CheckHold(replica, job); err != nil {
+		return false, 0, err
+	}
+	now := c.opt.Now()
+	res, err := c.hold.Run(ctx, c.rdb, c.jobKeys(job), replica, now.UnixMilli(), now.Add(c.opt.HoldTTL).UnixMilli()).StringSlice()
+	if err != nil {
+		return false, 0, fmt.Errorf("cache: redis hold job %s for replica %s: %w", job, replica, err)
+	}
+	if len(res) != 2 {
+		return false, 0, fmt.Errorf("cache: redis hold job %s: script returned %d values, want 2", job, len(res))
+	}
+	drops, err := c.parseDrops(res[1])
+	if err != nil {
+		return false, 0, err
+	}
+	return res[0] == "1", drops, nil
+}
+
+// Release implements cache.Holds.
+func (c *Cache) Release(ctx context.Context, replica, job string) (bool, error) {
+	if err := cache.CheckHold(replica, job); err != nil {
+		return false, err
+	}
+	last, err := c.release.Run(ctx, c.rdb, c.jobKeys(job), replica, c.opt.Now().UnixMilli(), job).Int()
+	if err != nil {
+		return false, fmt.Errorf("cache: redis release job %s for replica %s: %w", job, replica, err)
+	}
+	return last == 1, nil
+}
+
+// Dropped implements cache.Holds.
+func (c *Cache) Dropped(ctx context.Context, replica, job string) (bool, error) {
+	if err := cache.CheckHold(replica, job); err != nil {
+		return false, err
+	}
+	held, err := c.dropped.Run(ctx, c.rdb, c.jobKeys(job), replica, c.opt.Now().UnixMilli(), job).Int()
+	if err != nil {
+		return false, fmt.Errorf("cache: redis record the drop of job %s: %w", job, err)
+	}
+	return held == 1, nil
+}
+
+// Drops implements cache.Holds.
+func (c *Cache) Drops(ctx context.Context) (uint64, error) {
+	s, err := c.rdb.HGet(ctx, c.keys[keyMeta], "drops").Result()
+	if errors.Is(err, goredis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("cache: redis drops: %w", err)
+	}
+	return c.parseDrops(s)
+}
+
+func (c *Cache) parseDrops(s string) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("cache: redis: field drops of %s is %q, not a count (delete it)", c.keys[keyMeta], s)
+	}
+	return n, nil
+}
+
+// renewBatch bounds the jobs one Renew script handles: a script blocks the server while
+// it runs, and a replica may hold tens of thousands of jobs.
+const renewBatch = 500
+
+// Renew implements cache.Holds, in batches of renewBatch jobs.
+func (c *Cache) Renew(ctx context.Context, replica string, jobs []string) ([]string, error) {
+	if err := cache.CheckReplica(replica); err != nil {
+		return nil, err
+	}
+	var refollow []string
+	for batch := range slices.Chunk(jobs, renewBatch) {
+		now := c.opt.Now()
+		res, err := c.renewScript.Run(ctx, c.rdb, c.jobKeys(batch...), renewArgs(replica, now, c.opt.HoldTTL, batch)...).StringSlice()
+		if err != nil && !errors.Is(err, goredis.Nil) {
+			return refollow, fmt.Errorf("cache: redis renew %d holds of replica %s: %w", len(batch), replica, err)
+		}
+		refollow = append(refollow, res...)
+	}
+	return refollow, nil
+}
+
+func renewArgs(replica string, now time.Time, ttl time.Duration, jobs []string) []any {
+	args := make([]any, 0, 3+len(jobs))
+	args = append(args, replica, now.UnixMilli(), now.Add(ttl).UnixMilli())
+	for _, job := range jobs {
+		args = append(args, job)
+	}
+	return args
 }
 
 // Close implements cache.Cache: it closes the connection pool. The data stays in Redis.

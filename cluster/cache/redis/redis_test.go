@@ -151,6 +151,57 @@ func TestNoLeftovers(t *testing.T) {
 	}
 }
 
+// TestHoldKeys checks that a job's hold keys expire with its last hold, by the server's
+// clock (replicas that die leave nothing behind), and go with its last release.
+func TestHoldKeys(t *testing.T) {
+	url := testURL(t)
+	prefix := freshPrefix(t, url)
+	const ttl = 300 * time.Millisecond
+	c := open(t, url, prefix, cache.Options{HoldTTL: ttl})
+	defer c.Close()
+	raw := rawClient(t, url)
+	ctx := t.Context()
+	job := cachetest.JobName(1)
+	holds, retaken := prefix+"holds:"+job, prefix+"retaken:"+job
+	for _, r := range []string{"r1", "r2"} {
+		if _, _, err := c.Hold(ctx, r, job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if held, err := c.Dropped(ctx, "r1", job); err != nil || !held {
+		t.Fatalf("Dropped = %v, %v; want held", held, err)
+	}
+	for _, k := range []string{holds, retaken} {
+		if d := raw.PTTL(ctx, k).Val(); d <= 0 || d > ttl {
+			t.Errorf("%s expires in %v, want within the hold TTL %v", k, d, ttl)
+		}
+	}
+	if last, err := c.Release(ctx, "r1", job); err != nil || last {
+		t.Fatalf("Release(r1) = %v, %v; want r2 still holding", last, err)
+	}
+	if last, err := c.Release(ctx, "r2", job); err != nil || !last {
+		t.Fatalf("Release(r2) = %v, %v; want last", last, err)
+	}
+	if n := raw.Exists(ctx, holds, retaken).Val(); n != 0 {
+		t.Errorf("%d hold keys left after the last release", n)
+	}
+
+	// A replica that stops renewing: Redis drops the keys once the hold expired.
+	if _, _, err := c.Hold(ctx, "r1", job); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Dropped(ctx, "r2", job); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for raw.Exists(ctx, holds, retaken).Val() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("hold keys still there long after the hold expired: %v", raw.ZRangeWithScores(ctx, holds, 0, -1).Val())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestBadData checks that what Redis holds is never trusted to be well formed: bad data
 // is an error that names the key, not a panic and not a miss.
 func TestBadData(t *testing.T) {
@@ -191,6 +242,13 @@ func TestBadData(t *testing.T) {
 	raw.HSet(ctx, prefix+"meta", "cursor", "soon")
 	if _, err := c.Cursor(ctx); err == nil || !strings.Contains(err.Error(), prefix+"meta") {
 		t.Errorf("Cursor of %q = %v; want an error naming %smeta", "soon", err, prefix)
+	}
+	raw.HSet(ctx, prefix+"meta", "drops", "-1")
+	if _, err := c.Drops(ctx); err == nil || !strings.Contains(err.Error(), prefix+"meta") {
+		t.Errorf("Drops of %q = %v; want an error naming %smeta", "-1", err, prefix)
+	}
+	if _, _, err := c.Hold(ctx, "r1", job); err == nil || !strings.Contains(err.Error(), prefix+"meta") {
+		t.Errorf("Hold with drops %q = %v; want an error naming %smeta", "-1", err, prefix)
 	}
 	raw.HSet(ctx, prefix+"meta", "instances", "many")
 	if _, _, err := c.Len(ctx); err == nil || !strings.Contains(err.Error(), prefix+"meta") {
