@@ -168,12 +168,18 @@ func (e *Engine) Outbound(p *packet.Parsed, now time.Time) Result {
 	if r.Verdict != Tunnel && r.Verdict != Deliver {
 		return r
 	}
-	key := fragKeyOf(p)
+	if p.IsFragment() {
+		// Keyed by the addresses as sent, so taken before the rewrite; only fragments
+		// pay for it.
+		key := fragKeyOf(p)
+		if p.SetAddrs(self, ns) != nil {
+			return drop(ReasonRewrite)
+		}
+		e.outFrags.put(key, fragment{src: self, dst: ns, result: r}, now)
+		return r
+	}
 	if p.SetAddrs(self, ns) != nil {
 		return drop(ReasonRewrite)
-	}
-	if p.IsFragment() {
-		e.outFrags.put(key, fragment{src: self, dst: ns, result: r}, now)
 	}
 	return r
 }
@@ -187,9 +193,8 @@ func (e *Engine) choose(p *packet.Parsed, self netip.Addr, now time.Time) (netip
 	orig := conntrack.Tuple{Src: p.Src, Dst: p.Dst, SrcPort: sport, DstPort: dport, Proto: uint8(p.Proto)}
 	if tracked {
 		if rw, ok := e.flows.Outbound(orig, now); ok {
-			if tgt, ok := e.table.ByNamespace(rw.Dst); ok {
-				e.table.Touch(p.Dst, now)
-				return rw.Dst, target(&tgt)
+			if tgt, ok := e.table.Established(rw.Dst, now); ok {
+				return rw.Dst, target(tgt)
 			}
 			// The instance went away before its flows were forgotten: end them so this
 			// packet resolves again.
@@ -309,12 +314,16 @@ func (e *Engine) inbound(p *packet.Parsed, now time.Time) Result {
 	if !ok || restored.Src == p.Src {
 		return e.toGateway(p, ok, now)
 	}
-	key := fragKeyOf(p)
+	if p.IsFragment() {
+		key := fragKeyOf(p) // as for outbound fragments: before the rewrite
+		if p.SetSrc(restored.Src) != nil {
+			return drop(ReasonRewrite)
+		}
+		e.inFrags.put(key, fragment{src: restored.Src, result: deliver}, now)
+		return e.toGateway(p, true, now)
+	}
 	if p.SetSrc(restored.Src) != nil {
 		return drop(ReasonRewrite)
-	}
-	if p.IsFragment() {
-		e.inFrags.put(key, fragment{src: restored.Src, result: deliver}, now)
 	}
 	return e.toGateway(p, true, now)
 }

@@ -469,6 +469,21 @@ func (t *Table) ByNamespace(nsIP netip.Addr) (tg Target, ok bool) {
 	return r.e.targets[family(nsIP)][r.inst], true
 }
 
+// Established is ByNamespace for a packet of an established flow: the Target of the
+// usable instance whose namespace IP is nsIP, and the mark that its job's entry is in
+// use (what Touch does by the address the packet was sent to: the flow's destination is
+// an address of the same job). One lookup instead of two, and the Target is not copied:
+// it points into the table's current snapshot, which is never changed once published;
+// callers only read it. Lock-free, zero allocations.
+func (t *Table) Established(nsIP netip.Addr, now time.Time) (*Target, bool) {
+	r, ok := t.snap.Load().byNS.get(nsIP)
+	if !ok {
+		return nil, false
+	}
+	r.e.st.touch(now)
+	return &r.e.targets[family(nsIP)][r.inst], true
+}
+
 // AddLocal registers an instance running on this node, with its namespace IPs (either may
 // be zero; one of the wrong family is ignored). Then Sender knows its Instance IP (once
 // the job's entry is applied, in either order), IsLocalNamespace recognises its namespace

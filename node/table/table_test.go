@@ -621,7 +621,7 @@ func TestExpire(t *testing.T) {
 	sec := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
 	type step struct {
 		at     float64
-		do     string // "lookup", "touch", "push", "expire", "local", "unlocal"
+		do     string // "lookup", "touch", "established", "push", "expire", "local", "unlocal"
 		expire bool   // for "expire": whether the job is dropped
 	}
 	for _, c := range []struct {
@@ -631,6 +631,7 @@ func TestExpire(t *testing.T) {
 		{"unused: dropped after 10 s", []step{{9.5, "expire", false}, {10, "expire", true}}},
 		{"a lookup keeps it", []step{{5, "lookup", false}, {14.5, "expire", false}, {15, "expire", true}}},
 		{"a touch keeps it", []step{{8, "touch", false}, {17.5, "expire", false}, {18, "expire", true}}},
+		{"a packet of an established flow keeps it", []step{{8, "established", false}, {17.5, "expire", false}, {18, "expire", true}}},
 		{"a lookup within a second of the last stored use is not stored", []step{{0.5, "lookup", false}, {10, "expire", true}}},
 		{"a pushed update is no use", []step{{8, "push", false}, {10, "expire", true}}},
 		{"a local job never expires", []step{{0, "local", false}, {1000, "expire", false}}},
@@ -645,6 +646,14 @@ func TestExpire(t *testing.T) {
 					tb.Lookup(cl4, now)
 				case "touch":
 					tb.Touch(inst6(2), now)
+				case "established":
+					want, _ := tb.ByNamespace(ns6(2))
+					if got, ok := tb.Established(ns6(2), now); !ok || *got != want || got.InstanceNumber != 2 {
+						t.Fatalf("Established(%v) = %+v, %v; want %+v", ns6(2), got, ok, want)
+					}
+					if got, ok := tb.Established(netip.MustParseAddr("fc00::dead"), now); ok {
+						t.Fatalf("Established of an unknown namespace IP = %+v", got)
+					}
 				case "push":
 					if _, err := tb.Apply(result(2, instance(1, nil), instance(2, nil)), now); err != nil {
 						t.Fatal(err)
