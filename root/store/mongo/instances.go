@@ -158,7 +158,7 @@ func instanceLock(serviceID string, number int) string {
 }
 
 // maxUpdateAttempts bounds UpdateInstance's retries when the instance changed between
-// read and write (only possible when a lock holder outlived lockTTL).
+// read and write (only possible when a lock holder was silent past the lock TTL).
 const maxUpdateAttempts = 10
 
 // UpdateInstance applies fn under the instance's lock and replaces the instance only if

@@ -107,7 +107,7 @@ func (s *Store) takeOver(ctx context.Context, want leaseDoc) error {
 			// Another claimer is taking it over; its lease will be there in a moment,
 			// unless it died in between (then Reconcile frees the address).
 			var t ticketDoc
-			if err := s.tickets.FindOne(ctx, bson.D{{Key: "_id", Value: takeoverTicket(want.Addr, cur.Claim)}}).Decode(&t); err == nil && time.Since(t.At) > lockTTL {
+			if err := s.tickets.FindOne(ctx, bson.D{{Key: "_id", Value: takeoverTicket(want.Addr, cur.Claim)}}).Decode(&t); err == nil && time.Since(t.At) > claimTimeout {
 				l, err := cur.lease()
 				if err != nil {
 					return fmt.Errorf("claim %s: %w", want.Addr, err)

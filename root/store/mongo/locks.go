@@ -15,11 +15,19 @@ import (
 	"github.com/semnet/semnet/root/store"
 )
 
-// Lock timing. A lock is held for a few round trips; a holder silent for lockTTL is
-// taken for dead and its lock may be broken. lockWait bounds how long a caller waits.
+// Lock timing. A lock is held for a few round trips, and its holder renews it every
+// third of the lock TTL (Options.LockTTL, 10 s by default) while it holds it longer; a
+// lock not renewed for the TTL belongs to a dead (or stalled) process and may be broken.
+// A short TTL is what lets a restarted root serve at once: the locks its killed
+// predecessor held block their keys only that long. lockWait bounds how long a caller
+// waits for a lock.
+//
+// claimTimeout is how long a claimer may take to finish an address takeover before
+// others take it for dead (leases.go, reconcile.go); claims are not renewed.
 const (
-	lockTTL  = 30 * time.Second
-	lockWait = 40 * time.Second
+	defaultLockTTL = 10 * time.Second
+	lockWait       = 40 * time.Second
+	claimTimeout   = 30 * time.Second
 )
 
 // localLocks serialises this process's callers per key before they touch the database,
@@ -64,8 +72,9 @@ func (l *localLocks) acquire(ctx context.Context, key string) (release func(), e
 
 // lock takes the lock named key, shared by every process using the database: a
 // document in locks with _id key, which only one insert can create. It returns the
-// unlock function. A lock older than lockTTL is broken by one waiter, chosen by a
-// ticket insert, so two waiters cannot both break it.
+// unlock function; until it is called the lock is renewed. A lock not renewed for the
+// lock TTL is broken by one waiter, chosen by a ticket insert, so two waiters cannot both
+// break it.
 func (s *Store) lock(ctx context.Context, key string) (unlock func(), err error) {
 	release, err := s.local.acquire(ctx, key)
 	if err != nil {
@@ -77,11 +86,12 @@ func (s *Store) lock(ctx context.Context, key string) (unlock func(), err error)
 	for {
 		_, err := s.locks.InsertOne(ctx, lockDoc{Key: key, Token: token, At: time.Now()})
 		if err == nil {
-			return func() { s.unlock(ctx, key, token); release() }, nil
+			stop := s.renew(ctx, key, token)
+			return func() { stop(); s.unlock(ctx, key, token); release() }, nil
 		}
 		if !mongo.IsDuplicateKeyError(err) {
 			// The insert may have happened with only its answer lost (the caller gave
-			// up): remove our own lock rather than leave it blocking for lockTTL.
+			// up): remove our own lock rather than leave it blocking for the lock TTL.
 			s.unlock(ctx, key, token)
 			release()
 			return nil, fmt.Errorf("lock %s: %w", key, dbErr(err))
@@ -94,7 +104,7 @@ func (s *Store) lock(ctx context.Context, key string) (unlock func(), err error)
 		case err != nil:
 			release()
 			return nil, fmt.Errorf("lock %s: %w", key, dbErr(err))
-		case time.Since(cur.At) > lockTTL:
+		case time.Since(cur.At) > s.lockTTL:
 			_, err := s.tickets.InsertOne(ctx, ticketDoc{ID: "break " + key + " " + cur.Token.Hex(), At: time.Now()})
 			if err == nil {
 				_, err = s.locks.DeleteOne(ctx, bson.D{{Key: "_id", Value: key}, {Key: "token", Value: cur.Token}})
@@ -122,7 +132,7 @@ func (s *Store) lock(ctx context.Context, key string) (unlock func(), err error)
 func (s *Store) unlock(ctx context.Context, key string, token primitive.ObjectID) {
 	ctx, cancel := detached(ctx)
 	defer cancel()
-	// Best effort: a lock left behind is broken after lockTTL.
+	// Best effort: a lock left behind is broken after the lock TTL.
 	s.locks.DeleteOne(ctx, bson.D{{Key: "_id", Value: key}, {Key: "token", Value: token}})
 }
 
@@ -136,5 +146,47 @@ func (s *Store) locked(ctx context.Context, key string) (bool, error) {
 	if err != nil {
 		return false, dbErr(err)
 	}
-	return time.Since(cur.At) <= lockTTL, nil
+	return time.Since(cur.At) <= s.lockTTL, nil
+}
+
+// renew keeps the lock key (ours while token is its token) alive: every third of the
+// lock TTL it moves the lock's time to now, until the returned function is called. A
+// renewal that finds the lock gone or someone else's means this process was taken for
+// dead (stalled past the TTL): it is logged, and the revision-conditional writes behind
+// the lock keep the other holder's work from being overwritten.
+func (s *Store) renew(ctx context.Context, key string, token primitive.ObjectID) (stop func()) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	every := s.lockTTL / 3
+	var tick func()
+	tick = func() {
+		rctx, cancel := detached(ctx)
+		defer cancel()
+		res, err := s.locks.UpdateOne(rctx, bson.D{{Key: "_id", Value: key}, {Key: "token", Value: token}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "at", Value: time.Now()}}}})
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case stopped: // unlocked meanwhile: the update may have come after the delete
+			return
+		case err != nil:
+			s.log.Warn("renewing a lock failed; retrying", "lock", key, "err", err)
+		case res.MatchedCount == 0:
+			s.log.Warn("a lock this process holds was broken by another (this process was silent past the lock TTL)", "lock", key, "ttl", s.lockTTL)
+			return
+		}
+		t.Reset(every)
+	}
+	mu.Lock()
+	t = time.AfterFunc(every, tick)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
 }

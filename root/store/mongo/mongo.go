@@ -98,7 +98,11 @@ type Options struct {
 	// AbandonAfter is how long a missing revision may block the change log before
 	// readers skip it. Default 5 seconds.
 	AbandonAfter time.Duration
-	// Logger, when set, is told about a repair at Open that failed for want of the server.
+	// LockTTL is how long a lock may go without renewal before others break it (its
+	// holder renews it every third of that). Default 10 seconds.
+	LockTTL time.Duration
+	// Logger, when set, is told about a repair at Open that failed for want of the
+	// server, and about lock renewals that failed.
 	Logger *slog.Logger
 }
 
@@ -111,6 +115,8 @@ type Store struct {
 	gateways, exposures                                                                                 *mongo.Collection
 
 	now        func() time.Time
+	log        *slog.Logger
+	lockTTL    time.Duration
 	quarantine time.Duration
 	grace      time.Duration
 	abandon    time.Duration
@@ -178,6 +184,13 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 	}
 	if s.abandon <= 0 {
 		s.abandon = 5 * time.Second
+	}
+	s.lockTTL, s.log = opt.LockTTL, opt.Logger
+	if s.lockTTL <= 0 {
+		s.lockTTL = defaultLockTTL
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
 	}
 	rev, err := s.newestRevision(ctx)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -347,5 +348,74 @@ func TestUnavailable(t *testing.T) {
 	_, err := mongo.Open(ctx, "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300&connectTimeoutMS=300", "x", mongo.Options{})
 	if !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("Open of an unreachable server: %v, want ErrUnavailable", err)
+	}
+}
+
+// TestLockRenewal: a lock is renewed while its holder works, so a second process waits
+// for it even when the work outlasts the lock TTL (without renewal it would break the
+// lock after the TTL and the two updates would overlap); a lock left by a process that
+// died (never renewed) is broken once the TTL has passed.
+func TestLockRenewal(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	const ttl = 600 * time.Millisecond
+	opt := mongo.Options{Options: store.Options{Quarantine: time.Hour}, LockTTL: ttl}
+	a, b := open(t, uri, db, opt), open(t, uri, db, opt)
+	t.Cleanup(func() { a.Close(); b.Close() })
+	ctx := t.Context()
+	pair := func(i byte) store.AddrPair {
+		return store.AddrPair{V4: netip.AddrFrom4([4]byte{10, 30, 9, i}), V6: netip.AddrFrom16([16]byte{0xfd, 0xff, 15: i})}
+	}
+	if _, err := a.CreateService(ctx, store.Service{ID: "web", App: "app", AppNS: "ns", Name: "web", NS: "ns", RR: pair(1), Closest: pair(2)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateInstance(ctx, store.Instance{ServiceID: "web", Number: 0, IP: pair(3), Status: store.StatusScheduled}); err != nil {
+		t.Fatal(err)
+	}
+
+	var inside atomic.Int32 // updates inside the lock now
+	var overlapped atomic.Bool
+	update := func(s *mongo.Store, hold time.Duration) error {
+		_, err := s.UpdateInstance(ctx, "web", 0, func(in *store.Instance) error {
+			if inside.Add(1) > 1 {
+				overlapped.Store(true)
+			}
+			defer inside.Add(-1)
+			time.Sleep(hold)
+			in.HostPort++
+			return nil
+		})
+		return err
+	}
+	errs := make(chan error, 2)
+	go func() {
+		errs <- update(a, 4*ttl)
+	}()
+	go func() {
+		for inside.Load() == 0 { // until a holds the lock
+			time.Sleep(time.Millisecond)
+		}
+		errs <- update(b, 0)
+	}()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if overlapped.Load() {
+		t.Fatalf("b updated the instance while a held its lock past the TTL (%v): the lock was not renewed", ttl)
+	}
+	in, err := b.GetInstance(ctx, "web", 0)
+	if err != nil || in.HostPort != 2 {
+		t.Fatalf("instance after both updates: port %d, %v; want 2 (neither update lost)", in.HostPort, err)
+	}
+
+	// A dead holder's lock: inserted as the store inserts it, then never renewed.
+	locks := rawClient(t, uri).Database(db).Collection("locks")
+	if _, err := locks.InsertOne(ctx, bson.D{{Key: "_id", Value: "instance web/0"}, {Key: "token", Value: primitive.NewObjectID()}, {Key: "at", Value: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := update(b, 0); err != nil {
+		t.Fatalf("update behind a dead holder's lock: %v", err)
 	}
 }

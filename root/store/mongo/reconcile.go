@@ -20,7 +20,7 @@ const ticketKeep = 24 * time.Hour
 //   - active leases older than OrphanGrace whose address no record uses are put into
 //     quarantine (not deleted: the address may have been in use until the crash);
 //   - leases whose quarantine is over are deleted, as is an expired lease whose
-//     takeover was won by a claimer that did not finish within lockTTL;
+//     takeover was won by a claimer that did not finish within claimTimeout;
 //   - tickets older than a day are deleted.
 //
 // It reads every record's addresses into memory (a few tens of bytes per address).
@@ -57,7 +57,7 @@ func (s *Store) reconcile(ctx context.Context) error {
 			// in between: drop the lease for it (this process holds the reconcile lock,
 			// and no claimer acts on a lease whose ticket is taken).
 			var t ticketDoc
-			if err := s.tickets.FindOne(ctx, bson.D{{Key: "_id", Value: ticket}}).Decode(&t); err != nil || time.Since(t.At) < lockTTL {
+			if err := s.tickets.FindOne(ctx, bson.D{{Key: "_id", Value: ticket}}).Decode(&t); err != nil || time.Since(t.At) < claimTimeout {
 				continue
 			}
 			err = nil
