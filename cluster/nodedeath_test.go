@@ -2,11 +2,8 @@ package cluster_test
 
 import (
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -110,22 +107,15 @@ func (b *blackhole) pipe(dst, src net.Conn) {
 	}
 }
 
-// metric returns the value of the cluster's metric line that starts with prefix.
+// metric returns the value of the cluster's metric line that starts with prefix,
+// failing the test when it has none.
 func metric(t *testing.T, p *platform, prefix string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + p.Cluster.Addr.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	v := metricOr(t, p, prefix)
+	if v == "" {
+		t.Fatalf("no metric %s", prefix)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, prefix+" ") {
-			return strings.TrimPrefix(l, prefix+" ")
-		}
-	}
-	t.Fatalf("no metric %s in:\n%s", prefix, b)
-	return ""
+	return v
 }
 
 func instanceStatus(t *testing.T, p *platform, svc api.Service, n int) string {

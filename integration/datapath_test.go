@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/proto/nodeapi"
 	"github.com/semnet/semnet/shared/netnstest"
+	"github.com/semnet/semnet/shared/syncbuf"
 )
 
 // The datapath suite builds a small platform out of network namespaces, all created by
@@ -41,29 +41,11 @@ var (
 // Where the worker hosts are: from node 1 (Munich), Berlin is nearer than Paris.
 var nodeLocations = []struct{ lat, lon float64 }{{48.14, 11.58}, {52.52, 13.40}, {48.86, 2.35}}
 
-// syncBuffer is a log both of a process's output streams write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startIn runs the semnet binary inside ns until the test ends (SIGTERM, then a grace
 // period); its output is shown when the test fails.
 func startIn(t testing.TB, ns *netnstest.NS, bin, name string, args ...string) *exec.Cmd {
 	t.Helper()
-	log := &syncBuffer{}
+	log := &syncbuf.Buffer{}
 	cmd := ns.Cmd(context.Background(), bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), "SEMNET_TOKEN="+token)

@@ -18,6 +18,7 @@ import (
 	"github.com/semnet/semnet/node/demo"
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/nodeapi"
+	"github.com/semnet/semnet/shared/syncbuf"
 )
 
 // TestDemo runs demo instances (node/demo, and the `semnet demo` command) on the
@@ -92,7 +93,7 @@ func TestDemo(t *testing.T) {
 		// semnet demo runs in node 1's namespace (where it reaches root over the underlay)
 		// and attaches two instances to node 1.
 		job := "demo.app.web.cmd"
-		log := &syncBuffer{}
+		log := &syncbuf.Buffer{}
 		cmd := p.nodes[0].ns.Cmd(context.Background(), bin, "demo", "--root", "http://"+netip.AddrPortFrom(ctrlIP, 10099).String(),
 			"--node-socket", p.nodes[0].socket, "--service", job, "--cluster", "c1", "--instances", "2", "--expose", "tcp:8080:80")
 		cmd.Env = append(os.Environ(), "SEMNET_TOKEN="+token)

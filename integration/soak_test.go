@@ -26,6 +26,7 @@ import (
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/proto/mqttapi"
 	"github.com/semnet/semnet/shared/geo"
+	"github.com/semnet/semnet/shared/syncbuf"
 	"github.com/semnet/semnet/shared/testservers"
 )
 
@@ -66,14 +67,14 @@ type daemon struct {
 	args []string
 	addr string // its REST address: /readyz answers 200 once it serves
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *syncbuf.Buffer
 	// exited is closed when the running process has exited; nil when none runs.
 	exited chan struct{}
 }
 
 func startDaemon(t *testing.T, name, bin, addr string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, name: name, bin: bin, args: args, addr: addr, log: &syncBuffer{}}
+	d := &daemon{t: t, name: name, bin: bin, args: args, addr: addr, log: &syncbuf.Buffer{}}
 	d.start()
 	t.Cleanup(func() {
 		d.kill()

@@ -1,13 +1,11 @@
 package root_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"github.com/semnet/semnet/root"
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/syncbuf"
 	"github.com/semnet/semnet/shared/testservers"
 )
 
@@ -163,7 +162,7 @@ func TestStoreWait(t *testing.T) {
 		}
 	})
 	t.Run("waits", func(t *testing.T) {
-		logs := &syncBuffer{}
+		logs := &syncbuf.Buffer{}
 		c := cfg
 		c.StoreWait, c.Logger = time.Minute, slog.New(slog.NewTextHandler(logs, nil))
 		type started struct {
@@ -197,22 +196,4 @@ func TestStoreWait(t *testing.T) {
 			t.Fatalf("create a service on the root that waited: %v", err)
 		}
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -8,32 +8,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/shared/netnstest"
+	"github.com/semnet/semnet/shared/syncbuf"
 )
-
-// lockedBuffer is an output both the command and the test touch.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func loopbackPort(t *testing.T) string {
 	t.Helper()
@@ -47,10 +29,10 @@ func loopbackPort(t *testing.T) string {
 
 // startUp runs `semnet up` with args (and its cluster on free loopback ports) until ctx
 // ends, and waits at most wait for its summary. done receives what the command returns.
-func startUp(t *testing.T, ctx context.Context, wait time.Duration, args ...string) (out *lockedBuffer, done chan error) {
+func startUp(t *testing.T, ctx context.Context, wait time.Duration, args ...string) (out *syncbuf.Buffer, done chan error) {
 	t.Helper()
 	cmd := newRootCommand()
-	out = &lockedBuffer{}
+	out = &syncbuf.Buffer{}
 	cmd.SetOut(out)
 	cmd.SetErr(out)
 	cmd.SetArgs(append(append([]string{"up"}, args...), "--cluster-listen", loopbackPort(t), "--mqtt-listen", loopbackPort(t), "--log-level", "warn"))

@@ -7,13 +7,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/semnet/semnet/shared/netnstest"
+	"github.com/semnet/semnet/shared/syncbuf"
 )
 
 // childArg makes the test binary the instance's program: Start runs it with this first
@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 // ErrNodeUnavailable (so callers retry) and the instance's process is gone.
 func TestStartWithoutNodeLeavesNothing(t *testing.T) {
 	netnstest.Require(t) // a new network namespace needs root
-	var out syncWriter
+	var out syncbuf.Buffer
 	in, err := Start(t.Context(), Config{
 		NodeSocket: filepath.Join(t.TempDir(), "no-node.sock"), Service: "demo.app.web.default", Number: 3,
 		Command: []string{os.Args[0], childArg}, Output: &out,
@@ -103,22 +103,4 @@ func instanceChildren(t *testing.T) []int {
 		}
 	}
 	return pids
-}
-
-// syncWriter collects what the instance process writes to stderr.
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
