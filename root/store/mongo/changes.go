@@ -91,11 +91,13 @@ func (s *Store) skipTo(rev uint64) {
 
 // reserve takes the next revision by inserting a reservation with it as _id: the
 // unique _id decides between processes. The caller then commits or voids it; until it
-// does, readers wait at that revision.
-func (s *Store) reserve(ctx context.Context) (uint64, error) {
+// does, readers wait at that revision. subject is the change the caller means to log
+// (its kind, service, job, instance or object): readers report it in place of a
+// revision its writer abandoned.
+func (s *Store) reserve(ctx context.Context, subject changeDoc) (uint64, error) {
 	for attempt := 0; attempt < maxReserveAttempts; attempt++ {
 		n := s.candidate()
-		_, err := s.revisions.InsertOne(ctx, reservationDoc{ID: revID(n), At: time.Now()})
+		_, err := s.revisions.InsertOne(ctx, reservationDoc{ID: revID(n), At: time.Now(), Subject: &subject})
 		if mongo.IsDuplicateKeyError(err) {
 			// Another process took n. Resume after its published hint.
 			hint, err := s.metaN(ctx, metaHint)
@@ -219,7 +221,15 @@ func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]sto
 		} else if r <= mark {
 			return false, store.ErrCompacted // compacted under us
 		}
-		return s.abandoned(r), nil
+		if !s.abandoned(r) {
+			return false, nil
+		}
+		// Its writer died between reserving and logging: the record may have changed
+		// all the same, so the subject is reported changed.
+		if c, ok := s.abandonedSubject(ctx, r); ok {
+			out = append(out, c)
+		}
+		return true, nil
 	}
 	for (limit <= 0 || len(out) < limit) && cur.Next(ctx) {
 		var d changeDoc
@@ -241,6 +251,19 @@ func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]sto
 		return nil, dbErr(err)
 	}
 	return out, nil
+}
+
+// abandonedSubject returns the change an abandoned revision's writer meant to log, as a
+// put of its subject (whether the write happened is unknown; a follower re-reading it
+// finds out), if its reservation names one.
+func (s *Store) abandonedSubject(ctx context.Context, rev uint64) (store.Change, bool) {
+	var d reservationDoc
+	if err := s.revisions.FindOne(ctx, bson.D{{Key: "_id", Value: revID(rev)}}).Decode(&d); err != nil || d.Subject == nil || d.Subject.Kind == "" {
+		return store.Change{}, false
+	}
+	c := *d.Subject
+	c.Rev, c.Op, c.Time = int64(rev), store.OpPut, d.At
+	return c.change(), true
 }
 
 // CompactChanges drops changes up to upTo. It stops below the oldest revision still

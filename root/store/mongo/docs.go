@@ -188,6 +188,10 @@ type changeDoc struct {
 type reservationDoc struct {
 	ID string    `bson:"_id"` // revID
 	At time.Time `bson:"at"`  // the writer's wall clock
+	// Subject is what the revision is for (the change the writer will log, without its
+	// time): should the writer die before logging it, readers that pass the abandoned
+	// revision report a change of the subject instead, so followers re-read it.
+	Subject *changeDoc `bson:"subject,omitempty"`
 }
 
 func (d changeDoc) change() store.Change {

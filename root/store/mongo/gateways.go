@@ -32,7 +32,8 @@ func (s *Store) putGateway(ctx context.Context, g store.Gateway) (store.Gateway,
 	if g.UpdatedAt.IsZero() {
 		g.UpdatedAt = now
 	}
-	rev, err := s.reserve(ctx)
+	change := changeDoc{Kind: store.KindGateway, Op: store.OpPut, Instance: -1, Object: g.ID, Time: now}
+	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		return store.Gateway{}, err
 	}
@@ -46,7 +47,7 @@ func (s *Store) putGateway(ctx context.Context, g store.Gateway) (store.Gateway,
 		s.void(ctx, rev)
 		return store.Gateway{}, dbErr(err)
 	}
-	if err := s.commit(ctx, rev, changeDoc{Kind: store.KindGateway, Op: store.OpPut, Instance: -1, Object: g.ID, Time: now}); err != nil {
+	if err := s.commit(ctx, rev, change); err != nil {
 		return store.Gateway{}, err
 	}
 	return g, nil
@@ -86,11 +87,12 @@ func (s *Store) deleteGateway(ctx context.Context, id string) error {
 	if res.DeletedCount == 0 {
 		return store.ErrNotFound
 	}
-	rev, err := s.reserve(ctx)
+	change := changeDoc{Kind: store.KindGateway, Op: store.OpDelete, Instance: -1, Object: id, Time: s.nowMS()}
+	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		return err
 	}
-	return s.commit(ctx, rev, changeDoc{Kind: store.KindGateway, Op: store.OpDelete, Instance: -1, Object: id, Time: s.nowMS()})
+	return s.commit(ctx, rev, change)
 }
 
 // CreateExposure checks that the service exists and is not being deleted, inserts the
@@ -121,7 +123,8 @@ func (s *Store) createExposure(ctx context.Context, e store.Exposure) (store.Exp
 		return store.Exposure{}, err
 	}
 	e.JobName = sv.JobName
-	rev, err := s.reserve(ctx)
+	change := changeDoc{Kind: store.KindExposure, Op: store.OpPut, ServiceID: e.ServiceID, JobName: e.JobName, Instance: -1, Object: e.ID, Time: now}
+	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		return store.Exposure{}, err
 	}
@@ -144,8 +147,7 @@ func (s *Store) createExposure(ctx context.Context, e store.Exposure) (store.Exp
 		}
 		return store.Exposure{}, err
 	}
-	if err := s.commit(ctx, rev, changeDoc{Kind: store.KindExposure, Op: store.OpPut, ServiceID: e.ServiceID,
-		JobName: e.JobName, Instance: -1, Object: e.ID, Time: now}); err != nil {
+	if err := s.commit(ctx, rev, change); err != nil {
 		return store.Exposure{}, err
 	}
 	return e, nil
@@ -183,12 +185,12 @@ func (s *Store) deleteExposure(ctx context.Context, d exposureDoc) error {
 	if res.DeletedCount == 0 {
 		return store.ErrNotFound
 	}
-	rev, err := s.reserve(ctx)
+	change := changeDoc{Kind: store.KindExposure, Op: store.OpDelete, ServiceID: d.ServiceID, JobName: d.JobName, Instance: -1, Object: d.ID, Time: s.nowMS()}
+	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		return err
 	}
-	return s.commit(ctx, rev, changeDoc{Kind: store.KindExposure, Op: store.OpDelete, ServiceID: d.ServiceID,
-		JobName: d.JobName, Instance: -1, Object: d.ID, Time: s.nowMS()})
+	return s.commit(ctx, rev, change)
 }
 
 // DeleteExposure removes an exposure and logs the delete.

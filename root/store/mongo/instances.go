@@ -58,7 +58,8 @@ func (s *Store) createInstance(ctx context.Context, in store.Instance) (store.In
 		}
 		return store.Instance{}, err
 	}
-	rev, err := s.reserve(ctx)
+	change := changeDoc{Kind: store.KindInstance, Op: store.OpPut, ServiceID: in.ServiceID, JobName: sv.JobName, Instance: in.Number, Time: s.nowMS()}
+	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		s.unclaim(ctx, token, leases)
 		return store.Instance{}, err
@@ -88,8 +89,7 @@ func (s *Store) createInstance(ctx context.Context, in store.Instance) (store.In
 		}
 		return store.Instance{}, err
 	}
-	err = s.commit(ctx, rev, changeDoc{Kind: store.KindInstance, Op: store.OpPut, ServiceID: in.ServiceID,
-		JobName: sv.JobName, Instance: in.Number, Time: s.nowMS()})
+	err = s.commit(ctx, rev, change)
 	if err != nil {
 		return store.Instance{}, err
 	}
@@ -190,7 +190,8 @@ func (s *Store) UpdateInstance(ctx context.Context, serviceID string, number int
 		if in.ServiceID != old.ServiceID || in.Number != old.Number || in.IP != old.IP {
 			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: service ID, number and Instance IP cannot change", number, serviceID)
 		}
-		rev, err := s.reserve(ctx)
+		change := changeDoc{Kind: store.KindInstance, Op: store.OpPut, ServiceID: serviceID, JobName: d.JobName, Instance: number, Time: s.nowMS()}
+		rev, err := s.reserve(ctx, change)
 		if err != nil {
 			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)
 		}
@@ -206,8 +207,7 @@ func (s *Store) UpdateInstance(ctx context.Context, serviceID string, number int
 			s.void(ctx, rev)
 			continue
 		}
-		err = s.commit(ctx, rev, changeDoc{Kind: store.KindInstance, Op: store.OpPut, ServiceID: serviceID,
-			JobName: d.JobName, Instance: number, Time: s.nowMS()})
+		err = s.commit(ctx, rev, change)
 		if err != nil {
 			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)
 		}
@@ -243,12 +243,12 @@ func (s *Store) deleteInstance(ctx context.Context, serviceID string, number int
 	if err := s.release(ctx, now, d.ServiceID, d.Number, []string{store.RoleInstance}, in.IP.V4, in.IP.V6); err != nil {
 		return err
 	}
-	rev, err := s.reserve(ctx)
+	change := changeDoc{Kind: store.KindInstance, Op: store.OpDelete, ServiceID: d.ServiceID, JobName: d.JobName, Instance: d.Number, Time: now}
+	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		return err
 	}
-	return s.commit(ctx, rev, changeDoc{Kind: store.KindInstance, Op: store.OpDelete, ServiceID: d.ServiceID,
-		JobName: d.JobName, Instance: d.Number, Time: now})
+	return s.commit(ctx, rev, change)
 }
 
 // DeleteInstance removes an instance and releases its addresses into quarantine.

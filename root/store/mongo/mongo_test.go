@@ -288,6 +288,36 @@ func TestAbandonedRevision(t *testing.T) {
 	if err != nil || len(cs) != 1 || cs[0].Revision != 2 {
 		t.Fatalf("Changes after AbandonAfter = %v, %v; want revision 2", cs, err)
 	}
+
+	// A writer that named what it reserved revision 3 for (an update of instance 7 of
+	// a) and died before logging it: once abandoned, the revision reads as a change of
+	// that instance, so followers re-read the service (the update may have happened).
+	_, err = rawClient(t, uri).Database(db).Collection("revisions").InsertOne(ctx, bson.D{
+		{Key: "_id", Value: fmt.Sprintf("%020d", 3)}, {Key: "at", Value: time.Now()},
+		{Key: "subject", Value: bson.D{{Key: "kind", Value: store.KindInstance}, {Key: "op", Value: store.OpPut},
+			{Key: "service_id", Value: "a"}, {Key: "job_name", Value: "a.a.a.a"}, {Key: "instance", Value: 7}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := s.CreateInstance(ctx, store.Instance{ServiceID: "a", Number: 0, Status: store.StatusScheduled,
+		IP: store.AddrPair{V4: netip.MustParseAddr("10.0.0.3"), V6: netip.MustParseAddr("fd00::3")}})
+	if err != nil || in.Revision != 4 {
+		t.Fatalf("CreateInstance: revision %d, %v; want 4", in.Revision, err)
+	}
+	if cs, err := s.Changes(ctx, 2, 10); err != nil || len(cs) != 0 {
+		t.Fatalf("Changes with revision 3 missing = %v, %v; want nothing yet", cs, err)
+	}
+	time.Sleep(350 * time.Millisecond)
+	cs, err = s.Changes(ctx, 2, 10)
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("Changes after revision 3 was abandoned = %v, %v; want its subject and revision 4", cs, err)
+	}
+	if c := cs[0]; c.Revision != 3 || c.Kind != store.KindInstance || c.Op != store.OpPut || c.ServiceID != "a" || c.Instance != 7 {
+		t.Errorf("abandoned revision 3 read as %+v, want a put of instance 7 of a", c)
+	}
+	if cs[1].Revision != 4 {
+		t.Errorf("then %+v, want revision 4", cs[1])
+	}
 }
 
 // TestReconcile: Open quarantines leases a crashed create left without a record, and

@@ -74,7 +74,8 @@ func (s *Store) createService(ctx context.Context, sv store.Service) (store.Serv
 		}
 		return store.Service{}, err
 	}
-	rev, err := s.reserve(ctx)
+	change := changeDoc{Kind: store.KindService, Op: store.OpPut, ServiceID: sv.ID, JobName: job, Instance: -1, Time: now}
+	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		s.unclaim(ctx, token, leases)
 		return store.Service{}, err
@@ -90,7 +91,7 @@ func (s *Store) createService(ctx context.Context, sv store.Service) (store.Serv
 		}
 		return store.Service{}, dbErr(err)
 	}
-	err = s.commit(ctx, rev, changeDoc{Kind: store.KindService, Op: store.OpPut, ServiceID: sv.ID, JobName: job, Instance: -1, Time: now})
+	err = s.commit(ctx, rev, change)
 	if err != nil {
 		return store.Service{}, err
 	}
@@ -255,9 +256,10 @@ func (s *Store) deleteService(ctx context.Context, id string, force bool) error 
 		sv.RR.V4, sv.RR.V6, sv.Closest.V4, sv.Closest.V6); err != nil {
 		return err
 	}
-	rev, err := s.reserve(ctx)
+	change := changeDoc{Kind: store.KindService, Op: store.OpDelete, ServiceID: id, JobName: d.JobName, Instance: -1, Time: now}
+	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		return err
 	}
-	return s.commit(ctx, rev, changeDoc{Kind: store.KindService, Op: store.OpDelete, ServiceID: id, JobName: d.JobName, Instance: -1, Time: now})
+	return s.commit(ctx, rev, change)
 }
