@@ -70,8 +70,12 @@ type Config struct {
 	// FerretDB), with backoff, before it gives up; zero tries once. Errors that cannot
 	// pass (a bad URI, a dirty migration) end the start at once.
 	StoreWait time.Duration
-	Plan      addrplan.Plan
-	Logger    *slog.Logger
+	// ChangeRetention is how long the change log keeps a change (DefaultChangeRetention
+	// when zero; negative keeps every change). A cluster that falls further behind than
+	// that re-reads everything it caches.
+	ChangeRetention time.Duration
+	Plan            addrplan.Plan
+	Logger          *slog.Logger
 }
 
 // DefaultReconcileInterval is how often root repairs its store unless told otherwise.
@@ -226,6 +230,13 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	s.http.IdleTimeout = 2 * time.Minute
 	s.http.RegisterOnShutdown(stopPolls)
 	go notif.Run(context.WithoutCancel(ctx))
+	if retention := c.ChangeRetention; retention >= 0 {
+		if retention == 0 {
+			retention = DefaultChangeRetention
+		}
+		cp := &compactor{log: st, retention: retention, logger: log, now: time.Now}
+		go cp.run(closing)
+	}
 	if r, ok := st.(reconciler); ok {
 		every := c.ReconcileInterval
 		if every == 0 {

@@ -18,7 +18,7 @@ type rootFlags struct {
 	listen, dataDir, mongoURI, mongoDB, token, planFile string
 	readTokens                                          []string
 	insecure, noMigrate                                 bool
-	quarantine, storeWait                               time.Duration
+	quarantine, storeWait, changeRetention              time.Duration
 	tls                                                 tlsServerFlags // root's only, not up's
 	rate                                                rateLimitFlags
 	log                                                 logFlags
@@ -31,6 +31,7 @@ func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string, rateDefaul
 	fs.StringVar(&f.mongoURI, "mongo-uri", "", "MongoDB URI; when set, MongoDB is the store instead of the embedded one")
 	fs.StringVar(&f.mongoDB, "mongo-db", "semnet", "MongoDB database name")
 	fs.DurationVar(&f.storeWait, "store-wait", time.Minute, "how long to keep retrying at start while MongoDB is unreachable or too busy, before giving up (0: try once)")
+	fs.DurationVar(&f.changeRetention, "change-retention", root.DefaultChangeRetention, "how long the change log keeps a change for clusters to catch up; a cluster further behind re-reads everything (negative: keep every change)")
 	fs.BoolVar(&f.noMigrate, "no-migrate", false, "do not apply MongoDB schema migrations at start (run `semnet root migrate` instead)")
 	fs.StringVar(&f.token, "token", "", "bearer token every /api request must carry (Authorization: Bearer TOKEN)")
 	fs.StringSliceVar(&f.readTokens, "read-token", nil, "bearer token that may only read (GET) the API, e.g. for the status page or monitoring (repeat or comma-separate for several)")
@@ -55,7 +56,7 @@ func (f *rootFlags) config() (root.Config, error) {
 		return root.Config{}, err
 	}
 	c := root.Config{Listen: f.listen, DataDir: f.dataDir, MongoURI: f.mongoURI, MongoDB: f.mongoDB,
-		NoMigrate: f.noMigrate, StoreWait: f.storeWait, Insecure: f.insecure, Plan: plan, Logger: log,
+		NoMigrate: f.noMigrate, StoreWait: f.storeWait, ChangeRetention: f.changeRetention, Insecure: f.insecure, Plan: plan, Logger: log,
 		TLS: f.tls.files, RateLimit: f.rate.limit, RateBurst: f.rate.burst}
 	if f.token != "" {
 		c.Tokens = []string{f.token}
