@@ -458,8 +458,10 @@ func (s *soak) randomJob() string {
 }
 
 // rest runs one tooling call against root, moving to the other replica on a temporary
-// failure, for up to a minute. uncertain is set when an attempt got no answer: the
-// request may have happened.
+// failure, for up to a minute. uncertain is set when an attempt failed in a way that
+// may still have left the request done: no answer at all, or a 503 (root lets a write
+// run to its end after its client went, and a write whose change log failed answers
+// 503 with the record written).
 func (s *soak) rest(what string, call func(context.Context, *client.Client) error) (uncertain bool, err error) {
 	t0 := time.Now()
 	k := rand.IntN(len(s.rcs))
@@ -467,12 +469,11 @@ func (s *soak) rest(what string, call func(context.Context, *client.Client) erro
 		ctx, cancel := context.WithTimeout(s.ctx, 20*time.Second)
 		err = call(ctx, s.rcs[k%len(s.rcs)])
 		cancel()
+		if err != nil && client.Temporary(err) {
+			uncertain = true
+		}
 		if err == nil || !client.Temporary(err) || time.Since(t0) > time.Minute || s.ctx.Err() != nil {
 			break
-		}
-		var e *client.Error
-		if !errors.As(err, &e) {
-			uncertain = true // no answer at all
 		}
 		k++
 		time.Sleep(200 * time.Millisecond)
