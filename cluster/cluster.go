@@ -89,7 +89,10 @@ type Config struct {
 	HoldTTL time.Duration
 
 	StaleAfter time.Duration // answers are marked stale after this long without root
-	Spares     int           // spare worker subnets kept for root outages
+	// UnknownTTL is how long a key root knows no service by is answered unknown without
+	// asking root again (table.Options.UnknownTTL: 2 s when zero, negative: never).
+	UnknownTTL time.Duration
+	Spares     int // spare worker subnets kept for root outages
 	// NodeGrace is how long a worker node may stay disconnected before the instances it
 	// announced are reported failed to root (`semnet cluster` uses DefaultNodeGrace). Zero
 	// reports them at once; a negative grace never reports them (for worker nodes that do
@@ -217,7 +220,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 	relay := gateways.New(rc, s.broker, c.ID, &loc, log.With("component", "gateways"))
 	s.table = table.New(rc, ch, table.Options{
-		ClusterID: c.ID, StaleAfter: c.StaleAfter, Logger: log.With("component", "table"),
+		ClusterID: c.ID, StaleAfter: c.StaleAfter, UnknownTTL: c.UnknownTTL, Logger: log.With("component", "table"),
 		OnChange:   func(job string, e *cache.Entry) { nodeSrv.Changed(job, e) },
 		OnGateways: relay.Changed,
 		Replica:    replica, HoldRenew: copt.HoldTTL / 3, Registerer: promReg,

@@ -68,6 +68,12 @@ type Options struct {
 	StaleAfter time.Duration
 	// Wait is the long-poll duration of change-stream reads (default 25s).
 	Wait time.Duration
+	// UnknownTTL is how long a key root knows no service by is answered unknown
+	// without asking root again (default 2s; negative: root is asked every time). Nodes
+	// retry a name or address they cannot resolve with every packet that needs it; this
+	// keeps them from turning root's load into theirs. A service created meanwhile is
+	// found once it runs out.
+	UnknownTTL time.Duration
 	// FetchTimeout bounds one read of an entry from root (default 5s, the time a
 	// reference node waits for its answer).
 	FetchTimeout time.Duration
@@ -112,8 +118,17 @@ type Table struct {
 	// struct{}): the renewal found the hold lapsed or another replica's drop, or a fetch
 	// that was to take it up failed. RunHolds retries them.
 	refollow sync.Map
-	m        metrics
+	// unknown holds the keys root knew no service by, until when that answer stands.
+	unknown struct {
+		mu sync.Mutex
+		m  map[string]time.Time
+	}
+	m metrics
 }
+
+// maxUnknown bounds the remembered unknown keys: when full (after dropping the expired
+// ones), root is asked again rather than the memory grown.
+const maxUnknown = 1 << 16
 
 type metrics struct {
 	releases   *prometheus.CounterVec // outcome: shared, dropped, retaken
@@ -127,6 +142,9 @@ func New(root Root, c Cache, opt Options) *Table {
 	}
 	if opt.Wait <= 0 {
 		opt.Wait = 25 * time.Second
+	}
+	if opt.UnknownTTL == 0 {
+		opt.UnknownTTL = 2 * time.Second
 	}
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 5 * time.Second
@@ -218,16 +236,71 @@ func (t *Table) Lookup(ctx context.Context, key string) (*cache.Entry, error) {
 		// The cache (Redis) failing is no reason to fail the node: root can answer.
 		t.log.Warn("cache read failed; asking root", "key", key, "err", err)
 	}
+	if e == nil && t.knownUnknown(key) {
+		return nil, fmt.Errorf("%w %q", ErrUnknown, key)
+	}
 	v, err, _ := t.flight.Do(key, func() (any, error) {
 		if e != nil {
 			return t.adopt(ctx, key, e)
 		}
 		return t.miss(ctx, key)
 	})
+	if errors.Is(err, ErrUnknown) {
+		t.rememberUnknown(key)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return v.(*cache.Entry), nil
+}
+
+// knownUnknown reports whether root answered, less than UnknownTTL ago, that it knows
+// no service by key.
+func (t *Table) knownUnknown(key string) bool {
+	if t.opt.UnknownTTL < 0 {
+		return false
+	}
+	t.unknown.mu.Lock()
+	defer t.unknown.mu.Unlock()
+	until, ok := t.unknown.m[key]
+	if ok && !t.opt.Now().Before(until) {
+		delete(t.unknown.m, key)
+		return false
+	}
+	return ok
+}
+
+// rememberUnknown records that root knows no service by key, for UnknownTTL.
+func (t *Table) rememberUnknown(key string) {
+	if t.opt.UnknownTTL < 0 {
+		return
+	}
+	now := t.opt.Now()
+	t.unknown.mu.Lock()
+	defer t.unknown.mu.Unlock()
+	if t.unknown.m == nil {
+		t.unknown.m = map[string]time.Time{}
+	}
+	if len(t.unknown.m) >= maxUnknown {
+		for k, until := range t.unknown.m {
+			if !now.Before(until) {
+				delete(t.unknown.m, k)
+			}
+		}
+		if len(t.unknown.m) >= maxUnknown {
+			return
+		}
+	}
+	t.unknown.m[key] = now.Add(t.opt.UnknownTTL)
+}
+
+// forgetUnknown drops what is remembered of keys root now knows.
+func (t *Table) forgetUnknown(keys ...string) {
+	t.unknown.mu.Lock()
+	defer t.unknown.mu.Unlock()
+	for _, k := range keys {
+		delete(t.unknown.m, k)
+	}
 }
 
 // adopt takes this replica's hold of a cached job it does not hold. While another
@@ -531,6 +604,7 @@ func (t *Table) fetch(ctx context.Context, key string, interest bool) (*cache.En
 	t.contact()
 	te.MatchedInstance = nil // the cached entry is shared by all its keys
 	e := &cache.Entry{Table: te, Revision: te.Revision, Fetched: t.opt.Now()}
+	t.forgetUnknown(key, e.JobName())
 	if _, err := t.cache.Put(ctx, e); err != nil {
 		t.log.Warn("cache write failed", "job", e.JobName(), "err", err)
 	}

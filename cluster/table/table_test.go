@@ -416,3 +416,66 @@ func TestHitTakesNoHold(t *testing.T) {
 		t.Errorf("%d holds reached the cache, want 1", n)
 	}
 }
+
+// countingRoot counts the reads of entries from root.
+type countingRoot struct {
+	*client.Client
+	resolves atomic.Int64
+}
+
+func (c *countingRoot) Resolve(ctx context.Context, key, clusterID string) (api.TableEntry, error) {
+	c.resolves.Add(1)
+	return c.Client.Resolve(ctx, key, clusterID)
+}
+
+// TestUnknownRemembered: a key root knows no service by is answered unknown for
+// UnknownTTL without asking root again (a node asks with every packet it cannot send);
+// a service created meanwhile is found once that runs out. With a negative TTL root is
+// asked every time.
+func TestUnknownRemembered(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, _ := startJob(t)
+	defer srv.Close()
+	const job = "shop.prod.later.eu"
+	for _, c := range []struct {
+		name      string
+		ttl       time.Duration
+		remembers bool
+	}{{"remembered", time.Second, true}, {"not remembered", -1, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			clock := fakeclock.New()
+			cr := &countingRoot{Client: rc}
+			tb := table.New(cr, cache.NewMemory(cache.Options{}), table.Options{ClusterID: "c1", UnknownTTL: c.ttl, Now: clock.Now})
+			key := job
+			if !c.remembers {
+				key = "shop.prod.never.eu"
+			}
+			for i := range 3 {
+				if _, err := tb.Lookup(ctx, key); !errors.Is(err, table.ErrUnknown) {
+					t.Fatalf("lookup %d of %s: %v, want ErrUnknown", i, key, err)
+				}
+			}
+			want := int64(1)
+			if !c.remembers {
+				want = 3
+			}
+			if got := cr.resolves.Load(); got != want {
+				t.Fatalf("root asked %d times for 3 lookups of an unknown key, want %d", got, want)
+			}
+			if !c.remembers {
+				return
+			}
+			if _, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: "later", ServiceNS: "eu"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tb.Lookup(ctx, key); !errors.Is(err, table.ErrUnknown) {
+				t.Fatalf("lookup within the TTL after the service was created: %v, want the remembered ErrUnknown", err)
+			}
+			clock.Advance(c.ttl)
+			e, err := tb.Lookup(ctx, key)
+			if err != nil || e.JobName() != job {
+				t.Fatalf("lookup once the TTL ran out: %v, %v; want %s", e, err, job)
+			}
+		})
+	}
+}

@@ -21,7 +21,7 @@ type clusterFlags struct {
 	mqttAuth, mqttCert, mqttKey, mqttClientCA, redisURL, token string
 	lat, lon, radiusKM                                         float64
 	insecure, mqttAnonymous                                    bool
-	staleAfter, nodeGrace                                      time.Duration
+	staleAfter, nodeGrace, unknownTTL                          time.Duration
 	spares, maxPacket, publishBurst                            int
 	publishRate                                                float64
 	tls                                                        tlsServerFlags
@@ -56,6 +56,7 @@ func (f *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.Float64Var(&f.radiusKM, "radius-km", 0, "radius of the area the cluster serves, in km")
 	fs.StringVar(&f.redisURL, "redis-url", "", "Redis URL (redis://host:6379/0) for a cache shared by cluster replicas; default in memory")
 	fs.DurationVar(&f.staleAfter, "stale-after", 30*time.Second, "answers are marked stale after this long without hearing from root")
+	fs.DurationVar(&f.unknownTTL, "unknown-ttl", 2*time.Second, "how long a name or address root knows no service by is answered unknown without asking root again (negative: ask every time)")
 	fs.IntVar(&f.spares, "spare-subnets", 2, "worker subnets kept ahead for nodes that start while root is unreachable")
 	fs.DurationVar(&f.nodeGrace, "node-grace", cluster.DefaultNodeGrace, "how long a disconnected worker node may stay away before its instances are reported failed; 0 at once, negative never (worker nodes that do not re-announce their instances on reconnecting)")
 	f.log.register(fs)
@@ -79,7 +80,7 @@ func (f *clusterFlags) config() (cluster.Config, error) {
 			PublishRate: publishRate(f.publishRate), PublishBurst: f.publishBurst,
 		},
 		Location: geo.Point{Lat: f.lat, Lon: f.lon}, RadiusKM: f.radiusKM,
-		RedisURL: f.redisURL, StaleAfter: f.staleAfter, Spares: f.spares, NodeGrace: f.nodeGrace, Logger: log,
+		RedisURL: f.redisURL, StaleAfter: f.staleAfter, UnknownTTL: f.unknownTTL, Spares: f.spares, NodeGrace: f.nodeGrace, Logger: log,
 	}
 	if f.token != "" {
 		c.Tokens = []string{f.token}
