@@ -16,16 +16,17 @@ import (
 )
 
 // Lock timing. A lock is held for a few round trips, and its holder renews it every
-// third of the lock TTL (Options.LockTTL, 10 s by default) while it holds it longer; a
+// quarter of the lock TTL (Options.LockTTL, 20 s by default) while it holds it longer; a
 // lock not renewed for the TTL belongs to a dead (or stalled) process and may be broken.
-// A short TTL is what lets a restarted root serve at once: the locks its killed
-// predecessor held block their keys only that long. lockWait bounds how long a caller
-// waits for a lock.
+// The TTL is what a restarted root's predecessor's locks block their keys for; it is not
+// shorter because a renewal is a write like any other, and an overloaded server (the
+// soak run saw FerretDB take over 10 s) must not let a live holder's lock lapse.
+// lockWait bounds how long a caller waits for a lock.
 //
 // claimTimeout is how long a claimer may take to finish an address takeover before
 // others take it for dead (leases.go, reconcile.go); claims are not renewed.
 const (
-	defaultLockTTL = 10 * time.Second
+	defaultLockTTL = 20 * time.Second
 	lockWait       = 40 * time.Second
 	claimTimeout   = 30 * time.Second
 )
@@ -149,18 +150,19 @@ func (s *Store) locked(ctx context.Context, key string) (bool, error) {
 	return time.Since(cur.At) <= s.lockTTL, nil
 }
 
-// renew keeps the lock key (ours while token is its token) alive: every third of the
+// renew keeps the lock key (ours while token is its token) alive: every quarter of the
 // lock TTL it moves the lock's time to now, until the returned function is called. A
 // renewal that finds the lock gone or someone else's means this process was taken for
-// dead (stalled past the TTL): it is logged, and the revision-conditional writes behind
-// the lock keep the other holder's work from being overwritten.
+// dead (stalled, or its renewals did not reach the server, past the TTL): it is logged,
+// and the revision-conditional writes behind the lock keep the other holder's work from
+// being overwritten.
 func (s *Store) renew(ctx context.Context, key string, token primitive.ObjectID) (stop func()) {
 	var (
 		mu      sync.Mutex
 		stopped bool
 		t       *time.Timer
 	)
-	every := s.lockTTL / 3
+	every := s.lockTTL / 4
 	var tick func()
 	tick = func() {
 		rctx, cancel := detached(ctx)
@@ -175,7 +177,7 @@ func (s *Store) renew(ctx context.Context, key string, token primitive.ObjectID)
 		case err != nil:
 			s.log.Warn("renewing a lock failed; retrying", "lock", key, "err", err)
 		case res.MatchedCount == 0:
-			s.log.Warn("a lock this process holds was broken by another (this process was silent past the lock TTL)", "lock", key, "ttl", s.lockTTL)
+			s.log.Warn("a lock this process holds was broken by another (this process, or its renewals, did not reach the server within the lock TTL)", "lock", key, "ttl", s.lockTTL)
 			return
 		}
 		t.Reset(every)

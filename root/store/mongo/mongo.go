@@ -99,7 +99,7 @@ type Options struct {
 	// readers skip it. Default 5 seconds.
 	AbandonAfter time.Duration
 	// LockTTL is how long a lock may go without renewal before others break it (its
-	// holder renews it every third of that). Default 10 seconds.
+	// holder renews it every quarter of that). Default 20 seconds.
 	LockTTL time.Duration
 	// Logger, when set, is told about a repair at Open that failed for want of the
 	// server, and about lock renewals that failed.
