@@ -2,7 +2,6 @@ package root
 
 import (
 	"context"
-	"log/slog"
 	"time"
 )
 
@@ -19,15 +18,14 @@ type changeLog interface {
 
 // compactor drops the changes older than the retention from the log: without it the log
 // grows with every write for good (and a MongoDB-wire server without indexes, such as
-// FerretDB, reads all of it for every cluster's poll). It notes the current revision
-// every retention/10 and compacts up to the newest revision it noted at least retention
-// ago, so a change is kept for at least the retention and at most 1.1 times it. A root
+// FerretDB, reads all of it for every cluster's poll). Run every retention/10, tick notes
+// the current revision and compacts up to the newest revision it noted at least
+// retention ago, so a change is kept for at least the retention and at most 1.1 times it. A root
 // that just started compacts nothing until it has run for the retention; several roots
 // on one database each compact (the store serialises compactions).
 type compactor struct {
 	log       changeLog
 	retention time.Duration
-	logger    *slog.Logger
 	now       func() time.Time
 	marks     []revisionMark
 }
@@ -35,21 +33,6 @@ type compactor struct {
 type revisionMark struct {
 	rev uint64
 	at  time.Time
-}
-
-func (c *compactor) run(ctx context.Context) {
-	t := time.NewTicker(max(c.retention/10, 10*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := c.tick(ctx); err != nil && ctx.Err() == nil {
-				c.logger.Warn("compacting the change log failed; retrying at the next tick", "err", err)
-			}
-		}
-	}
 }
 
 // tick notes the current revision and compacts what is older than the retention.

@@ -234,15 +234,16 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		if retention == 0 {
 			retention = DefaultChangeRetention
 		}
-		cp := &compactor{log: st, retention: retention, logger: log, now: time.Now}
-		go cp.run(closing)
+		cp := &compactor{log: st, retention: retention, now: time.Now}
+		go every(closing, max(retention/10, 10*time.Millisecond), "compacting the change log", log, cp.tick)
 	}
 	if r, ok := st.(reconciler); ok {
-		every := c.ReconcileInterval
-		if every == 0 {
-			every = DefaultReconcileInterval
+		interval := c.ReconcileInterval
+		if interval == 0 {
+			interval = DefaultReconcileInterval
 		}
-		go reconcileEvery(closing, r, every, log)
+		// Reconciling frees addresses a failed create left leased without a restart.
+		go every(closing, interval, "store reconcile", log, r.Reconcile)
 	}
 	go func() {
 		if err := httpapi.Serve(s.http, ln); err != nil {
@@ -275,9 +276,9 @@ type reconciler interface {
 	Reconcile(ctx context.Context) error
 }
 
-// reconcileEvery runs r's Reconcile every interval until ctx ends, so addresses a
-// failed create left leased return to the pool without a restart.
-func reconcileEvery(ctx context.Context, r reconciler, interval time.Duration, log *slog.Logger) {
+// every runs fn every interval until ctx ends, logging its failures (what names the
+// job): the store's periodic upkeep, which the next run retries.
+func every(ctx context.Context, interval time.Duration, what string, log *slog.Logger, fn func(context.Context) error) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -285,8 +286,8 @@ func reconcileEvery(ctx context.Context, r reconciler, interval time.Duration, l
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := r.Reconcile(ctx); err != nil && ctx.Err() == nil {
-				log.Warn("store reconcile failed; retrying at the next interval", "err", err)
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				log.Warn(what+" failed; retrying at the next run", "err", err)
 			}
 		}
 	}
