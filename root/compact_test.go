@@ -10,12 +10,12 @@ import (
 	"github.com/semnet/semnet/shared/addrplan"
 )
 
-// TestChangeRetention runs a root keeping changes for 300 ms: a cluster that asks for
+// TestChangeRetention runs a root keeping changes for 2 s: a cluster that asks for
 // the changes since a revision still kept gets them; once that revision is older than
 // the retention, it is told to resync (and the log no longer holds it), while a reader
 // that keeps up still gets the newer changes.
 func TestChangeRetention(t *testing.T) {
-	const retention = 300 * time.Millisecond
+	const retention = 2 * time.Second // long enough that the first read comes before it ends
 	ctx := t.Context()
 	srv, err := root.Start(ctx, root.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Insecure: true, Plan: addrplan.Default(),
 		ChangeRetention: retention})
@@ -52,7 +52,7 @@ func TestChangeRetention(t *testing.T) {
 	if err != nil || b.Resync || len(b.Changes) == 0 {
 		t.Fatalf("changes since %d right after a write: %+v, %v; want the write", start, b, err)
 	}
-	for deadline := time.Now().Add(20 * retention); ; {
+	for deadline := time.Now().Add(10 * retention); ; {
 		b, err = rc.Changes(ctx, "c1", start, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -61,7 +61,7 @@ func TestChangeRetention(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("changes since %d still kept %v after the write (retention %v): %+v", start, 20*retention, retention, b)
+			t.Fatalf("changes since %d still kept %v after the write (retention %v): %+v", start, 10*retention, retention, b)
 		}
 		time.Sleep(retention / 5)
 	}

@@ -388,7 +388,9 @@ func TestUnavailable(t *testing.T) {
 func TestLockRenewal(t *testing.T) {
 	uri := testURI(t)
 	db := freshDB(t, uri)
-	const ttl = 600 * time.Millisecond
+	// Renewals every 500 ms: each a FerretDB write, which a loaded CI machine may delay,
+	// but not by the whole TTL.
+	const ttl = 2 * time.Second
 	opt := mongo.Options{Options: store.Options{Quarantine: time.Hour}, LockTTL: ttl}
 	a, b := open(t, uri, db, opt), open(t, uri, db, opt)
 	t.Cleanup(func() { a.Close(); b.Close() })
@@ -419,7 +421,7 @@ func TestLockRenewal(t *testing.T) {
 	}
 	errs := make(chan error, 2)
 	go func() {
-		errs <- update(a, 4*ttl)
+		errs <- update(a, 3*ttl)
 	}()
 	go func() {
 		for inside.Load() == 0 { // until a holds the lock
