@@ -133,6 +133,9 @@ func TestUnacknowledgingClientDisconnected(t *testing.T) {
 			t.Fatal(err)
 		}
 		receive(t, updates, "the update at the healthy client")
+		// paho acknowledges from a queue of its own: on a loaded machine the healthy
+		// client too could lag MaxInflight acknowledgements behind and be cut.
+		waitAcked(t, b, "healthy")
 	}
 	receive(t, lost, "the lazy client to lose its connection")
 	if got := counter(b.m.slowDisconnects.WithLabelValues(string(dropInflight))); got != 1 {
@@ -273,5 +276,19 @@ func TestPublishRateOff(t *testing.T) {
 	publish(t, c, 1, mqttapi.NodeTopic("fast", mqttapi.SuffixSubnet), "last")
 	if g := receive(t, got, "the last message"); g != n || counter(b.m.rateLimited) != 0 {
 		t.Errorf("cluster got %d of %d QoS 0 messages; rate-limited %v", g, n, counter(b.m.rateLimited))
+	}
+}
+
+// waitAcked waits until client id has acknowledged every QoS 1 message sent to it.
+func waitAcked(t *testing.T, b *Broker, id string) {
+	t.Helper()
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(time.Millisecond) {
+		cl, ok := b.mqtt.Clients.Get(id)
+		if !ok || cl.State.Inflight.Len() == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s left %d messages unacknowledged", id, cl.State.Inflight.Len())
+		}
 	}
 }
