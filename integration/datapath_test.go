@@ -45,6 +45,13 @@ var nodeLocations = []struct{ lat, lon float64 }{{48.14, 11.58}, {52.52, 13.40},
 // period); its output is shown when the test fails.
 func startIn(t testing.TB, ns *netnstest.NS, bin, name string, args ...string) *exec.Cmd {
 	t.Helper()
+	cmd, _ := startWatched(t, ns, bin, name, args...)
+	return cmd
+}
+
+// startWatched is startIn, also returning a channel closed when the process has exited.
+func startWatched(t testing.TB, ns *netnstest.NS, bin, name string, args ...string) (*exec.Cmd, <-chan struct{}) {
+	t.Helper()
 	log := &syncbuf.Buffer{}
 	cmd := ns.Cmd(context.Background(), bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
@@ -66,7 +73,7 @@ func startIn(t testing.TB, ns *netnstest.NS, bin, name string, args ...string) *
 			t.Logf("--- %s output:\n%s", name, log)
 		}
 	})
-	return cmd
+	return cmd, done
 }
 
 // waitReady polls url (through client) until it answers 200.
@@ -92,6 +99,9 @@ func waitReady(t testing.TB, hc *http.Client, url, what string) {
 type dpNode struct {
 	ns      *netnstest.NS
 	proc    *exec.Cmd
+	exited  <-chan struct{} // closed when proc has exited
+	name    string          // for logs
+	args    []string        // its command line, for restarts
 	socket  string
 	cluster string       // the id of the cluster it belongs to
 	api     *http.Client // over the unix socket
@@ -256,14 +266,15 @@ func startPlatform(t testing.TB, bin string, spec platformSpec) *dpPlatform {
 		if spec.setup != nil {
 			args = append(args, spec.setup(i, ns)...)
 		}
-		proc := startIn(t, ns, bin, fmt.Sprintf("node %d", i+1), args...)
-		n := &dpNode{ns: ns, proc: proc, socket: socket, cluster: spec.clusters[k].id, api: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		name := fmt.Sprintf("node %d", i+1)
+		proc, exited := startWatched(t, ns, bin, name, args...)
+		n := &dpNode{ns: ns, proc: proc, exited: exited, name: name, args: args, socket: socket, cluster: spec.clusters[k].id, api: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, "unix", socket)
 			},
 		}}}
-		waitReady(t, n.api, "http://node/readyz", fmt.Sprintf("node %d", i+1))
+		waitReady(t, n.api, "http://node/readyz", name)
 		p.nodes = append(p.nodes, n)
 	}
 	return p

@@ -17,6 +17,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,7 +72,12 @@ type Config struct {
 	KeepAlive time.Duration
 	// Gateway, when set, makes this node a gateway for clients outside the platform.
 	Gateway *GatewayConfig
-	Logger  *slog.Logger
+	// Teardown makes Close remove the bridge and the instances' veths. Without it they
+	// stay, as after a crash, and the next node started in this namespace takes them
+	// over (see Start): a node that stops to restart cuts its instances off the overlay
+	// only while it is down, and the platform need not deploy them again.
+	Teardown bool
+	Logger   *slog.Logger
 }
 
 func (c *Config) defaults() error {
@@ -136,7 +143,9 @@ type instance struct {
 }
 
 // Start joins the cluster, sets up the devices and serves. It must run inside the
-// node's own network namespace.
+// node's own network namespace. Where an earlier node left its bridge (Config.Teardown),
+// Start keeps that bridge's worker subnet pair and takes over the instances attached to
+// it.
 func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
@@ -162,11 +171,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	sn, err := n.link.Subnet(ctx)
+	subnet4, subnet6, err := n.subnets(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("node: get a worker subnet from the cluster: %w", err)
+		return nil, err
 	}
-	subnet4, subnet6 := netip.PrefixFrom(sn.Address, 26), netip.PrefixFrom(sn.AddressV6, 120)
 	if n.addrs, err = netsetup.NewAddresses(subnet4, subnet6); err != nil {
 		return nil, err
 	}
@@ -183,6 +191,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.table = table.New(table.Config{Location: cfg.Location, IdleTimeout: cfg.IdleTimeout})
 	if n.flows, err = conntrack.New(conntrack.Config{}); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	if err := n.takeOver(); err != nil {
 		dev.Close()
 		return nil, err
 	}
@@ -242,9 +254,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// Close stops the datapath, the API and the cluster link and removes the node's devices
-// (netsetup.Host.Teardown): the bridge, the routes and the instances' veths. Instances
-// are not reported undeployed: a node that stops is not a decision to stop them.
+// Close stops the datapath, the API and the cluster link. The bridge and the instances'
+// veths stay for the next node to take over, unless Config.Teardown asks to remove them
+// (netsetup.Host.Teardown). Instances are not reported undeployed either way: a node
+// that stops is not a decision to stop them.
 func (n *Node) Close() {
 	n.cancel()
 	if n.api != nil {
@@ -257,13 +270,83 @@ func (n *Node) Close() {
 		}
 	}
 	if n.host != nil {
-		if err := n.host.Teardown(); err != nil {
-			n.log.Warn("teardown", "err", err)
+		if n.cfg.Teardown {
+			if err := n.host.Teardown(); err != nil {
+				n.log.Warn("teardown", "err", err)
+			}
 		}
+		n.host.Close()
 	}
 	if n.link != nil {
 		n.link.Close()
 	}
+}
+
+// subnets returns the node's worker subnet pair: the one its bridge still carries when
+// an earlier node ran in this namespace (its instances may hold addresses in it, and
+// root keeps it recorded for this node), otherwise a fresh one from the cluster.
+func (n *Node) subnets(ctx context.Context) (netip.Prefix, netip.Prefix, error) {
+	s4, s6, ok, err := netsetup.BridgeSubnets(n.cfg.Bridge, subnetBits4, subnetBits6)
+	if err != nil {
+		return s4, s6, fmt.Errorf("node: look for an earlier node's bridge: %w", err)
+	}
+	if ok {
+		n.log.Info("keeping the worker subnet pair of the bridge an earlier node left", "bridge", n.cfg.Bridge, "subnet", s4, "subnet6", s6)
+		return s4, s6, nil
+	}
+	sn, err := n.link.Subnet(ctx)
+	if err != nil {
+		return s4, s6, fmt.Errorf("node: get a worker subnet from the cluster: %w", err)
+	}
+	return netip.PrefixFrom(sn.Address, subnetBits4), netip.PrefixFrom(sn.AddressV6, subnetBits6), nil
+}
+
+// The worker subnets' lengths (ADDRESSING.md).
+const (
+	subnetBits4 = 26
+	subnetBits6 = 120
+)
+
+// takeOver takes over the instances an earlier node attached: their Namespace IPs are
+// taken again, they are local to the table, and the cluster hears they run here (with
+// the next (re)connection's announce too). An attachment that cannot be taken over is
+// detached, as a fresh node would have no record of it.
+func (n *Node) takeOver() error {
+	found, dropped, err := n.host.Recover()
+	for _, err := range dropped {
+		n.log.Warn("an earlier node's veth could not be accounted for; deleted", "err", err)
+	}
+	if err != nil {
+		return fmt.Errorf("node: take over the instances an earlier node attached: %w", err)
+	}
+	for _, a := range found {
+		k, err := parseInstanceName(a.Instance)
+		if err == nil {
+			var ips netsetup.NamespaceIPs
+			if ips, err = n.addrs.Claim(a.NSIP); err == nil && ips.V6 != a.NSIP6 {
+				err = fmt.Errorf("its IPv6 address %s is not %s's partner %s", a.NSIP6, a.NSIP, ips.V6)
+				n.addrs.Release(a.NSIP)
+			}
+		}
+		if err != nil {
+			n.log.Warn("detaching an instance an earlier node attached", "instance", a.Instance, "veth", a.Link, "err", err)
+			if err := n.host.Detach(a.Instance); err != nil {
+				return fmt.Errorf("node: detach %s: %w", a.Instance, err)
+			}
+			continue
+		}
+		in := &instance{ns4: a.NSIP, ns6: a.NSIP6, link: a.Instance}
+		n.mu.Lock()
+		n.instances[k] = in
+		n.mu.Unlock()
+		n.table.AddLocal(k.job, k.number, in.ns4, in.ns6)
+		n.follow(k.job)
+		if err := n.link.Deployed(n.ctx, n.deployed(k, in)); err != nil {
+			n.log.Warn("report an instance taken over", "job", k.job, "instance", k.number, "err", err)
+		}
+		n.log.Info("instance taken over from an earlier node", "job", k.job, "instance", k.number, "nsip", in.ns4, "nsipv6", in.ns6)
+	}
+	return nil
 }
 
 // resolve queries the cluster for an address packets wait for: an outbound destination,
@@ -477,3 +560,16 @@ func (n *Node) refresh() {
 
 // instanceName identifies an instance to netsetup, which derives its veth's name from it.
 func instanceName(k instanceKey) string { return fmt.Sprintf("%s/%d", k.job, k.number) }
+
+// parseInstanceName reverses instanceName.
+func parseInstanceName(s string) (instanceKey, error) {
+	i := strings.LastIndexByte(s, '/')
+	if i <= 0 {
+		return instanceKey{}, fmt.Errorf("instance name %q is not <job>/<number>", s)
+	}
+	num, err := strconv.Atoi(s[i+1:])
+	if err != nil || num < 0 {
+		return instanceKey{}, fmt.Errorf("instance name %q is not <job>/<number>", s)
+	}
+	return instanceKey{s[:i], num}, nil
+}

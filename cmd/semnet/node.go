@@ -29,7 +29,7 @@ type nodeFlags struct {
 	tunnelPort, mtu                                            int
 	lat, lon                                                   float64
 	idle, keepAlive                                            time.Duration
-	gateway                                                    bool
+	gateway, teardown                                          bool
 	publicIPs, gatewayIPs                                      []string
 	log                                                        logFlags
 }
@@ -52,6 +52,7 @@ func (f *nodeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.tunName, "tun", netsetup.DefaultTUN, "name of the TUN device carrying the Service and Instance ranges")
 	fs.DurationVar(&f.idle, "idle-timeout", table.DefaultIdleTimeout, "drop a table entry no packet used for this long (and tell the cluster)")
 	fs.DurationVar(&f.keepAlive, "keepalive", clusterlink.DefaultKeepAlive, "MQTT keepalive, whole seconds: the heartbeat the cluster sees this node by (silent for 1.5 × it, it counts as gone; the broker's minimum is 5 s)")
+	fs.BoolVar(&f.teardown, "teardown-on-exit", false, "remove the bridge and the instances' links when the node stops (by default they stay, and a node started again in this namespace takes its instances over)")
 	fs.BoolVar(&f.gateway, "gateway", false, "serve the platform's exposures to clients outside it on --public-ip (needs nftables)")
 	fs.StringSliceVar(&f.publicIPs, "public-ip", nil, "the gateway's public address clients connect to: one IPv4, one IPv6 or both (repeat or comma-separate)")
 	fs.StringSliceVar(&f.gatewayIPs, "gateway-internal-ip", nil, "where public traffic enters the datapath (default 10.30.255.253 and fdff:ffff:ffff:ffff:ffff:ffff:ffff:fffd)")
@@ -132,6 +133,7 @@ func (f *nodeFlags) config() (node.Config, error) {
 	c := node.Config{
 		ID: f.id, ClusterMQTT: f.clusterMQTT, Password: f.password, Socket: f.socket, MTU: f.mtu,
 		Bridge: f.bridge, TUN: f.tunName, IdleTimeout: f.idle, KeepAlive: f.keepAlive, Logger: log,
+		Teardown: f.teardown,
 	}
 	if f.keepAlive < time.Second || f.keepAlive%time.Second != 0 || f.keepAlive > 65535*time.Second {
 		return c, fmt.Errorf("--keepalive %v must be whole seconds from 1s to 65535s (MQTT counts it in seconds)", f.keepAlive)
@@ -178,6 +180,11 @@ The platform's node engine attaches instances through the local API on --socket
 (POST /container/deploy {pid or netns, serviceName, instanceNumber}); /metrics is served
 there too. Run it inside the network namespace it should manage (it needs CAP_NET_ADMIN
 there); it touches nothing outside it.
+
+A node that stops leaves the bridge and its instances attached (unless
+--teardown-on-exit): started again in the same namespace, it keeps its worker subnet,
+takes the instances over and reports them running, so a restart interrupts their
+overlay traffic only while the node is down.
 
 The MQTT keepalive (--keepalive) is the node's heartbeat: a node that dies without
 closing its connection is seen gone 1.5 × --keepalive later, and its instances are

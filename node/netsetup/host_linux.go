@@ -295,6 +295,9 @@ func VethName(instance string) string {
 // at once), lo and itself up, and default routes via the bridge's addresses. Both ends
 // have the configured MTU.
 //
+// The host-side veth's alias records the instance and its Namespace IPs, which is how a
+// restarted node finds it again (Recover); the identity must fit (about 200 bytes).
+//
 // A host-side veth left by an earlier Attach of the same instance is replaced. On error
 // nothing Attach made is left behind.
 func (h *Host) Attach(nsPath string, nsIP, nsIP6 netip.Addr, instance string) (string, error) {
@@ -305,6 +308,10 @@ func (h *Host) Attach(nsPath string, nsIP, nsIP6 netip.Addr, instance string) (s
 		return "", errors.New("netsetup: attach: empty instance identity")
 	}
 	c, name := h.cfg, VethName(instance)
+	alias, err := attachAlias(nsIP.Unmap(), nsIP6, instance)
+	if err != nil {
+		return "", err
+	}
 	if err := checkNamespaceIP(nsIP.Unmap(), c.Subnet); err != nil {
 		return "", fmt.Errorf("netsetup: attach veth %s: %w", name, err)
 	}
@@ -342,7 +349,7 @@ func (h *Host) Attach(nsPath string, nsIP, nsIP6 netip.Addr, instance string) (s
 		}
 		return "", fmt.Errorf("netsetup: create veth %s with peer %s in namespace %s%s: %w", name, c.InstanceIf, nsPath, hint, err)
 	}
-	if err := h.configure(veth, br, inst, nsPath, nsIP.Unmap(), nsIP6); err != nil {
+	if err := h.configure(veth, br, inst, nsPath, nsIP.Unmap(), nsIP6, alias); err != nil {
 		if derr := h.nl.LinkDel(veth); derr != nil && !isNotFound(derr) {
 			err = errors.Join(err, fmt.Errorf("netsetup: delete veth %s after a failed attach: %w", name, derr))
 		}
@@ -352,8 +359,13 @@ func (h *Host) Attach(nsPath string, nsIP, nsIP6 netip.Addr, instance string) (s
 }
 
 // configure finishes Attach once the veth pair exists.
-func (h *Host) configure(veth *netlink.Veth, br netlink.Link, inst *netlink.Handle, nsPath string, nsIP, nsIP6 netip.Addr) error {
+func (h *Host) configure(veth *netlink.Veth, br netlink.Link, inst *netlink.Handle, nsPath string, nsIP, nsIP6 netip.Addr, alias string) error {
 	c, name := h.cfg, veth.Name
+	// What a restarted node recovers the instance by (Recover); set first, so a veth on
+	// the bridge always has it.
+	if err := h.nl.LinkSetAlias(veth, alias); err != nil {
+		return fmt.Errorf("netsetup: set alias of veth %s: %w", name, err)
+	}
 	if err := h.nl.LinkSetMaster(veth, br); err != nil {
 		return fmt.Errorf("netsetup: attach veth %s to bridge %s: %w", name, c.Bridge, err)
 	}

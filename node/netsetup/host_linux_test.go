@@ -305,6 +305,45 @@ func TestSetupAttach(t *testing.T) {
 		_ = h2.Close()
 	})
 
+	t.Run("recover", func(t *testing.T) {
+		var (
+			s4, s6 netip.Prefix
+			ok     bool
+		)
+		if err := n.ns.Do(func() (err error) { s4, s6, ok, err = BridgeSubnets(DefaultBridge, 26, 120); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if !ok || s4 != subnet || s6 != subnet6 {
+			t.Errorf("BridgeSubnets = %v %v %v, want %v %v", s4, s6, ok, subnet, subnet6)
+		}
+		if err := n.ns.Do(func() (err error) { _, _, ok, err = BridgeSubnets("nobridge", 26, 120); return err }); err != nil || ok {
+			t.Errorf("BridgeSubnets of a missing bridge = %v, %v; want not found", ok, err)
+		}
+		// A veth on the bridge nobody can account for: made by hand, no alias.
+		n.ns.Run(t, "ip", "link", "add", "sv0123456789ab", "type", "veth", "peer", "name", "stray")
+		n.ns.Run(t, "ip", "link", "set", "sv0123456789ab", "master", DefaultBridge)
+
+		found, dropped, err := n.host.Recover()
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(found, func(x, y Attachment) int { return strings.Compare(x.Instance, y.Instance) })
+		want := []Attachment{
+			{Instance: "job/1", NSIP: a.ips.V4, NSIP6: a.ips.V6, Link: a.link},
+			{Instance: "job/2", NSIP: b.ips.V4, NSIP6: b.ips.V6, Link: b.link},
+		}
+		if !slices.Equal(found, want) {
+			t.Errorf("Recover found %+v, want %+v", found, want)
+		}
+		if len(dropped) != 1 || !strings.Contains(dropped[0].Error(), "sv0123456789ab") {
+			t.Errorf("Recover dropped %v, want the stray veth", dropped)
+		}
+		if _, err := n.ns.Handle().LinkByName("sv0123456789ab"); err == nil {
+			t.Error("the stray veth is still there")
+		}
+		a.ns.Run(t, "ping", "-c1", "-W1", b.ips.V4.String()) // the recovered ones are untouched
+	})
+
 	t.Run("detach", func(t *testing.T) {
 		if err := n.host.Detach("job/1"); err != nil {
 			t.Fatal(err)
