@@ -192,13 +192,13 @@ func (e *Engine) choose(p *packet.Parsed, self netip.Addr, now time.Time) (netip
 	sport, dport, tracked := p.FlowPorts()
 	orig := conntrack.Tuple{Src: p.Src, Dst: p.Dst, SrcPort: sport, DstPort: dport, Proto: uint8(p.Proto)}
 	if tracked {
-		if rw, ok := e.flows.Outbound(orig, now); ok {
-			if tgt, ok := e.table.Established(rw.Dst, now); ok {
-				return rw.Dst, target(tgt)
+		if dst, ok := e.flows.OutboundDst(&orig, now); ok {
+			if tgt, ok := e.table.Established(dst, now); ok {
+				return dst, target(tgt)
 			}
 			// The instance went away before its flows were forgotten: end them so this
 			// packet resolves again.
-			e.flows.Forget(rw.Dst)
+			e.flows.Forget(dst)
 		}
 	}
 	tgt, st := e.table.Lookup(p.Dst, now)
