@@ -218,7 +218,8 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
-	relay := gateways.New(rc, s.broker, c.ID, &loc, log.With("component", "gateways"))
+	relay := gateways.New(rc, s.broker, c.ID, &loc, func(node string, gw api.Gateway) { nodeSrv.GatewayRunning(node, gw) },
+		log.With("component", "gateways"))
 	s.table = table.New(rc, ch, table.Options{
 		ClusterID: c.ID, StaleAfter: c.StaleAfter, UnknownTTL: c.UnknownTTL, Logger: log.With("component", "table"),
 		OnChange:   func(job string, e *cache.Entry) { nodeSrv.Changed(job, e) },

@@ -93,3 +93,37 @@ func TestGatewayRelay(t *testing.T) {
 		}
 	}
 }
+
+// TestGatewayDeath: root follows a gateway's liveness. A gateway node that stays away
+// longer than the grace is reported failed (api.Gateway.Status), as its node's instances
+// would be; registering again makes it run again. An operator's DNS in front of the
+// public addresses can follow the status.
+func TestGatewayDeath(t *testing.T) {
+	p := startDeathPlatform(t, 300*time.Millisecond)
+	ctx := t.Context()
+	status := func(want string) func() bool {
+		return func() bool {
+			g, err := p.RC.Gateway(ctx, "gw1")
+			return err == nil && g.Status == want
+		}
+	}
+	registered := func() *node {
+		gw := connectNode(t, p, "gw1")
+		gw.subscribe(mqttapi.NodeTopic("gw1", mqttapi.SuffixGatewayConfig))
+		gw.publish(mqttapi.SuffixGatewayRegister, register("198.51.100.1", "10.18.0.2"))
+		if c := gw.gatewayConfig(func(mqttapi.GatewayConfig) bool { return true }); c.Error != "" {
+			t.Fatalf("registration: %s", c.Error)
+		}
+		return gw
+	}
+	gw := registered()
+	waitFor(t, "the gateway running at root", status("running"))
+	gw.c.Disconnect(0)
+	waitFor(t, "the gateway failed at root", status("failed"))
+	// Failed for its node's death, not by the restart sweep a few seconds after start.
+	if v := metric(t, p, `semnet_cluster_instances_reported_failed_total{cause="node_death"}`); v != "1" {
+		t.Errorf("instances reported failed for a node's death: %s, want 1 (the gateway)", v)
+	}
+	registered()
+	waitFor(t, "the gateway running again at root", status("running"))
+}

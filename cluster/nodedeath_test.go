@@ -236,8 +236,9 @@ func TestNodeBackWithinGrace(t *testing.T) {
 
 // TestRestartSweep: a cluster that restarts lost what its nodes run; the nodes that are
 // alive reconnect and re-announce, and once the grace after its start is over the
-// instances root still has running here that no node announced are reported failed. The
-// cluster's own shutdown reports nothing.
+// instances root still has running here that no node announced are reported failed, and
+// so are the gateways no node registered again. The cluster's own shutdown reports
+// nothing.
 func TestRestartSweep(t *testing.T) {
 	const grace = 200 * time.Millisecond
 	p := startDeathPlatform(t, grace)
@@ -250,6 +251,23 @@ func TestRestartSweep(t *testing.T) {
 		e, err := p.RC.Resolve(ctx, svc.JobName, "")
 		return err == nil && len(e.Instances) == 2
 	})
+	gateway := func(id, nsip string) {
+		gw := connectNode(t, p, id)
+		gw.subscribe(mqttapi.NodeTopic(id, mqttapi.SuffixGatewayConfig))
+		gw.publish(mqttapi.SuffixGatewayRegister, register("198.51.100.1", nsip))
+		if c := gw.gatewayConfig(func(mqttapi.GatewayConfig) bool { return true }); c.Error != "" {
+			t.Fatalf("registration of %s: %s", id, c.Error)
+		}
+	}
+	gatewayStatus := func(id string) string {
+		g, err := p.RC.Gateway(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g.Status
+	}
+	gateway("gw1", "10.18.0.3")
+	gateway("gw2", "10.18.0.4")
 
 	// The cluster goes down; w1 dies meanwhile. The restarted cluster sees only w2.
 	if err := p.Cluster.Close(); err != nil {
@@ -266,8 +284,12 @@ func TestRestartSweep(t *testing.T) {
 	<-restarted.Registered()
 	w2 = connectNode(t, p, "w2")
 	w2.publish(mqttapi.SuffixDeployed, deployedMsg(svc.JobName, 1, "10.18.0.66", "127.0.0.2", berlin))
+	gateway("gw2", "10.18.0.4") // gw1 died with w1
 	if st := instanceStatus(t, p, svc, 0); st != "running" {
 		t.Fatalf("instance 0 right after the restart: %s; the cluster's shutdown must report nothing", st)
+	}
+	if st := gatewayStatus("gw1"); st != "running" {
+		t.Fatalf("gateway gw1 right after the restart: %s; the cluster's shutdown must report nothing", st)
 	}
 
 	deadline := time.Now().Add(30 * time.Second)
@@ -280,8 +302,12 @@ func TestRestartSweep(t *testing.T) {
 	if st := instanceStatus(t, p, svc, 1); st != "running" {
 		t.Errorf("instance 1, re-announced: %s, want running", st)
 	}
-	if v := metric(t, p, `semnet_cluster_instances_reported_failed_total{cause="restart_sweep"}`); v != "1" {
-		t.Errorf("instances failed by the sweep: %s, want 1", v)
+	waitFor(t, "gateway gw1 failed", func() bool { return gatewayStatus("gw1") == "failed" })
+	if st := gatewayStatus("gw2"); st != "running" {
+		t.Errorf("gateway gw2, registered again: %s, want running", st)
+	}
+	if v := metric(t, p, `semnet_cluster_instances_reported_failed_total{cause="restart_sweep"}`); v != "2" {
+		t.Errorf("instances failed by the sweep: %s, want 2 (instance 0 and gateway gw1)", v)
 	}
 	if r, err := p.RC.Resolve(ctx, svc.JobName, ""); err != nil || len(r.Instances) != 1 || r.Instances[0].HostIP != netip.MustParseAddr("127.0.0.2") {
 		t.Errorf("entry after the sweep: %+v, %v", r.Instances, err)

@@ -39,6 +39,10 @@ type Relay struct {
 	clusterID string
 	location  *geo.Point // for a gateway that reports none
 	log       *slog.Logger
+	// registered is told each gateway root registered, so the cluster watches its node
+	// like one running an instance (the gateway's) and reports it failed when the node
+	// stays away.
+	registered func(nodeID string, gw api.Gateway)
 
 	mu       sync.Mutex
 	gateways map[string]api.Gateway // registered gateway nodes, by node id
@@ -52,12 +56,13 @@ type registration struct {
 	req  mqttapi.GatewayRegister
 }
 
-// New returns a relay; Run serves it.
-func New(root Root, pub Publisher, clusterID string, location *geo.Point, log *slog.Logger) *Relay {
+// New returns a relay; Run serves it. registered, when not nil, is called with each
+// gateway root registered (on Run's goroutine).
+func New(root Root, pub Publisher, clusterID string, location *geo.Point, registered func(nodeID string, gw api.Gateway), log *slog.Logger) *Relay {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Relay{root: root, pub: pub, clusterID: clusterID, location: location, log: log,
+	return &Relay{root: root, pub: pub, clusterID: clusterID, location: location, registered: registered, log: log,
 		gateways: map[string]api.Gateway{}, wake: make(chan struct{}, 1)}
 }
 
@@ -79,7 +84,8 @@ func (r *Relay) Changed() {
 }
 
 // NodeGone stops serving a node that disconnected; it registers again when it is back.
-// Root keeps the gateway (and its exposures) meanwhile.
+// Root keeps the gateway (and its exposures) meanwhile; should the node stay away past
+// the grace, the cluster reports the gateway failed like any instance of the node.
 func (r *Relay) NodeGone(nodeID string) {
 	r.mu.Lock()
 	delete(r.gateways, nodeID)
@@ -143,6 +149,9 @@ func (r *Relay) register(ctx context.Context, reg registration) {
 	r.gateways[reg.node] = gw
 	r.mu.Unlock()
 	r.log.Info("gateway registered", "node", reg.node, "instance", gw.InstanceNumber, "instance_ip", gw.InstanceIP, "public_ip", gw.PublicIP, "public_ip_v6", gw.PublicIPv6)
+	if r.registered != nil {
+		r.registered(reg.node, gw)
+	}
 	r.push(ctx, gw)
 }
 

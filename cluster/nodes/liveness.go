@@ -280,9 +280,8 @@ func (s *Server) Sweep(ctx context.Context, root Inventory) (int, error) {
 			return n, fmt.Errorf("restart sweep: list services: %w", err)
 		}
 		for _, svc := range page.Items {
-			if svc.JobName == api.GatewayJobName {
-				continue // gateways re-register; their instances are not reported here
-			}
+			// The gateway service too: a gateway node that registered again since the
+			// restart is announced like an instance (GatewayRunning).
 			ins, err := root.Instances(ctx, svc.ID)
 			if err != nil {
 				return n, fmt.Errorf("restart sweep: instances of %s: %w", svc.JobName, err)

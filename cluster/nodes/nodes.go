@@ -254,9 +254,25 @@ func (s *Server) NodeGone(nodeID string) {
 	s.live.gone(nodeID)
 }
 
+// GatewayRunning records that node serves gateway gw, root having registered it: like an
+// instance the node announced, the gateway is reported failed to root when the node
+// stays away longer than the grace (and the restart sweep covers it), until it
+// registers again. The failure is conditional on the gateway's host only: a
+// registration's answer carries no revision.
+func (s *Server) GatewayRunning(nodeID string, gw api.Gateway) {
+	_, done := s.live.running(nodeID, api.GatewayJobName, gw.InstanceNumber, gw.HostIP, gw.HostPort)
+	done(api.Instance{}, errNoRevision)
+}
+
+// errNoRevision tells liveness a report's revision is unknown.
+var errNoRevision = errors.New("no revision known")
+
 // died drops the deployments of a node reported dead from the interests.
 func (s *Server) died(nodeID string, refs []instanceRef) {
 	for _, ref := range refs {
+		if ref.job == api.GatewayJobName {
+			continue // a gateway is no deployment the interests count
+		}
 		if s.in.undeploy(nodeID, ref.job) {
 			s.recheck(ref.job)
 		}

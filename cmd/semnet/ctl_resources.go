@@ -505,9 +505,9 @@ gateways leading to a port of a service, by a balancing policy.`,
 }
 
 var gatewayView = view[api.Gateway]{
-	header: []string{"ID", "CLUSTER", "PUBLIC IP", "PUBLIC IPV6", "INSTANCE IP", "INSTANCE IPV6", "HOST", "LOCATION"},
+	header: []string{"ID", "STATUS", "CLUSTER", "PUBLIC IP", "PUBLIC IPV6", "INSTANCE IP", "INSTANCE IPV6", "HOST", "LOCATION"},
 	row: func(g api.Gateway) []string {
-		return []string{g.ID, g.ClusterID, addrCell(g.PublicIP), addrCell(g.PublicIPv6), addrCell(g.InstanceIP),
+		return []string{g.ID, g.Status, g.ClusterID, addrCell(g.PublicIP), addrCell(g.PublicIPv6), addrCell(g.InstanceIP),
 			addrCell(g.InstanceIPv6), hostCell(g.HostIP, g.HostPort), locationCell(g.Location)}
 	},
 }
@@ -516,8 +516,10 @@ func newCtlGatewaysCommand(f *ctlFlags) *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the registered gateways",
-		Long: `list shows every gateway node registered with root: its public addresses, its
-Instance IP pair (as an instance of ` + api.GatewayJobName + `), tunnel endpoint and location.`,
+		Long: `list shows every gateway node registered with root: its status (running, or failed
+once its cluster saw its node stay away past the grace, until it registers again), its
+public addresses, its Instance IP pair (as an instance of ` + api.GatewayJobName + `),
+tunnel endpoint and location.`,
 		Example: `  semnet ctl gateways list`,
 		Args:    cobra.NoArgs,
 		RunE: showAll(f, gatewayView, func(ctx context.Context, c *client.Client, _ []string) ([]api.Gateway, error) {

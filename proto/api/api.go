@@ -238,8 +238,13 @@ type Gateway struct {
 	InstanceNumber int        `json:"instance_number"`
 	InstanceIP     netip.Addr `json:"instance_ip"`
 	InstanceIPv6   netip.Addr `json:"instance_ip_v6"`
-	CreatedAt      time.Time  `json:"created_at"`
-	UpdatedAt      time.Time  `json:"updated_at"`
+	// Status is its instance's: running from its registration, failed once its cluster
+	// saw its node stay away longer than the grace, running again when it registers
+	// again. An operator's DNS or load balancer in front of the public addresses can
+	// follow it.
+	Status    string    `json:"status"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Exposure protocols and target policies.

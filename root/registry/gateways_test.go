@@ -321,7 +321,7 @@ func TestSystemNamespaceIsReserved(t *testing.T) {
 	job := api.GatewayJobName
 	checks := map[string]error{
 		"create instance": func() error { _, _, err := e.reg.CreateInstance(ctx, job, api.InstanceRequest{}); return err }(),
-		"place instance":  func() error { _, _, err := e.reg.Place(ctx, job, 0, api.Placement{Status: "failed"}); return err }(),
+		"place instance":  func() error { _, _, err := e.reg.Place(ctx, job, 0, api.Placement{Status: "running"}); return err }(),
 		"delete instance": func() error { _, err := e.reg.DeleteInstance(ctx, job, 0); return err }(),
 		"delete service":  e.reg.DeleteService(ctx, job, true),
 		"expose": func() error {
@@ -534,5 +534,47 @@ func TestChangeStreamCarriesGatewaysAndExposures(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("long poll not woken by a gateway registration")
+	}
+}
+
+// TestGatewayFailure: a gateway's cluster reports it failed (its node stayed away past
+// the grace) as a placement of its instance; a failure from a host or cluster the
+// gateway has left is ignored; registering again makes it run again, with the same
+// instance. Other placements of the gateway service stay refused (see
+// TestSystemNamespaceIsReserved).
+func TestGatewayFailure(t *testing.T) {
+	e := gatewayEnv(t)
+	ctx := context.Background()
+	g := e.gateway("gw1", gwReq(2))
+	status := func() string {
+		t.Helper()
+		got, err := e.reg.GatewayByID(ctx, "gw1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Instance.Status
+	}
+	if s := status(); s != store.StatusRunning {
+		t.Fatalf("a registered gateway is %q, want running", s)
+	}
+	fail := func(p api.Placement) {
+		t.Helper()
+		p.Status = store.StatusFailed
+		if _, _, err := e.reg.Place(ctx, api.GatewayJobName, g.InstanceNumber, p); err != nil {
+			t.Fatalf("report %+v: %v", p, err)
+		}
+	}
+	fail(api.Placement{ClusterID: "c1", HostIP: netip.MustParseAddr("127.0.0.2"), HostPort: 50103}) // another host
+	fail(api.Placement{ClusterID: "c2"})                                                            // another cluster
+	if s := status(); s != store.StatusRunning {
+		t.Errorf("after failures from elsewhere the gateway is %q, want running", s)
+	}
+	fail(api.Placement{ClusterID: "c1", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 50103})
+	if s := status(); s != store.StatusFailed {
+		t.Errorf("after its cluster's failure the gateway is %q, want failed", s)
+	}
+	again := e.gateway("gw1", gwReq(2))
+	if s := status(); s != store.StatusRunning || again.InstanceNumber != g.InstanceNumber || again.Instance.IP != g.Instance.IP {
+		t.Errorf("registered again: %q, instance %d %v; want running, instance %d %v", s, again.InstanceNumber, again.Instance.IP, g.InstanceNumber, g.Instance.IP)
 	}
 }

@@ -122,9 +122,15 @@ func (r *Registry) validatePlacement(p api.Placement) error {
 	return nil
 }
 
-// Place records where an instance runs (or that it failed).
+// Place records where an instance runs (or that it failed). Of the gateway service's
+// instances it takes only failures (see api.Gateway.Status).
 func (r *Registry) Place(ctx context.Context, key string, number int, p api.Placement) (store.Instance, store.Service, error) {
-	s, err := r.userService(ctx, key, "a gateway reports its placement by registering again (PUT /api/v1/gateways/{id})")
+	s, err := r.Service(ctx, key)
+	if err == nil && isGatewayService(s) && p.Status != store.StatusFailed {
+		// A gateway's failure is the one placement a cluster reports for it (its node
+		// stayed away past the grace); it runs again by registering again.
+		err = invalidf("the instances of %s are the gateways: a gateway reports its placement by registering again (PUT /api/v1/gateways/{id}); only its failure comes as a placement", s.JobName())
+	}
 	if err != nil {
 		return store.Instance{}, s, err
 	}

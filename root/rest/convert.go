@@ -61,7 +61,7 @@ func toGateway(g registry.Gateway) api.Gateway {
 		ID: g.ID,
 		GatewayRequest: api.GatewayRequest{ClusterID: g.ClusterID, PublicIP: g.PublicV4, PublicIPv6: g.PublicV6,
 			NamespaceIP: in.NamespaceIP.V4, NamespaceIPv6: in.NamespaceIP.V6, HostIP: in.HostIP, HostPort: in.HostPort, Location: in.Location},
-		InstanceNumber: g.InstanceNumber, InstanceIP: in.IP.V4, InstanceIPv6: in.IP.V6,
+		InstanceNumber: g.InstanceNumber, InstanceIP: in.IP.V4, InstanceIPv6: in.IP.V6, Status: in.Status,
 		CreatedAt: g.CreatedAt, UpdatedAt: g.UpdatedAt,
 	}
 }
