@@ -629,3 +629,79 @@ func (e *env) longPoll(cluster string, since uint64) <-chan registry.ChangeBatch
 	time.Sleep(50 * time.Millisecond)
 	return done
 }
+
+// scanCounter counts the store reads that a MongoDB-wire store may serve by scanning a
+// whole collection (FerretDB v1 filters on anything but _id that way).
+type scanCounter struct {
+	store.Store
+	mu                    sync.Mutex
+	byJobName, listByServ int
+}
+
+func (c *scanCounter) GetServiceByJobName(ctx context.Context, jobName string) (store.Service, error) {
+	c.mu.Lock()
+	c.byJobName++
+	c.mu.Unlock()
+	return c.Store.GetServiceByJobName(ctx, jobName)
+}
+
+func (c *scanCounter) ListInstances(ctx context.Context, serviceID string) ([]store.Instance, error) {
+	c.mu.Lock()
+	c.listByServ++
+	c.mu.Unlock()
+	return c.Store.ListInstances(ctx, serviceID)
+}
+
+func (c *scanCounter) counts() (byJobName, list int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byJobName, c.listByServ
+}
+
+// TestInstanceCreateReadsByKey: creating an instance of a service named by its ID finds
+// the service and its lowest free number by key (no job name lookup, no listing) while
+// the service has few instances, and still hands out the lowest free number.
+func TestInstanceCreateReadsByKey(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := t.Context()
+	sc := &scanCounter{Store: e.st}
+	reg, err := registry.New(ctx, e.plan, sc, registry.Options{Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := reg.CreateService(ctx, svcReq("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(key string) int {
+		t.Helper()
+		in, _, err := reg.CreateInstance(ctx, key, api.InstanceRequest{ClusterID: "c1"})
+		if err != nil {
+			t.Fatalf("create instance of %s: %v", key, err)
+		}
+		return in.Number
+	}
+	for want := range 3 {
+		if got := create(s.ID); got != want {
+			t.Fatalf("instance number %d, want %d", got, want)
+		}
+	}
+	if j, l := sc.counts(); j != 0 || l != 0 {
+		t.Fatalf("3 instance creates by service ID made %d job name lookups and %d instance listings, want none", j, l)
+	}
+	if _, err := reg.DeleteInstance(ctx, s.ID, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := create(s.ID); got != 1 {
+		t.Fatalf("after deleting instance 1 the next create got %d, want 1", got)
+	}
+	// By job name, and past the numbers read by key: the listing finds the gap.
+	for want := 3; want < 7; want++ {
+		if got := create(s.JobName()); got != want {
+			t.Fatalf("instance number %d, want %d", got, want)
+		}
+	}
+	if j, l := sc.counts(); j == 0 || l == 0 {
+		t.Fatalf("creates by job name past instance 3 made %d job name lookups and %d listings, want some of each", j, l)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/root/store"
@@ -119,6 +120,17 @@ func (r *Registry) lookup(ctx context.Context, key string) (store.Service, int, 
 		}
 		if l.Role == store.RoleInstance {
 			return s, l.Instance, nil
+		}
+		return s, -1, nil
+	}
+	// A job name has four dot-separated parts; a key with fewer dots can only be an ID.
+	// Skipping the job name lookup for it matters on FerretDB v1, which serves a filter
+	// on anything but _id by decoding every service (instance creates look their service
+	// up by ID, so this was most of their cost).
+	if strings.Count(key, ".") < 3 {
+		s, err := r.store.GetService(ctx, key)
+		if err != nil {
+			return store.Service{}, -1, fmt.Errorf("service %q: %w", key, err)
 		}
 		return s, -1, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/primitive"
+	"go.mongodb.org/mongo-driver/event"
 	mongodrv "go.mongodb.org/mongo-driver/mongo"
 	"go.mongodb.org/mongo-driver/mongo/options"
 
@@ -449,5 +451,96 @@ func TestLockRenewal(t *testing.T) {
 	}
 	if err := update(b, 0); err != nil {
 		t.Fatalf("update behind a dead holder's lock: %v", err)
+	}
+}
+
+// commandLog records the commands a store sends while it is on, as "name collection".
+type commandLog struct {
+	mu     sync.Mutex
+	on     bool
+	cmds   []string
+	failed []string
+}
+
+func (l *commandLog) monitor() *event.CommandMonitor {
+	return &event.CommandMonitor{
+		Started: func(_ context.Context, e *event.CommandStartedEvent) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if l.on {
+				coll, _ := e.Command.Lookup(e.CommandName).StringValueOK()
+				l.cmds = append(l.cmds, e.CommandName+" "+coll)
+			}
+		},
+		Failed: func(_ context.Context, e *event.CommandFailedEvent) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if l.on {
+				l.failed = append(l.failed, e.CommandName+": "+e.Failure)
+			}
+		},
+	}
+}
+
+// during returns the commands sent while fn ran, and those that failed.
+func (l *commandLog) during(fn func()) (cmds, failed []string) {
+	l.mu.Lock()
+	l.on, l.cmds, l.failed = true, nil, nil
+	l.mu.Unlock()
+	fn()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.on = false
+	return l.cmds, l.failed
+}
+
+// TestCommandsPerCreate pins the round trips of the two hottest writes: on FerretDB each
+// costs about a millisecond of a server that serialises writers, so a create's latency
+// and the store's throughput follow their number. Reads whose answer the create already
+// has (or that a later check makes redundant) must not come back.
+func TestCommandsPerCreate(t *testing.T) {
+	uri := testURI(t)
+	var log commandLog
+	s, err := mongo.OpenMonitored(t.Context(), uri, freshDB(t, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}}, log.monitor())
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	sv := storetest.BenchService(1)
+	cmds, failed := log.during(func() {
+		if _, err := s.CreateService(ctx, sv); err != nil {
+			t.Fatalf("CreateService: %v", err)
+		}
+	})
+	want := []string{
+		"insert leases",    // claim the four Service IPs, one unordered insert
+		"insert revisions", // reserve the revision
+		"find meta",        // the compaction mark, in case this process's counter fell behind
+		"insert services",
+		"insert changes", // commit
+	}
+	if !slices.Equal(cmds, want) || len(failed) > 0 {
+		t.Errorf("CreateService sent\n  %v\nwant\n  %v\nfailed: %v", cmds, want, failed)
+	}
+	in := store.Instance{ServiceID: sv.ID, Number: 0, IP: store.AddrPair{V4: netip.MustParseAddr("10.200.0.1"), V6: netip.MustParseAddr("fd00::200:1")},
+		Status: store.StatusScheduled, UpdatedAt: time.Now()}
+	cmds, failed = log.during(func() {
+		if _, err := s.CreateInstance(ctx, in); err != nil {
+			t.Fatalf("CreateInstance: %v", err)
+		}
+	})
+	want = []string{
+		"find services",    // the service exists; its job name goes into the record
+		"insert leases",    // claim the Instance IP pair
+		"insert revisions", // reserve
+		"find meta",
+		"insert instances",
+		"find locks",    // no DeleteService started meanwhile...
+		"find services", // ...or finished
+		"insert changes",
+	}
+	if !slices.Equal(cmds, want) || len(failed) > 0 {
+		t.Errorf("CreateInstance sent\n  %v\nwant\n  %v\nfailed: %v", cmds, want, failed)
 	}
 }

@@ -159,20 +159,17 @@ func (s *Store) ListServices(ctx context.Context, after string, limit int) ([]st
 	return out, nil
 }
 
-// serviceLock is the lock DeleteService holds; CreateInstance and CreateExposure refuse
-// a service while it is held.
+// serviceLock is the lock DeleteService holds; CreateInstance and CreateExposure roll
+// back a record they inserted while it is held (serviceGone).
 func serviceLock(id string) string { return "service " + id }
 
-// liveService returns the service a create is about to insert under: ErrNotFound if it
-// does not exist or a DeleteService holds its lock.
+// liveService returns the service a create is about to insert under (for its job
+// name): ErrNotFound if it does not exist. It does not look at the service's lock:
+// serviceGone does after the insert, which is what keeps a record from outliving a
+// DeleteService, so a read of the lock here too would only spare a create that meets a
+// delete in progress its rollback, at a round trip for every create.
 func (s *Store) liveService(ctx context.Context, id string) (serviceDoc, error) {
 	d, err := s.getService(ctx, bson.D{{Key: "_id", Value: id}})
-	if err == nil {
-		var locked bool
-		if locked, err = s.locked(ctx, serviceLock(id)); err == nil && locked {
-			err = store.ErrNotFound
-		}
-	}
 	if err != nil {
 		return serviceDoc{}, fmt.Errorf("service %s: %w", id, err)
 	}
