@@ -277,9 +277,7 @@ func (s *soak) startPlatform(bin string) {
 		addr := testservers.FreeAddr(t)
 		rootAddrs = append(rootAddrs, addr)
 		s.roots = append(s.roots, startDaemon(t, fmt.Sprintf("root %c", 'A'+k), bin, addr,
-			// A capped pool: FerretDB's SQLite makes more concurrent writers only wait
-			// longer for its one write lock (README, Stores).
-			"root", "--listen", addr, "--mongo-uri", s.ferret.URI()+"?maxPoolSize=4", "--mongo-db", db, "--log-level", *soakLog, "--rate-limit", "0"))
+			"root", "--listen", addr, "--mongo-uri", s.ferret.URI(), "--mongo-db", db, "--log-level", *soakLog, "--rate-limit", "0"))
 		rc, err := client.New("http://"+addr, token, nil)
 		if err != nil {
 			t.Fatal(err)
