@@ -71,10 +71,6 @@ func (r *Registry) Revision(ctx context.Context, clusterID string) (uint64, erro
 }
 
 func (r *Registry) changesOnce(ctx context.Context, clusterID string, since uint64, limit int) (ChangeBatch, error) {
-	interests, err := r.store.Interests(ctx, clusterID)
-	if err != nil {
-		return ChangeBatch{}, fmt.Errorf("interests of cluster %s: %w", clusterID, err)
-	}
 	cs, err := r.store.Changes(ctx, since, limit)
 	if errors.Is(err, store.ErrCompacted) {
 		rev, err := r.store.Revision(ctx)
@@ -98,6 +94,15 @@ func (r *Registry) changesOnce(ctx context.Context, clusterID string, since uint
 		}
 	}
 	b := ChangeBatch{Revision: since}
+	if len(cs) == 0 {
+		return b, nil
+	}
+	// Read only when there are changes to filter: most polls find none, and a MongoDB
+	// store on FerretDB reads every cluster's interests to find this one's.
+	interests, err := r.store.Interests(ctx, clusterID)
+	if err != nil {
+		return ChangeBatch{}, fmt.Errorf("interests of cluster %s: %w", clusterID, err)
+	}
 	for _, c := range cs {
 		b.Revision = c.Revision
 		if _, interested := slices.BinarySearch(interests, c.ServiceID); interested || forEveryCluster(c) {

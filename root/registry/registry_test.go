@@ -634,8 +634,15 @@ func (e *env) longPoll(cluster string, since uint64) <-chan registry.ChangeBatch
 // whole collection (FerretDB v1 filters on anything but _id that way).
 type scanCounter struct {
 	store.Store
-	mu                    sync.Mutex
-	byJobName, listByServ int
+	mu                               sync.Mutex
+	byJobName, listByServ, interests int
+}
+
+func (c *scanCounter) Interests(ctx context.Context, clusterID string) ([]string, error) {
+	c.mu.Lock()
+	c.interests++
+	c.mu.Unlock()
+	return c.Store.Interests(ctx, clusterID)
 }
 
 func (c *scanCounter) GetServiceByJobName(ctx context.Context, jobName string) (store.Service, error) {
@@ -703,5 +710,48 @@ func TestInstanceCreateReadsByKey(t *testing.T) {
 	}
 	if j, l := sc.counts(); j == 0 || l == 0 {
 		t.Fatalf("creates by job name past instance 3 made %d job name lookups and %d listings, want some of each", j, l)
+	}
+}
+
+// TestIdlePollReadsNoInterests: a change poll that finds no change does not read the
+// cluster's interests (on FerretDB that read decodes every cluster's); one that finds
+// changes filters them by the interests.
+func TestIdlePollReadsNoInterests(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := t.Context()
+	sc := &scanCounter{Store: e.st}
+	reg, err := registry.New(ctx, e.plan, sc, registry.Options{Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
+		t.Fatal(err)
+	}
+	s, err := reg.CreateService(ctx, svcReq("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.AddInterest(ctx, "c1", s.JobName()); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := reg.Revision(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := reg.Changes(ctx, "c1", rev, 100, 0); err != nil || len(b.Changes) != 0 {
+		t.Fatalf("idle poll: %+v, %v", b, err)
+	}
+	if sc.interests != 0 {
+		t.Errorf("an idle poll read the interests %d times, want none", sc.interests)
+	}
+	if _, _, err := reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := reg.Changes(ctx, "c1", rev, 100, 0)
+	if err != nil || len(b.Changes) != 1 || b.Changes[0].ServiceID != s.ID {
+		t.Fatalf("poll after a create: %+v, %v; want the instance's change", b, err)
+	}
+	if sc.interests != 1 {
+		t.Errorf("a poll with a change read the interests %d times, want 1", sc.interests)
 	}
 }

@@ -33,6 +33,34 @@ func (s *Store) Revision(ctx context.Context) (uint64, error) {
 }
 
 func (s *Store) newestRevision(ctx context.Context) (uint64, error) {
+	newest, err := s.metaN(ctx, metaNewest)
+	if err != nil {
+		return 0, err
+	}
+	if newest == 0 { // a database no reservation has raised it in yet
+		return s.scanNewestRevision(ctx)
+	}
+	mark, err := s.metaN(ctx, metaCompacted)
+	if err != nil {
+		return 0, err
+	}
+	return max(newest, mark), nil
+}
+
+// raiseNewest raises the newest-revision counter to rev (never lowers it).
+func (s *Store) raiseNewest(ctx context.Context, rev uint64) error {
+	id := bson.D{{Key: "_id", Value: metaNewest}}
+	up := bson.D{{Key: "$max", Value: bson.D{{Key: "n", Value: int64(rev)}}}}
+	_, err := s.meta.UpdateOne(ctx, id, up, options.Update().SetUpsert(true))
+	if mongo.IsDuplicateKeyError(err) { // a concurrent first upsert won; raise it
+		_, err = s.meta.UpdateOne(ctx, id, up)
+	}
+	return dbErr(err)
+}
+
+// scanNewestRevision finds the newest revision from the reservations themselves: for a
+// database written before the counter existed (Open raises the counter from it).
+func (s *Store) scanNewestRevision(ctx context.Context) (uint64, error) {
 	var d reservationDoc
 	err := s.revisions.FindOne(ctx, bson.D{}, options.FindOne().SetSort(bson.D{{Key: "_id", Value: -1}})).Decode(&d)
 	if err != nil && !errors.Is(err, mongo.ErrNoDocuments) {
@@ -99,12 +127,17 @@ func (s *Store) reserve(ctx context.Context, subject changeDoc) (uint64, error) 
 		n := s.candidate()
 		_, err := s.revisions.InsertOne(ctx, reservationDoc{ID: revID(n), At: time.Now(), Subject: &subject})
 		if mongo.IsDuplicateKeyError(err) {
-			// Another process took n. Resume after its published hint.
-			hint, err := s.metaN(ctx, metaHint)
+			// Another process took n. Resume after the newest revision (a reservation
+			// raises it just after its insert, so it may lag by the ones in flight; the
+			// published hint covers a store that has no counter yet).
+			newest, err := s.metaN(ctx, metaNewest)
+			if err == nil && newest == 0 {
+				newest, err = s.metaN(ctx, metaHint)
+			}
 			if err != nil {
 				return 0, fmt.Errorf("reserve revision: %w", err)
 			}
-			s.skipTo(max(n, hint))
+			s.skipTo(max(n, newest))
 			continue
 		}
 		if err != nil {
@@ -129,6 +162,12 @@ func (s *Store) reserve(ctx context.Context, subject changeDoc) (uint64, error) 
 				s.void(ctx, n)
 				return 0, fmt.Errorf("reserve revision: hint: %w", err)
 			}
+		}
+		// Before n is used: a reader that sees change n must see a newest revision of
+		// at least n (or it would take itself to be ahead of the store and resync).
+		if err := s.raiseNewest(ctx, n); err != nil {
+			s.void(ctx, n)
+			return 0, fmt.Errorf("reserve revision %d: raise the newest: %w", n, err)
 		}
 		return n, nil
 	}
@@ -194,6 +233,12 @@ func (s *Store) Changes(ctx context.Context, since uint64, limit int) ([]store.C
 	return out, nil
 }
 
+// keyedReads is the most revisions readChanges reads one by one, by key, rather than
+// with one ranged read: on FerretDB a ranged read decodes every change the log holds,
+// and a read by key costs about a tenth of that (its v1 walks its SQLite table even for
+// one _id, which a small log keeps short too); on MongoDB both are cheap.
+const keyedReads = 8
+
 func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]store.Change, error) {
 	mark, err := s.metaN(ctx, metaCompacted)
 	if err != nil {
@@ -201,6 +246,16 @@ func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]sto
 	}
 	if since < mark {
 		return nil, store.ErrCompacted
+	}
+	newest, err := s.newestRevision(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if newest <= since { // nothing reserved after since: no change can follow it yet
+		return nil, nil
+	}
+	if newest-since <= keyedReads {
+		return s.readChangesByKey(ctx, since, newest, limit)
 	}
 	opt := options.Find().SetSort(bson.D{{Key: "_id", Value: 1}})
 	if limit > 0 {
@@ -214,23 +269,6 @@ func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]sto
 	defer cur.Close(context.WithoutCancel(ctx))
 	var out []store.Change
 	next := since + 1
-	// gap decides whether the reader may pass revision r, which is missing.
-	gap := func(r uint64) (pass bool, err error) {
-		if mark, err := s.metaN(ctx, metaCompacted); err != nil {
-			return false, err
-		} else if r <= mark {
-			return false, store.ErrCompacted // compacted under us
-		}
-		if !s.abandoned(r) {
-			return false, nil
-		}
-		// Its writer died between reserving and logging: the record may have changed
-		// all the same, so the subject is reported changed.
-		if c, ok := s.abandonedSubject(ctx, r); ok {
-			out = append(out, c)
-		}
-		return true, nil
-	}
 	for (limit <= 0 || len(out) < limit) && cur.Next(ctx) {
 		var d changeDoc
 		if err := cur.Decode(&d); err != nil {
@@ -238,7 +276,7 @@ func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]sto
 		}
 		rev := uint64(d.Rev)
 		for ; next < rev; next++ {
-			if pass, err := gap(next); err != nil || !pass {
+			if pass, err := s.passGap(ctx, next, &out); err != nil || !pass {
 				return out, err
 			}
 		}
@@ -251,6 +289,62 @@ func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]sto
 		return nil, dbErr(err)
 	}
 	return out, nil
+}
+
+// readChangesByKey is readChanges for the few revisions after since up to newest, read
+// one by one. As the ranged read, it looks at a missing revision only when a later one
+// is logged: one still being written at the end of the log holds nobody back yet.
+func (s *Store) readChangesByKey(ctx context.Context, since, newest uint64, limit int) ([]store.Change, error) {
+	docs := make([]*changeDoc, 0, newest-since)
+	last := -1
+	for r := since + 1; r <= newest; r++ {
+		var d changeDoc
+		err := s.changes.FindOne(ctx, bson.D{{Key: "_id", Value: revID(r)}}).Decode(&d)
+		switch {
+		case errors.Is(err, mongo.ErrNoDocuments):
+			docs = append(docs, nil)
+		case err != nil:
+			return nil, dbErr(err)
+		default:
+			docs = append(docs, &d)
+			last = len(docs) - 1
+		}
+	}
+	var out []store.Change
+	for i, d := range docs[:last+1] {
+		if limit > 0 && len(out) >= limit {
+			break
+		}
+		if d == nil {
+			if pass, err := s.passGap(ctx, since+1+uint64(i), &out); err != nil || !pass {
+				return out, err
+			}
+			continue
+		}
+		if !d.Void {
+			out = append(out, d.change())
+		}
+	}
+	return out, nil
+}
+
+// passGap decides whether a reader may pass revision r, which is missing while a later
+// one is logged: only once its writer has been silent for AbandonAfter (it died between
+// reserving and logging), and then the change it meant to log is reported (appended to
+// out) as a put of its subject, since the record may have changed all the same.
+func (s *Store) passGap(ctx context.Context, r uint64, out *[]store.Change) (bool, error) {
+	if mark, err := s.metaN(ctx, metaCompacted); err != nil {
+		return false, err
+	} else if r <= mark {
+		return false, store.ErrCompacted // compacted under us
+	}
+	if !s.abandoned(r) {
+		return false, nil
+	}
+	if c, ok := s.abandonedSubject(ctx, r); ok {
+		*out = append(*out, c)
+	}
+	return true, nil
 }
 
 // abandonedSubject returns the change an abandoned revision's writer meant to log, as a

@@ -203,6 +203,10 @@ func (d changeDoc) change() store.Change {
 const (
 	metaCompacted = "compacted"     // n: changes up to n were dropped (written under the compaction lock)
 	metaHint      = "revision_hint" // n: a recent revision, where a process whose counter fell behind resumes
+	// n: the highest revision reserved, raised ($max) by every reservation before its
+	// revision is used, so the newest revision is one read of a small collection, not a
+	// sorted read of all reservations (which FerretDB serves by decoding every one).
+	metaNewest = "newest_revision"
 )
 
 type counterDoc struct {

@@ -27,3 +27,6 @@ func OpenMonitored(ctx context.Context, uri, dbName string, opt Options, mon *ev
 	}
 	return s, nil
 }
+
+// KeyedReads is keyedReads, for the tests of package mongo_test.
+const KeyedReads = keyedReads

@@ -199,6 +199,14 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 	if err != nil {
 		return nil, fmt.Errorf("mongo: open %s: %w", dbName, err)
 	}
+	// A database written before the newest-revision counter existed: start it from the
+	// reservations. (Every root process on one database must raise it, that is, run
+	// this version or a later one.)
+	if rev > 0 {
+		if err := s.raiseNewest(ctx, rev); err != nil {
+			return nil, fmt.Errorf("mongo: open %s: %w", dbName, err)
+		}
+	}
 	s.next = rev + 1
 	if err := s.Reconcile(ctx); err != nil {
 		if !errors.Is(err, store.ErrUnavailable) {

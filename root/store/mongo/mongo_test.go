@@ -517,6 +517,7 @@ func TestCommandsPerCreate(t *testing.T) {
 		"insert leases",    // claim the four Service IPs, one unordered insert
 		"insert revisions", // reserve the revision
 		"find meta",        // the compaction mark, in case this process's counter fell behind
+		"update meta",      // raise the newest revision
 		"insert services",
 		"insert changes", // commit
 	}
@@ -535,6 +536,7 @@ func TestCommandsPerCreate(t *testing.T) {
 		"insert leases",    // claim the Instance IP pair
 		"insert revisions", // reserve
 		"find meta",
+		"update meta",
 		"insert instances",
 		"find locks",    // no DeleteService started meanwhile...
 		"find services", // ...or finished
@@ -543,4 +545,58 @@ func TestCommandsPerCreate(t *testing.T) {
 	if !slices.Equal(cmds, want) || len(failed) > 0 {
 		t.Errorf("CreateInstance sent\n  %v\nwant\n  %v\nfailed: %v", cmds, want, failed)
 	}
+
+	// The newest revision is two reads of small meta documents, not a sorted read of
+	// every reservation (FerretDB decodes them all for that): every resolve and every
+	// change poll asks for it.
+	var rev uint64
+	cmds, failed = log.during(func() {
+		if rev, err = s.Revision(ctx); err != nil {
+			t.Fatalf("Revision: %v", err)
+		}
+	})
+	if want := []string{"find meta", "find meta"}; !slices.Equal(cmds, want) || len(failed) > 0 || rev != 2 {
+		t.Errorf("Revision = %d, sent\n  %v\nwant 2, sent\n  %v\nfailed: %v", rev, cmds, want, failed)
+	}
+}
+
+// TestCommandsPerPoll pins what a cluster's change poll costs the store: nothing but
+// small meta reads when no change follows, and reads by key, not a ranged read of the
+// whole log (which FerretDB serves by decoding every change), when a few do.
+func TestCommandsPerPoll(t *testing.T) {
+	uri := testURI(t)
+	var log commandLog
+	s, err := mongo.OpenMonitored(t.Context(), uri, freshDB(t, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}}, log.monitor())
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	for i := range 3 {
+		if _, err := s.CreateService(ctx, storetest.BenchService(uint64(i+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll := func(since uint64, wantChanges int, want ...string) {
+		t.Helper()
+		var got []store.Change
+		cmds, failed := log.during(func() {
+			if got, err = s.Changes(ctx, since, 100); err != nil {
+				t.Fatalf("Changes(%d): %v", since, err)
+			}
+		})
+		if len(got) != wantChanges || !slices.Equal(cmds, want) || len(failed) > 0 {
+			t.Errorf("Changes(%d): %d changes, sent\n  %v\nwant %d, sent\n  %v\nfailed: %v", since, len(got), cmds, wantChanges, want, failed)
+		}
+	}
+	meta := []string{"find meta", "find meta", "find meta"} // compaction mark, newest, mark
+	poll(3, 0, meta...)
+	poll(1, 2, append(meta, "find changes", "find changes")...)
+	for i := 3; i < 3+mongo.KeyedReads; i++ {
+		if _, err := s.CreateService(ctx, storetest.BenchService(uint64(i+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// More than keyedReads behind: one ranged read.
+	poll(0, 3+mongo.KeyedReads, append(meta, "find changes")...)
 }
