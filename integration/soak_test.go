@@ -459,20 +459,23 @@ func (s *soak) randomJob() string {
 
 // rest runs one tooling call against root, moving to the other replica on a temporary
 // failure, for up to a minute. uncertain is set when an attempt failed in a way that
-// may still have left the request done: no answer at all, or a 503 (root lets a write
-// run to its end after its client went, and a write whose change log failed answers
-// 503 with the record written).
+// may still have left the request done: no answer at all (none in time included), or a
+// 503 (root lets a write run to its end after its client went, and a write whose change
+// log failed answers 503 with the record written).
 func (s *soak) rest(what string, call func(context.Context, *client.Client) error) (uncertain bool, err error) {
 	t0 := time.Now()
 	k := rand.IntN(len(s.rcs))
 	for {
 		ctx, cancel := context.WithTimeout(s.ctx, 20*time.Second)
 		err = call(ctx, s.rcs[k%len(s.rcs)])
+		// An attempt that got no answer in time is as temporary as one refused: try
+		// the other replica.
+		temporary := err != nil && (client.Temporary(err) || ctx.Err() != nil && s.ctx.Err() == nil)
 		cancel()
-		if err != nil && client.Temporary(err) {
+		if temporary {
 			uncertain = true
 		}
-		if err == nil || !client.Temporary(err) || time.Since(t0) > time.Minute || s.ctx.Err() != nil {
+		if err == nil || !temporary || time.Since(t0) > time.Minute || s.ctx.Err() != nil {
 			break
 		}
 		k++
