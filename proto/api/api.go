@@ -106,6 +106,9 @@ type Placement struct {
 	// timeout may still reach root after the ones queued behind it (the first attempt
 	// was in flight, not lost); this keeps it from undoing them. Clusters use the wall
 	// clock in nanoseconds, made strictly increasing, so replicas of one cluster agree.
+	// Across clusters, whose clocks may disagree a little, root ignores a report more
+	// than 2 s older than the last it applied from another cluster (a deploy report
+	// that waited in a backlogged cluster while the instance migrated elsewhere).
 	// 0: unordered (reference callers).
 	Sequence uint64 `json:"sequence,omitempty"`
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/root/store"
@@ -173,6 +174,10 @@ func (r *Registry) Place(ctx context.Context, key string, number int, p api.Plac
 	return in, s, err
 }
 
+// clockSkew is how far two clusters' clocks (their report sequences) may disagree:
+// reports from different clusters closer in time than this are not ordered.
+const clockSkew = 2 * time.Second
+
 // errStalePlacement is a stop reported by a node or cluster the instance has already
 // left: instances migrate by starting in the new place before (or while) the old one is
 // torn down, and two clusters' reports reach root in no particular order.
@@ -185,6 +190,12 @@ var errStalePlacement = errors.New("the instance runs elsewhere")
 func stale(in store.Instance, p api.Placement) bool {
 	if p.Sequence != 0 && p.ClusterID != "" && p.ClusterID == in.ReportedBy && p.Sequence <= in.ReportSeq {
 		return true // an older report of this cluster, arriving late
+	}
+	if p.Sequence != 0 && p.ClusterID != "" && p.ClusterID != in.ReportedBy && p.Sequence+uint64(clockSkew) < in.ReportSeq {
+		// Another cluster's report clearly older than the last one applied: a deploy
+		// report that waited in a backlogged cluster while the instance migrated to
+		// another cluster must not move it back.
+		return true
 	}
 	if p.Status == store.StatusRunning || in.Status != store.StatusRunning {
 		return false

@@ -533,6 +533,18 @@ func TestReportSequence(t *testing.T) {
 	if in := place(at("10.18.1.10", 0, "running", "c2")); in.NamespaceIP.V4.String() != "10.18.1.10" {
 		t.Errorf("unordered report: %+v", in)
 	}
+	// Across clusters sequences are wall clocks that may disagree a little: a report
+	// older than the last applied by more than that is late (a deploy report that waited
+	// in a backlogged cluster while the instance migrated to another cluster), one within
+	// it is judged as before.
+	const sec = uint64(time.Second)
+	place(at("10.18.1.11", 100*sec, "running", "c2"))
+	if in := place(at("10.18.0.7", 100*sec-3*sec, "running", "c1")); in.ClusterID != "c2" || in.NamespaceIP.V4.String() != "10.18.1.11" {
+		t.Errorf("c1's report 3 s older than c2's applied: %+v", in)
+	}
+	if in := place(at("10.18.0.8", 100*sec-sec, "running", "c1")); in.ClusterID != "c1" || in.NamespaceIP.V4.String() != "10.18.0.8" {
+		t.Errorf("c1's report 1 s older than c2's (within the clocks' disagreement) ignored: %+v", in)
+	}
 }
 
 func TestSubnetPairs(t *testing.T) {
