@@ -681,13 +681,8 @@ func (c *scanCounter) counts() (byJobName, list int) {
 // the service and its lowest free number by key (no job name lookup, no listing) while
 // the service has few instances, and still hands out the lowest free number.
 func TestInstanceCreateReadsByKey(t *testing.T) {
-	e := newEnv(t, addrplan.Default())
 	ctx := t.Context()
-	sc := &scanCounter{Store: e.st}
-	reg, err := registry.New(ctx, e.plan, sc, registry.Options{Now: e.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sc, reg := countingRegistry(t)
 	s, err := reg.CreateService(ctx, svcReq("web"))
 	if err != nil {
 		t.Fatal(err)
@@ -729,13 +724,8 @@ func TestInstanceCreateReadsByKey(t *testing.T) {
 // cluster's interests (on FerretDB that read decodes every cluster's); one that finds
 // changes filters them by the interests.
 func TestIdlePollReadsNoInterests(t *testing.T) {
-	e := newEnv(t, addrplan.Default())
 	ctx := t.Context()
-	sc := &scanCounter{Store: e.st}
-	reg, err := registry.New(ctx, e.plan, sc, registry.Options{Now: e.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sc, reg := countingRegistry(t)
 	if _, err := reg.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
 		t.Fatal(err)
 	}
@@ -766,4 +756,16 @@ func TestIdlePollReadsNoInterests(t *testing.T) {
 	if sc.interests != 1 {
 		t.Errorf("a poll with a change read the interests %d times, want 1", sc.interests)
 	}
+}
+
+// countingRegistry returns a registry over an embedded store that counts its reads.
+func countingRegistry(t *testing.T) (*scanCounter, *registry.Registry) {
+	t.Helper()
+	e := newEnv(t, addrplan.Default())
+	sc := &scanCounter{Store: e.st}
+	reg, err := registry.New(t.Context(), e.plan, sc, registry.Options{Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sc, reg
 }

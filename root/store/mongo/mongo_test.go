@@ -499,13 +499,7 @@ func (l *commandLog) during(fn func()) (cmds, failed []string) {
 // and the store's throughput follow their number. Reads whose answer the create already
 // has (or that a later check makes redundant) must not come back.
 func TestCommandsPerCreate(t *testing.T) {
-	uri := testURI(t)
-	var log commandLog
-	s, err := mongo.OpenMonitored(t.Context(), uri, freshDB(t, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}}, log.monitor())
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	defer s.Close()
+	s, log := openMonitored(t)
 	ctx := t.Context()
 	sv := storetest.BenchService(1)
 	cmds, failed := log.during(func() {
@@ -551,6 +545,7 @@ func TestCommandsPerCreate(t *testing.T) {
 	// change poll asks for it.
 	var rev uint64
 	cmds, failed = log.during(func() {
+		var err error
 		if rev, err = s.Revision(ctx); err != nil {
 			t.Fatalf("Revision: %v", err)
 		}
@@ -564,13 +559,7 @@ func TestCommandsPerCreate(t *testing.T) {
 // small meta reads when no change follows, and reads by key, not a ranged read of the
 // whole log (which FerretDB serves by decoding every change), when a few do.
 func TestCommandsPerPoll(t *testing.T) {
-	uri := testURI(t)
-	var log commandLog
-	s, err := mongo.OpenMonitored(t.Context(), uri, freshDB(t, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}}, log.monitor())
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	defer s.Close()
+	s, log := openMonitored(t)
 	ctx := t.Context()
 	for i := range 3 {
 		if _, err := s.CreateService(ctx, storetest.BenchService(uint64(i+1))); err != nil {
@@ -581,6 +570,7 @@ func TestCommandsPerPoll(t *testing.T) {
 		t.Helper()
 		var got []store.Change
 		cmds, failed := log.during(func() {
+			var err error
 			if got, err = s.Changes(ctx, since, 100); err != nil {
 				t.Fatalf("Changes(%d): %v", since, err)
 			}
@@ -599,4 +589,17 @@ func TestCommandsPerPoll(t *testing.T) {
 	}
 	// More than keyedReads behind: one ranged read.
 	poll(0, 3+mongo.KeyedReads, append(meta, "find changes")...)
+}
+
+// openMonitored opens a store on a fresh database with every command logged.
+func openMonitored(t *testing.T) (*mongo.Store, *commandLog) {
+	t.Helper()
+	uri := testURI(t)
+	log := &commandLog{}
+	s, err := mongo.OpenMonitored(t.Context(), uri, freshDB(t, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}}, log.monitor())
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, log
 }
