@@ -137,6 +137,21 @@ func (s *soak) killNodes() string {
 		jobs = append(jobs, j)
 	}
 	s.mu.Unlock()
+	// Lock every job to see its instances, and kill the nodes while none moves:
+	// operations on the jobs wait meanwhile. (Locking first, since taking the locks waits
+	// for the operations under way, seconds each on a slow root: counted after the
+	// deaths, that wait passed for the failures' delay.) Churn locks one job at a time,
+	// so taking them all in turn cannot deadlock.
+	for _, j := range jobs {
+		j.mu.Lock()
+		for num, in := range j.inst {
+			for _, n := range dead {
+				if in.node == n.i && !j.deleted {
+					victims = append(victims, victim{j, num, n.i})
+				}
+			}
+		}
+	}
 	t0 := time.Now()
 	for _, n := range dead {
 		n.dead.Store(true)
@@ -148,16 +163,7 @@ func (s *soak) killNodes() string {
 			s.exp.unfollowed(n, job)
 		}
 	}
-	// Lock every job to see its instances: operations on them wait meanwhile.
 	for _, j := range jobs {
-		j.mu.Lock()
-		for num, in := range j.inst {
-			for _, n := range dead {
-				if in.node == n.i && !j.deleted {
-					victims = append(victims, victim{j, num, n.i})
-				}
-			}
-		}
 		j.mu.Unlock()
 	}
 	// The failures queue at the clusters behind the reports already waiting for root: on
