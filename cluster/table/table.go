@@ -681,9 +681,16 @@ func (t *Table) start(ctx context.Context) (uint64, error) {
 	return rev, t.cache.SetCursor(ctx, rev)
 }
 
+// pollMargin is how long past its wait a long poll may take before it is given up: a
+// poll whose answer was lost (the link went down under it, with no reset to tell) would
+// otherwise wait for TCP to give up on the connection, minutes after the link is back.
+const pollMargin = 10 * time.Second
+
 // step reads one batch of changes after cursor and applies it; it returns the new cursor.
 func (t *Table) step(ctx context.Context, cursor uint64) (uint64, error) {
-	b, err := t.root.Changes(ctx, t.opt.ClusterID, cursor, t.opt.Wait)
+	pctx, cancel := context.WithTimeout(ctx, t.opt.Wait+pollMargin)
+	b, err := t.root.Changes(pctx, t.opt.ClusterID, cursor, t.opt.Wait)
+	cancel()
 	if err != nil {
 		return cursor, err
 	}
