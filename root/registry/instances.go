@@ -143,11 +143,14 @@ func (r *Registry) validatePlacement(p api.Placement) error {
 // Place records where an instance runs (or that it failed). Of the gateway service's
 // instances it takes only failures (see api.Gateway.Status).
 func (r *Registry) Place(ctx context.Context, key string, number int, p api.Placement) (store.Instance, store.Service, error) {
-	s, err := r.Service(ctx, key)
-	if err == nil && isGatewayService(s) && p.Status != store.StatusFailed {
-		// A gateway's failure is the one placement a cluster reports for it (its node
-		// stayed away past the grace); it runs again by registering again.
-		err = invalidf("the instances of %s are the gateways: a gateway reports its placement by registering again (PUT /api/v1/gateways/{id}); only its failure comes as a placement", s.JobName())
+	// A gateway's failure is the one placement a cluster reports for it (its node stayed
+	// away past the grace); it runs again by registering again.
+	var s store.Service
+	var err error
+	if p.Status == store.StatusFailed {
+		s, err = r.Service(ctx, key)
+	} else {
+		s, err = r.userService(ctx, key, "a gateway reports its placement by registering again (PUT /api/v1/gateways/{id}); only its failure comes as a placement")
 	}
 	if err != nil {
 		return store.Instance{}, s, err
@@ -188,14 +191,16 @@ var errStalePlacement = errors.New("the instance runs elsewhere")
 // from (a host, or a cluster when the node did not say its host), or that changed since
 // the revision p applies to.
 func stale(in store.Instance, p api.Placement) bool {
-	if p.Sequence != 0 && p.ClusterID != "" && p.ClusterID == in.ReportedBy && p.Sequence <= in.ReportSeq {
-		return true // an older report of this cluster, arriving late
-	}
-	if p.Sequence != 0 && p.ClusterID != "" && p.ClusterID != in.ReportedBy && p.Sequence+uint64(clockSkew) < in.ReportSeq {
-		// Another cluster's report clearly older than the last one applied: a deploy
-		// report that waited in a backlogged cluster while the instance migrated to
-		// another cluster must not move it back.
-		return true
+	if p.Sequence != 0 && p.ClusterID != "" {
+		if p.ClusterID == in.ReportedBy && p.Sequence <= in.ReportSeq {
+			return true // an older report of this cluster, arriving late
+		}
+		if p.ClusterID != in.ReportedBy && p.Sequence+uint64(clockSkew) < in.ReportSeq {
+			// Another cluster's report clearly older than the last one applied: a deploy
+			// report that waited in a backlogged cluster while the instance migrated to
+			// another cluster must not move it back.
+			return true
+		}
 	}
 	if p.Status == store.StatusRunning || in.Status != store.StatusRunning {
 		return false

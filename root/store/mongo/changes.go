@@ -33,16 +33,23 @@ func (s *Store) Revision(ctx context.Context) (uint64, error) {
 }
 
 func (s *Store) newestRevision(ctx context.Context) (uint64, error) {
+	mark, err := s.metaN(ctx, metaCompacted)
+	if err != nil {
+		return 0, err
+	}
+	return s.newestAbove(ctx, mark)
+}
+
+// newestAbove is newestRevision for a caller that has read the compaction mark.
+func (s *Store) newestAbove(ctx context.Context, mark uint64) (uint64, error) {
 	newest, err := s.metaN(ctx, metaNewest)
 	if err != nil {
 		return 0, err
 	}
 	if newest == 0 { // a database no reservation has raised it in yet
-		return s.scanNewestRevision(ctx)
-	}
-	mark, err := s.metaN(ctx, metaCompacted)
-	if err != nil {
-		return 0, err
+		if newest, err = s.scanNewestRevision(ctx); err != nil {
+			return 0, err
+		}
 	}
 	return max(newest, mark), nil
 }
@@ -58,8 +65,8 @@ func (s *Store) raiseNewest(ctx context.Context, rev uint64) error {
 	return dbErr(err)
 }
 
-// scanNewestRevision finds the newest revision from the reservations themselves: for a
-// database written before the counter existed (Open raises the counter from it).
+// scanNewestRevision finds the newest reservation itself: for a database written before
+// the counter existed (Open raises the counter from it).
 func (s *Store) scanNewestRevision(ctx context.Context) (uint64, error) {
 	var d reservationDoc
 	err := s.revisions.FindOne(ctx, bson.D{}, options.FindOne().SetSort(bson.D{{Key: "_id", Value: -1}})).Decode(&d)
@@ -72,11 +79,7 @@ func (s *Store) scanNewestRevision(ctx context.Context) (uint64, error) {
 			return 0, fmt.Errorf("stored revision %q: %w", d.ID, err)
 		}
 	}
-	mark, err := s.metaN(ctx, metaCompacted)
-	if err != nil {
-		return 0, err
-	}
-	return max(newest, mark), nil
+	return newest, nil
 }
 
 func (s *Store) metaN(ctx context.Context, id string) (uint64, error) {
@@ -247,7 +250,7 @@ func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]sto
 	if since < mark {
 		return nil, store.ErrCompacted
 	}
-	newest, err := s.newestRevision(ctx)
+	newest, err := s.newestAbove(ctx, mark)
 	if err != nil {
 		return nil, err
 	}

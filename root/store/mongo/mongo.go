@@ -34,9 +34,11 @@
 // <string>} to SQLite; any other filter decodes every document of the collection in Go
 // (tens of microseconds each), so lookups on hot paths are by _id (revisions are
 // 20-digit string _ids for that reason); lists, secondary lookups (job name, a service's
-// instances) and UpdateInstance's revision condition scan there and use indexes on
-// MongoDB. (Even an _id lookup walks the SQLite table in v1.24: its query says ->'$._id'
-// where the index says ->"_id". That costs a few microseconds per document, not tens.)
+// instances), sorts and ranges scan there and use indexes on MongoDB. A filter on _id
+// plus another field (UpdateInstance's revision condition) is served as the _id lookup
+// with the rest checked after (measured flat in the collection's size). (Even an _id
+// lookup walks the SQLite table in v1.24: its query says ->'$._id' where the index says
+// ->"_id". That costs a few microseconds per document, not tens.)
 // Inserts, by contrast, are checked through the indexes.
 //
 // # Crashes

@@ -579,7 +579,7 @@ func TestCommandsPerPoll(t *testing.T) {
 			t.Errorf("Changes(%d): %d changes, sent\n  %v\nwant %d, sent\n  %v\nfailed: %v", since, len(got), cmds, wantChanges, want, failed)
 		}
 	}
-	meta := []string{"find meta", "find meta", "find meta"} // compaction mark, newest, mark
+	meta := []string{"find meta", "find meta"} // compaction mark, newest
 	poll(3, 0, meta...)
 	poll(1, 2, append(meta, "find changes", "find changes")...)
 	for i := 3; i < 3+mongo.KeyedReads; i++ {
