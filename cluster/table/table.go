@@ -68,6 +68,12 @@ type Options struct {
 	StaleAfter time.Duration
 	// Wait is the long-poll duration of change-stream reads (default 25s).
 	Wait time.Duration
+	// PollMargin is how long past Wait a change-stream read may take before it is given
+	// up and sent again (default 10s). A read whose answer a partition lost (the link
+	// went silent under it, with no reset to tell) would otherwise wait for TCP to give
+	// up on the connection, minutes after the link is back, and no change would reach
+	// the cache meanwhile. It must leave room for a busy root answering late.
+	PollMargin time.Duration
 	// UnknownTTL is how long a key root knows no service by is answered unknown
 	// without asking root again (default 2s; negative: root is asked every time). Nodes
 	// retry a name or address they cannot resolve with every packet that needs it; this
@@ -142,6 +148,9 @@ func New(root Root, c Cache, opt Options) *Table {
 	}
 	if opt.Wait <= 0 {
 		opt.Wait = 25 * time.Second
+	}
+	if opt.PollMargin <= 0 {
+		opt.PollMargin = defaultPollMargin
 	}
 	if opt.UnknownTTL == 0 {
 		opt.UnknownTTL = 2 * time.Second
@@ -681,14 +690,16 @@ func (t *Table) start(ctx context.Context) (uint64, error) {
 	return rev, t.cache.SetCursor(ctx, rev)
 }
 
-// pollMargin is how long past its wait a long poll may take before it is given up: a
-// poll whose answer was lost (the link went down under it, with no reset to tell) would
-// otherwise wait for TCP to give up on the connection, minutes after the link is back.
-const pollMargin = 10 * time.Second
+// defaultPollMargin is how long past its wait a long poll may take before it is given
+// up (Options.PollMargin): a poll whose answer was lost (the link went down under it,
+// with no reset to tell) would otherwise wait for TCP to give up on the connection,
+// minutes after the link is back. Ten seconds leave a busy root room to answer late,
+// and are far less than the minutes TCP takes.
+const defaultPollMargin = 10 * time.Second
 
 // step reads one batch of changes after cursor and applies it; it returns the new cursor.
 func (t *Table) step(ctx context.Context, cursor uint64) (uint64, error) {
-	pctx, cancel := context.WithTimeout(ctx, t.opt.Wait+pollMargin)
+	pctx, cancel := context.WithTimeout(ctx, t.opt.Wait+t.opt.PollMargin)
 	b, err := t.root.Changes(pctx, t.opt.ClusterID, cursor, t.opt.Wait)
 	cancel()
 	if err != nil {

@@ -479,3 +479,86 @@ func TestUnknownRemembered(t *testing.T) {
 		})
 	}
 }
+
+// pollingRoot is a real root client that reports each read of the change stream as it
+// starts (to a receiver waiting on polling then), and counts those given up at their
+// deadline.
+type pollingRoot struct {
+	*client.Client
+	polling  chan struct{} // unbuffered: what it reports is a poll just started
+	timedOut atomic.Int64
+}
+
+func (p *pollingRoot) Changes(ctx context.Context, clusterID string, since uint64, wait time.Duration) (api.ChangeBatch, error) {
+	select {
+	case p.polling <- struct{}{}:
+	default:
+	}
+	b, err := p.Client.Changes(ctx, clusterID, since, wait)
+	if errors.Is(err, context.DeadlineExceeded) {
+		p.timedOut.Add(1)
+	}
+	return b, err
+}
+
+// TestPollGivenUpAfterPartition: a partition that loses a long poll's answer, with no
+// reset to tell, leaves the poll's connection silent for good; the poll is given up
+// PollMargin past its wait and sent again on a new connection once the link is back, so
+// root's changes reach the cache again (without the margin they stopped until TCP gave up
+// on the connection, minutes later).
+func TestPollGivenUpAfterPartition(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, svc := startJob(t)
+	defer srv.Close()
+	p := startProxy(t, srv.Addr.String())
+	defer p.Close() // before root's: its shutdown would wait for the silenced connections
+	hc := client.HTTPClient(nil)
+	defer hc.CloseIdleConnections()
+	prc, err := client.New("http://"+p.Addr(), "", hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr := &pollingRoot{Client: prc, polling: make(chan struct{})}
+	ch := &changes{ch: make(chan struct{}, 1)}
+	c := cache.NewMemory(cache.Options{})
+	// FetchTimeout too is short: should a re-read of the entry take a connection the
+	// partition caught, it is given up before the test's deadline.
+	tb := table.New(pr, c, table.Options{ClusterID: "c1", Wait: 300 * time.Millisecond, PollMargin: 500 * time.Millisecond,
+		FetchTimeout: time.Second, OnChange: ch.record})
+	if _, err := tb.Lookup(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- tb.Run(runCtx) }()
+
+	select { // a poll starts, and waits for root's answer
+	case <-pr.polling:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the follower sent no poll")
+	}
+	p.Silence()
+	select { // the poll's answer (or the poll itself) is lost
+	case <-p.dropped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the silenced link dropped nothing: it caught no poll")
+	}
+	p.Heal()
+
+	in, err := rc.CreateInstance(ctx, svc.ID, api.InstanceRequest{ClusterID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch.waitFor(t, "the instance created after the partition in the cache", func() bool {
+		e, ok := tb.Cached(ctx, svc.JobName)
+		return ok && e.Revision >= in.Revision
+	})
+	stop()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run returned %v, want context.Canceled", err)
+	}
+	if pr.timedOut.Load() == 0 {
+		t.Error("no poll was given up at its deadline: the partition caught none")
+	}
+}
