@@ -1,12 +1,17 @@
 package integration
 
 import (
+	"cmp"
 	"fmt"
 	"html"
+	"io"
+	"maps"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -149,6 +154,7 @@ func (s *soak) report(dir string, end time.Duration) error {
 	for _, f := range s.figures {
 		fmt.Fprintf(&b, "| %s | %s |\n", f.what, f.value)
 	}
+	b.WriteString(s.storeTable())
 	b.WriteString("\n![latency over time](latency.svg)\n")
 	s.t.Logf("soak summary (%s):\n%s", dir, b.String())
 	if err := os.WriteFile(filepath.Join(dir, "summary.md"), []byte(b.String()), 0o644); err != nil {
@@ -262,5 +268,54 @@ func (s *soak) svg(end time.Duration) string {
 			lx, lx+20, h-14, h-14, l.color, lx+25, h-10, l.label)
 	}
 	b.WriteString("</svg>\n")
+	return b.String()
+}
+
+// storeTable is the summary's table of what the roots' MongoDB commands cost, the ten
+// that took the most time in all, from the roots' metrics at the end (each root counts
+// from its last start).
+func (s *soak) storeTable() string {
+	type total struct {
+		labels string
+		n, sec float64
+	}
+	sums := map[string]*total{}
+	for _, r := range s.roots {
+		resp, err := http.Get("http://" + r.addr + "/metrics")
+		if err != nil {
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, l := range strings.Split(string(body), "\n") {
+			for suffix, sec := range map[string]bool{"_sum": true, "_count": false} {
+				rest, ok := strings.CutPrefix(l, "semnet_root_store_command_seconds"+suffix+"{")
+				if !ok {
+					continue
+				}
+				labels, value, ok := strings.Cut(rest, "} ")
+				v, err := strconv.ParseFloat(value, 64)
+				if !ok || err != nil {
+					continue
+				}
+				t := sums[labels]
+				if t == nil {
+					t = &total{labels: labels}
+					sums[labels] = t
+				}
+				if sec {
+					t.sec += v
+				} else {
+					t.n += v
+				}
+			}
+		}
+	}
+	all := slices.SortedFunc(maps.Values(sums), func(a, b *total) int { return cmp.Compare(b.sec, a.sec) })
+	var b strings.Builder
+	b.WriteString("\n| store command (both roots, since each one's last start) | commands | total | mean |\n|---|---|---|---|\n")
+	for _, t := range all[:min(10, len(all))] {
+		fmt.Fprintf(&b, "| %s | %.0f | %.1f s | %.2f ms |\n", t.labels, t.n, t.sec, 1000*t.sec/max(t.n, 1))
+	}
 	return b.String()
 }

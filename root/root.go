@@ -131,9 +131,19 @@ func (c Config) rateLimit() httpapi.RateLimit {
 
 // OpenStore opens the configured backend.
 func OpenStore(ctx context.Context, c Config) (store.Store, error) {
+	return openStore(ctx, c, nil)
+}
+
+// openStore opens the configured backend; with reg set, the MongoDB store's commands
+// are timed there.
+func openStore(ctx context.Context, c Config, reg prometheus.Registerer) (store.Store, error) {
 	opt := store.Options{Quarantine: c.Plan.Quarantine}
 	if c.MongoURI != "" {
-		return openMongo(ctx, c, opt)
+		mo := mongo.Options{Options: opt, SkipMigrate: c.NoMigrate, Logger: c.Logger}
+		if reg != nil {
+			mo.Monitor = newStoreCommands(reg).monitor()
+		}
+		return openMongo(ctx, c, mo)
 	}
 	if err := os.MkdirAll(c.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
@@ -149,7 +159,7 @@ func OpenStore(ctx context.Context, c Config) (store.Store, error) {
 // to c.StoreWait: in a deployment root often starts before its database is ready, or
 // restarts while the database is loaded; a supervisor restarting root would only add
 // its own delay.
-func openMongo(ctx context.Context, c Config, opt store.Options) (store.Store, error) {
+func openMongo(ctx context.Context, c Config, opt mongo.Options) (store.Store, error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 250*time.Millisecond, 5*time.Second, c.StoreWait
 	var b backoff.BackOff = bo
@@ -159,7 +169,7 @@ func openMongo(ctx context.Context, c Config, opt store.Options) (store.Store, e
 	attempts := 0
 	st, err := backoff.RetryNotifyWithData(func() (*mongo.Store, error) {
 		attempts++
-		st, err := mongo.Open(ctx, c.MongoURI, c.MongoDB, mongo.Options{Options: opt, SkipMigrate: c.NoMigrate, Logger: c.Logger})
+		st, err := mongo.Open(ctx, c.MongoURI, c.MongoDB, opt)
 		if err != nil && (!errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil) {
 			return nil, backoff.Permanent(err)
 		}
@@ -202,12 +212,12 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := OpenStore(ctx, c)
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st, err := openStore(ctx, c, promReg)
 	if err != nil {
 		return nil, err
 	}
-	promReg := prometheus.NewRegistry()
-	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	notif := notify.New(notify.Options{Logger: log.With("component", "notify"), Registerer: promReg})
 	metrics := newMetrics(promReg)
 	reg, err := registry.New(ctx, c.Plan, st, registry.Options{Logger: log.With("component", "registry"), Observer: observers{metrics, notif}})

@@ -1,15 +1,18 @@
 package root_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/root"
 	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/testservers"
 )
 
 // TestMetricsReportPools: /metrics shows allocations and pool fill levels as they change.
@@ -61,6 +64,39 @@ func TestTokenScopesValidated(t *testing.T) {
 		err := cfg.Validate()
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("tokens %v, read %v: %v, want %q", c.tokens, c.read, err, c.want)
+		}
+	}
+}
+
+// TestMetricsTimeStoreCommands: on MongoDB, /metrics shows the store's commands by
+// command and collection, so an operator can see what the database spends its time on.
+func TestMetricsTimeStoreCommands(t *testing.T) {
+	uri := testservers.MongoURI(t)
+	db := fmt.Sprintf("semnet_root_metrics_%d", time.Now().UnixNano())
+	srv, err := root.Start(t.Context(), root.Config{Listen: "127.0.0.1:0", MongoURI: uri, MongoDB: db, Insecure: true, Plan: addrplan.Default()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	rc, _ := client.New("http://"+srv.Addr.String(), "", nil)
+	for _, svc := range []string{"c", "e"} {
+		if _, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "a", AppNS: "b", Service: svc, ServiceNS: "d"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := http.Get("http://" + srv.Addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`semnet_root_store_command_seconds_count{collection="services",command="insert"} 2`,
+		`semnet_root_store_command_seconds_count{collection="leases",command="insert"} 2`,
+		`semnet_root_store_command_seconds_bucket{collection="services",command="insert",le="+Inf"} 2`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
 		}
 	}
 }

@@ -78,6 +78,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/bson"
+	"go.mongodb.org/mongo-driver/event"
 	"go.mongodb.org/mongo-driver/mongo"
 	"go.mongodb.org/mongo-driver/mongo/options"
 	"go.mongodb.org/mongo-driver/mongo/readpref"
@@ -109,6 +110,9 @@ type Options struct {
 	// Logger, when set, is told about a repair at Open that failed for want of the
 	// server, and about lock renewals that failed.
 	Logger *slog.Logger
+	// Monitor, when set, watches every command the store's client sends: root exports
+	// their durations per collection, the one view of what its database spends time on.
+	Monitor *event.CommandMonitor
 }
 
 // Store is the MongoDB-backed store.Store. It is safe for concurrent use.
@@ -147,6 +151,9 @@ func Open(ctx context.Context, uri, dbName string, opt Options) (*Store, error) 
 		// The driver's default (30 s) holds every request that long while the server is
 		// down; the API should answer 503 well before a client gives up.
 		co.SetServerSelectionTimeout(DefaultServerSelectionTimeout)
+	}
+	if opt.Monitor != nil {
+		co.SetMonitor(opt.Monitor)
 	}
 	client, err := mongo.Connect(ctx, co)
 	if err != nil {

@@ -596,7 +596,7 @@ func openMonitored(t *testing.T) (*mongo.Store, *commandLog) {
 	t.Helper()
 	uri := testURI(t)
 	log := &commandLog{}
-	s, err := mongo.OpenMonitored(t.Context(), uri, freshDB(t, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}}, log.monitor())
+	s, err := mongo.Open(t.Context(), uri, freshDB(t, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}, Monitor: log.monitor()})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
