@@ -158,9 +158,24 @@ func (d clusterDoc) cluster() store.Cluster {
 		Status: d.Status, LastSeen: ms(d.LastSeen), CreatedAt: ms(d.CreatedAt)}
 }
 
+// interestDoc is keyed by its pair, so adding an interest that exists (every resolve a
+// cluster asks for adds one) is a read by key: an upsert filtered on the two fields made
+// FerretDB v1 decode every interest inside its write transaction, holding up every
+// other write. Documents written before had ObjectID keys; Open rewrites them.
 type interestDoc struct {
+	ID        string `bson:"_id"`
 	ClusterID string `bson:"cluster_id"`
 	ServiceID string `bson:"service_id"`
+}
+
+// interestID is an interest's _id; the length prefix keeps it unambiguous whatever the
+// IDs contain.
+func interestID(clusterID, serviceID string) string {
+	return strconv.Itoa(len(clusterID)) + ":" + clusterID + "/" + serviceID
+}
+
+func toInterestDoc(clusterID, serviceID string) interestDoc {
+	return interestDoc{ID: interestID(clusterID, serviceID), ClusterID: clusterID, ServiceID: serviceID}
 }
 
 // revID is the _id of a change and of a reservation: the revision as 20 decimal

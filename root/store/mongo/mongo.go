@@ -121,7 +121,7 @@ type Store struct {
 	db     *mongo.Database
 
 	services, instances, leases, subnets, clusters, interests, changes, revisions, meta, locks, tickets *mongo.Collection
-	gateways, exposures                                                                                 *mongo.Collection
+	gateways, exposures, names                                                                          *mongo.Collection
 
 	now        func() time.Time
 	log        *slog.Logger
@@ -184,7 +184,7 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 		clusters: db.Collection("clusters"), interests: db.Collection("interests"),
 		changes: db.Collection("changes"), revisions: db.Collection("revisions"), meta: db.Collection("meta"),
 		locks: db.Collection("locks"), tickets: db.Collection("tickets"),
-		gateways: db.Collection("gateways"), exposures: db.Collection("exposures"),
+		gateways: db.Collection("gateways"), exposures: db.Collection("exposures"), names: db.Collection("names"),
 		now: opt.Now, quarantine: opt.Quarantine, grace: opt.OrphanGrace, abandon: opt.AbandonAfter,
 		gaps: map[uint64]time.Time{},
 	}
@@ -217,6 +217,12 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 		}
 	}
 	s.next = rev + 1
+	if err := s.fillNames(ctx); err != nil {
+		return nil, fmt.Errorf("mongo: open %s: fill in job name documents: %w", dbName, err)
+	}
+	if err := s.keyInterests(ctx); err != nil {
+		return nil, fmt.Errorf("mongo: open %s: key interests by their pair: %w", dbName, err)
+	}
 	if err := s.Reconcile(ctx); err != nil {
 		if !errors.Is(err, store.ErrUnavailable) {
 			return nil, err

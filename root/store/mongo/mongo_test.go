@@ -95,15 +95,15 @@ func TestMigrate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Migrate again: %v", err)
 	}
-	if v1 != 2 || v2 != v1 {
-		t.Fatalf("versions %d then %d, want 2 both times", v1, v2)
+	if v1 != 3 || v2 != v1 {
+		t.Fatalf("versions %d then %d, want 3 both times", v1, v2)
 	}
 	c := rawClient(t, uri)
 	want := map[string]map[string]bool{ // collection → index name → unique
 		"services":  {"job_name_unique": true, "rr_v4_unique": true, "rr_v6_unique": true, "closest_v4_unique": true, "closest_v6_unique": true},
 		"instances": {"service_id_number_unique": true, "ip_v4_unique": true, "ip_v6_unique": true},
 		"subnets":   {"v6_unique": true},
-		"interests": {"cluster_id_service_id_unique": true, "service_id_cluster_id": false},
+		"interests": {"service_id_cluster_id": false}, // unique by _id since 3_interest_keys
 		"leases":    {"released_at": false},
 		"exposures": {"service_id": false},
 	}
@@ -122,13 +122,16 @@ func TestMigrate(t *testing.T) {
 				t.Errorf("%s: index %s present=%v unique=%v, want unique=%v (have %v)", coll, name, ok, u, unique, got)
 			}
 		}
+		if len(got) != len(idx)+1 {
+			t.Errorf("%s: indexes %v, want _id_ and %v", coll, got, idx)
+		}
 	}
 	// Open on a migrated database does not migrate again (nor fail).
 	s := open(t, uri, db, mongo.Options{})
 	s.Close()
 
 	// The down migrations undo the ups (run by hand, newest first: Migrate only goes up).
-	for _, name := range []string{"2_gateways.down.json", "1_init.down.json"} {
+	for _, name := range []string{"3_interest_keys.down.json", "2_gateways.down.json", "1_init.down.json"} {
 		down, err := migrations.FS.ReadFile(name)
 		if err != nil {
 			t.Fatal(err)
@@ -512,6 +515,7 @@ func TestCommandsPerCreate(t *testing.T) {
 		"insert revisions", // reserve the revision
 		"find meta",        // the compaction mark, in case this process's counter fell behind
 		"update meta",      // raise the newest revision
+		"insert names",     // the job name's document, read by key for lookups by name
 		"insert services",
 		"insert changes", // commit
 	}
@@ -589,6 +593,170 @@ func TestCommandsPerPoll(t *testing.T) {
 	}
 	// More than keyedReads behind: one ranged read.
 	poll(0, 3+mongo.KeyedReads, append(meta, "find changes")...)
+}
+
+// TestJobNameReadsByKey: a lookup by job name reads the name's document and the service
+// by key (FerretDB decodes every service for a filter on job_name); an unknown name
+// costs one read. A stale name document (its service gone, or the name's holder another)
+// is answered right, by the filter, and repaired, so the next lookup reads by key again.
+func TestJobNameReadsByKey(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	log := &commandLog{}
+	ctx := t.Context()
+	s, err := mongo.Open(ctx, uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}, Monitor: log.monitor()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sv, err := s.CreateService(ctx, storetest.BenchService(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := sv.JobName()
+	lookup := func(name string, wantErr error, want ...string) {
+		t.Helper()
+		cmds, failed := log.during(func() {
+			got, err := s.GetServiceByJobName(ctx, name)
+			if !errors.Is(err, wantErr) || (err == nil && got.ID != sv.ID) {
+				t.Errorf("GetServiceByJobName(%s) = %s, %v; want %s, %v", name, got.ID, err, sv.ID, wantErr)
+			}
+		})
+		if !slices.Equal(cmds, want) || len(failed) > 0 {
+			t.Errorf("GetServiceByJobName(%s) sent\n  %v\nwant\n  %v\nfailed: %v", name, cmds, want, failed)
+		}
+	}
+	lookup(job, nil, "find names", "find services")
+	lookup("no.such.job.here", store.ErrNotFound, "find names")
+
+	names := rawClient(t, uri).Database(db).Collection("names")
+	repair := []string{"find names", "find services", "find services"}
+	// The name's document points at a service that is gone: found by the filter,
+	// repaired.
+	if _, err := names.UpdateOne(ctx, bson.D{{Key: "_id", Value: job}}, bson.D{{Key: "$set", Value: bson.D{{Key: "service_id", Value: "ghost"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	lookup(job, nil, append(repair, "update names")...)
+	lookup(job, nil, "find names", "find services")
+	// A document left for a name no service holds: not found, and removed.
+	if _, err := names.InsertOne(ctx, bson.D{{Key: "_id", Value: "a.b.c.d"}, {Key: "service_id", Value: "ghost"}}); err != nil {
+		t.Fatal(err)
+	}
+	lookup("a.b.c.d", store.ErrNotFound, "find names", "find services", "find services", "delete names")
+	lookup("a.b.c.d", store.ErrNotFound, "find names")
+	// A create of a name whose document is stale takes it over.
+	if _, err := names.InsertOne(ctx, bson.D{{Key: "_id", Value: storetest.BenchService(2).JobName()}, {Key: "service_id", Value: "ghost"}}); err != nil {
+		t.Fatal(err)
+	}
+	sv2, err := s.CreateService(ctx, storetest.BenchService(2))
+	if err != nil {
+		t.Fatalf("create over a stale name document: %v", err)
+	}
+	if got, err := s.GetServiceByJobName(ctx, sv2.JobName()); err != nil || got.ID != sv2.ID {
+		t.Errorf("after the create: %s, %v; want %s", got.ID, err, sv2.ID)
+	}
+	// A duplicate name is refused, and leaves the holder's document alone.
+	dup := storetest.BenchService(3)
+	dup.App, dup.AppNS, dup.Name, dup.NS = sv.App, sv.AppNS, sv.Name, sv.NS
+	if _, err := s.CreateService(ctx, dup); !errors.Is(err, store.ErrAlreadyExists) {
+		t.Errorf("create of a taken job name: %v, want ErrAlreadyExists", err)
+	}
+	lookup(job, nil, "find names", "find services")
+	// A deleted service's name is unknown at one read.
+	if err := s.DeleteService(ctx, sv.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	lookup(job, store.ErrNotFound, "find names")
+}
+
+// TestNamesFilledAtOpen: a database written before name documents existed gets them
+// when a root opens it, once.
+func TestNamesFilledAtOpen(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	ctx := t.Context()
+	open := func() *mongo.Store {
+		s, err := mongo.Open(ctx, uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s := open()
+	sv, err := s.CreateService(ctx, storetest.BenchService(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := rawClient(t, uri).Database(db)
+	if _, err := raw.Collection("names").DeleteMany(ctx, bson.D{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Collection("meta").DeleteOne(ctx, bson.D{{Key: "_id", Value: "names_filled"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetServiceByJobName(ctx, sv.JobName()); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("without its name document: %v, want ErrNotFound (the test's premise)", err)
+	}
+	got, err := open().GetServiceByJobName(ctx, sv.JobName())
+	if err != nil || got.ID != sv.ID {
+		t.Errorf("after a reopen: %s, %v; want %s", got.ID, err, sv.ID)
+	}
+}
+
+// TestInterestsKeyed: an interest is keyed by its pair, so adding one that exists (every
+// resolve a cluster asks for adds one) is one read by key and no write; the interests
+// of a database written before are rewritten at Open, none lost.
+func TestInterestsKeyed(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	ctx := t.Context()
+	first, err := mongo.Open(ctx, uri, db, mongo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	raw := rawClient(t, uri).Database(db)
+	for _, svc := range []string{"s1", "s2"} { // as written before, under ObjectIDs
+		if _, err := raw.Collection("interests").InsertOne(ctx, bson.D{{Key: "cluster_id", Value: "c1"}, {Key: "service_id", Value: svc}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := raw.Collection("meta").DeleteOne(ctx, bson.D{{Key: "_id", Value: "interests_keyed"}}); err != nil {
+		t.Fatal(err)
+	}
+	log := &commandLog{}
+	s, err := mongo.Open(ctx, uri, db, mongo.Options{Monitor: log.monitor()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	interests := func(want ...string) {
+		t.Helper()
+		got, err := s.Interests(ctx, "c1")
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("Interests(c1) = %v, %v; want %v", got, err, want)
+		}
+	}
+	interests("s1", "s2")
+	if n, err := raw.Collection("interests").CountDocuments(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$type", Value: "objectId"}}}}); err != nil || n != 0 {
+		t.Errorf("%d interests left under ObjectIDs (%v), want 0", n, err)
+	}
+	op := func(what string, fn func() error, want ...string) {
+		t.Helper()
+		cmds, failed := log.during(func() {
+			if err := fn(); err != nil {
+				t.Errorf("%s: %v", what, err)
+			}
+		})
+		if !slices.Equal(cmds, want) || len(failed) > 0 {
+			t.Errorf("%s sent\n  %v\nwant\n  %v\nfailed: %v", what, cmds, want, failed)
+		}
+	}
+	op("AddInterest of an existing pair", func() error { return s.AddInterest(ctx, "c1", "s1") }, "find interests")
+	op("AddInterest of a new pair", func() error { return s.AddInterest(ctx, "c1", "s3") }, "find interests", "insert interests")
+	op("RemoveInterest", func() error { return s.RemoveInterest(ctx, "c1", "s1") }, "delete interests")
+	interests("s2", "s3")
 }
 
 // openMonitored opens a store on a fresh database with every command logged.

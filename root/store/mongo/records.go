@@ -81,9 +81,15 @@ func (s *Store) AddInterest(ctx context.Context, clusterID, serviceID string) er
 	if err := checkID("service", serviceID); err != nil {
 		return fmt.Errorf("mongo: add interest: %w", err)
 	}
-	d := interestDoc{ClusterID: clusterID, ServiceID: serviceID}
-	_, err := s.interests.ReplaceOne(ctx, d, d, options.Replace().SetUpsert(true))
-	if err != nil && !mongo.IsDuplicateKeyError(err) { // a concurrent identical upsert won
+	d := toInterestDoc(clusterID, serviceID)
+	err := s.interests.FindOne(ctx, bson.D{{Key: "_id", Value: d.ID}}).Err()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		_, err = s.interests.InsertOne(ctx, d)
+		if mongo.IsDuplicateKeyError(err) { // a concurrent add won
+			err = nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("mongo: add interest of cluster %s in service %s: %w", clusterID, serviceID, dbErr(err))
 	}
 	return nil
@@ -91,7 +97,7 @@ func (s *Store) AddInterest(ctx context.Context, clusterID, serviceID string) er
 
 // RemoveInterest forgets that clusterID follows serviceID; no error if it did not.
 func (s *Store) RemoveInterest(ctx context.Context, clusterID, serviceID string) error {
-	_, err := s.interests.DeleteOne(ctx, interestDoc{ClusterID: clusterID, ServiceID: serviceID})
+	_, err := s.interests.DeleteOne(ctx, bson.D{{Key: "_id", Value: interestID(clusterID, serviceID)}})
 	if err != nil {
 		return fmt.Errorf("mongo: remove interest of cluster %s in service %s: %w", clusterID, serviceID, dbErr(err))
 	}
@@ -104,7 +110,10 @@ func (s *Store) interestField(ctx context.Context, filter bson.D, field string) 
 	if err != nil {
 		return nil, dbErr(err)
 	}
-	var docs []interestDoc
+	var docs []struct { // not interestDoc: Open may not have rewritten an old _id yet
+		ClusterID string `bson:"cluster_id"`
+		ServiceID string `bson:"service_id"`
+	}
 	if err := cur.All(ctx, &docs); err != nil {
 		return nil, dbErr(err)
 	}
@@ -115,7 +124,45 @@ func (s *Store) interestField(ctx context.Context, filter bson.D, field string) 
 			out[i] = d.ServiceID
 		}
 	}
-	return out, nil
+	return slices.Compact(out), nil // an old document and its rewrite, for a moment
+}
+
+// interestsKeyed is the meta document saying every interest is keyed by its pair.
+const interestsKeyed = "interests_keyed"
+
+// keyInterests rewrites the interests of a database written before they were keyed by
+// their pair, once per database: the keyed copy first, so no reader misses one.
+func (s *Store) keyInterests(ctx context.Context) error {
+	if done, err := s.metaN(ctx, interestsKeyed); err != nil || done > 0 {
+		return err
+	}
+	var old []struct {
+		ID        any    `bson:"_id"`
+		ClusterID string `bson:"cluster_id"`
+		ServiceID string `bson:"service_id"`
+	}
+	if err := find(ctx, s.interests, bson.D{}, &old); err != nil {
+		return err
+	}
+	for _, d := range old {
+		if _, keyed := d.ID.(string); keyed {
+			continue
+		}
+		keyed := toInterestDoc(d.ClusterID, d.ServiceID)
+		_, err := s.interests.InsertOne(ctx, keyed)
+		if mongo.IsDuplicateKeyError(err) {
+			// Rewritten by another process, or refused by the unique index on the pair
+			// that 3_interest_keys drops (migrations skipped): keep the old one then.
+			err = s.interests.FindOne(ctx, bson.D{{Key: "_id", Value: keyed.ID}}).Err()
+		}
+		if err != nil {
+			return fmt.Errorf("rewrite interest of %s in %s (run the migrations first): %w", d.ClusterID, d.ServiceID, dbErr(err))
+		}
+		if _, err := s.interests.DeleteOne(ctx, bson.D{{Key: "_id", Value: d.ID}}); err != nil {
+			return fmt.Errorf("rewrite interest of %s in %s: %w", d.ClusterID, d.ServiceID, dbErr(err))
+		}
+	}
+	return s.setMetaN(ctx, interestsKeyed, 1)
 }
 
 // InterestedClusters lists the clusters following serviceID, by ID.

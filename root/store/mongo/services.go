@@ -80,6 +80,11 @@ func (s *Store) createService(ctx context.Context, sv store.Service) (store.Serv
 		s.unclaim(ctx, token, leases)
 		return store.Service{}, err
 	}
+	if err := s.claimName(ctx, job, sv.ID); err != nil {
+		s.void(ctx, rev)
+		s.unclaim(ctx, token, leases)
+		return store.Service{}, err
+	}
 	sv.Revision = rev
 	if _, err := s.services.InsertOne(ctx, toServiceDoc(sv)); err != nil {
 		s.void(ctx, rev)
@@ -120,18 +125,6 @@ func (s *Store) GetService(ctx context.Context, id string) (store.Service, error
 		}
 	}
 	return store.Service{}, fmt.Errorf("mongo: service %s: %w", id, err)
-}
-
-// GetServiceByJobName returns the service with this job name.
-func (s *Store) GetServiceByJobName(ctx context.Context, jobName string) (store.Service, error) {
-	d, err := s.getService(ctx, bson.D{{Key: "job_name", Value: jobName}})
-	if err == nil {
-		var sv store.Service
-		if sv, err = d.service(); err == nil {
-			return sv, nil
-		}
-	}
-	return store.Service{}, fmt.Errorf("mongo: service %s: %w", jobName, err)
 }
 
 // ListServices returns up to limit services with ID > after, by ID (limit <= 0: all).
@@ -248,6 +241,7 @@ func (s *Store) deleteService(ctx context.Context, id string, force bool) error 
 	if res.DeletedCount == 0 {
 		return store.ErrNotFound
 	}
+	s.dropName(ctx, d.JobName, id)
 	now := s.nowMS()
 	if err := s.release(ctx, now, id, -1, []string{store.RoleRoundRobin, store.RoleClosest},
 		sv.RR.V4, sv.RR.V6, sv.Closest.V4, sv.Closest.V6); err != nil {
