@@ -161,7 +161,7 @@ func instanceLock(serviceID string, number int) string {
 // read and write (only possible when a lock holder was silent past the lock TTL).
 const maxUpdateAttempts = 10
 
-// UpdateInstance applies fn under the instance's lock and replaces the instance only if
+// UpdateInstance applies fn under the instance's lock and rewrites the instance only if
 // its revision is still the one read (on MongoDB that condition is atomic, a second
 // guard behind the lock).
 func (s *Store) UpdateInstance(ctx context.Context, serviceID string, number int, fn func(*store.Instance) error) (store.Instance, error) {
@@ -197,8 +197,12 @@ func (s *Store) UpdateInstance(ctx context.Context, serviceID string, number int
 		}
 		in.Revision = rev
 		in.UpdatedAt = ms(in.UpdatedAt)
-		res, err := s.instances.ReplaceOne(ctx, bson.D{{Key: "_id", Value: d.ID}, {Key: "revision", Value: d.Revision}},
-			toInstanceDoc(in, d.JobName))
+		up, err := setAll(toInstanceDoc(in, d.JobName), "location", "reported_by", "report_seq")
+		if err != nil {
+			s.void(ctx, rev)
+			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)
+		}
+		res, err := s.instances.UpdateOne(ctx, bson.D{{Key: "_id", Value: d.ID}, {Key: "revision", Value: d.Revision}}, up)
 		if err != nil {
 			s.void(ctx, rev)
 			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, dbErr(err))

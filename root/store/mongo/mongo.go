@@ -347,6 +347,39 @@ func checkAddr(what string, a netip.Addr) error {
 	return nil
 }
 
+// setAll is the update that makes a document equal to doc: every field but _id set, the
+// optional (omitempty) fields doc lacks unset. An update rather than a replacement
+// because FerretDB v1 serves a replacement by decoding the whole collection, inside
+// its write transaction, and an update by _id by key (12.8 against 0.7 ms at 5,000
+// documents).
+func setAll(doc any, optional ...string) (bson.D, error) {
+	raw, err := bson.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	var fields bson.D
+	if err := bson.Unmarshal(raw, &fields); err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	set := fields[:0]
+	for _, f := range fields {
+		if f.Key != "_id" {
+			set = append(set, f)
+		}
+	}
+	up := bson.D{{Key: "$set", Value: set}}
+	var unset bson.D
+	for _, o := range optional {
+		if _, err := bson.Raw(raw).LookupErr(o); err != nil {
+			unset = append(unset, bson.E{Key: o, Value: ""})
+		}
+	}
+	if len(unset) > 0 {
+		up = append(up, bson.E{Key: "$unset", Value: unset})
+	}
+	return up, nil
+}
+
 // byID returns the document of c with this _id; store.ErrNotFound if there is none.
 func byID[D any](ctx context.Context, c *mongo.Collection, id string) (D, error) {
 	var d D

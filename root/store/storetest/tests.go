@@ -511,6 +511,17 @@ func testUpdateInstance(t *testing.T, h *harness) {
 	if cs := h.changesSince(t, got.Revision); len(cs) != 0 {
 		t.Fatalf("refused updates logged %s", describe(cs))
 	}
+
+	// Optional fields cleared by an update are gone from the stored instance.
+	cleared, err := h.UpdateInstance(h.ctx, "web", 3, func(p *store.Instance) error {
+		p.Location, p.ReportedBy, p.ReportSeq = nil, "", 0
+		return nil
+	})
+	noErr(t, "UpdateInstance", err)
+	want.Location, want.ReportedBy, want.ReportSeq, want.Revision = nil, "", 0, cleared.Revision
+	stored, err = h.GetInstance(h.ctx, "web", 3)
+	noErr(t, "GetInstance", err)
+	equal(t, "instance after clearing its location and reporter", stored, want)
 }
 
 func testUpdateInstanceConcurrent(t *testing.T, h *harness) {
