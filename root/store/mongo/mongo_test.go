@@ -759,6 +759,67 @@ func TestInterestsKeyed(t *testing.T) {
 	interests("s2", "s3")
 }
 
+// TestLockWaitReads: a process waiting for another's lock polls it with reads, and
+// inserts again only once it is gone: on FerretDB each insert waits for SQLite's one
+// write lock, so a waiter inserting every few milliseconds slowed the holder down.
+func TestLockWaitReads(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	ctx := t.Context()
+	opt := mongo.Options{Options: store.Options{Quarantine: time.Hour}}
+	a := open(t, uri, db, opt)
+	defer a.Close()
+	log := &commandLog{}
+	opt.Monitor = log.monitor()
+	b := open(t, uri, db, opt)
+	defer b.Close()
+	sv := storetest.BenchService(1)
+	if _, err := a.CreateService(ctx, sv); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateInstance(ctx, store.Instance{ServiceID: sv.ID, Number: 0,
+		IP: store.AddrPair{V4: netip.MustParseAddr("10.9.0.1"), V6: netip.MustParseAddr("fd09::1")}}); err != nil {
+		t.Fatal(err)
+	}
+	holding, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_, err := a.UpdateInstance(ctx, sv.ID, 0, func(*store.Instance) error {
+			close(holding)
+			<-release
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	}()
+	<-holding
+	cmds, failed := log.during(func() {
+		done := make(chan error)
+		go func() {
+			_, err := b.UpdateInstance(ctx, sv.ID, 0, func(*store.Instance) error { return nil })
+			done <- err
+		}()
+		time.Sleep(500 * time.Millisecond) // b waits meanwhile
+		close(release)
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	inserts, reads := 0, 0
+	for _, c := range cmds {
+		switch c {
+		case "insert locks":
+			inserts++
+		case "find locks":
+			reads++
+		}
+	}
+	// One insert finds the lock held, one takes it once it is gone.
+	if inserts != 2 || reads < 2 || len(failed) > 0 {
+		t.Errorf("waiting half a second for a lock: %d inserts, %d reads of locks, failed %v; want 2 inserts and the waiting done by reads", inserts, reads, failed)
+	}
+}
+
 // openMonitored opens a store on a fresh database with every command logged.
 func openMonitored(t *testing.T) (*mongo.Store, *commandLog) {
 	t.Helper()
