@@ -38,11 +38,20 @@ type serviceDoc struct {
 	Closest   pairDoc   `bson:"closest"`
 	CreatedAt time.Time `bson:"created_at"`
 	Revision  int64     `bson:"revision"`
+	// InstanceSlots is above every instance number the service ever had: its instances
+	// are read by key below it (instances.go). Nil in a service written before it
+	// existed; Open fills it in.
+	InstanceSlots *int64 `bson:"instance_slots,omitempty"`
 }
+
+// initialSlots are a new service's instance slots: most services never have more
+// instances, so their creates need no write to raise them.
+const initialSlots = 4
 
 func toServiceDoc(sv store.Service) serviceDoc {
 	return serviceDoc{ID: sv.ID, App: sv.App, AppNS: sv.AppNS, Name: sv.Name, NS: sv.NS, JobName: sv.JobName(),
-		RR: toPair(sv.RR), Closest: toPair(sv.Closest), CreatedAt: sv.CreatedAt, Revision: int64(sv.Revision)}
+		RR: toPair(sv.RR), Closest: toPair(sv.Closest), CreatedAt: sv.CreatedAt, Revision: int64(sv.Revision),
+		InstanceSlots: new(int64(initialSlots))}
 }
 
 func (d serviceDoc) service() (store.Service, error) {

@@ -1,14 +1,16 @@
 package mongo
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
-	"go.mongodb.org/mongo-driver/mongo/options"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/semnet/semnet/root/store"
 )
@@ -65,6 +67,14 @@ func (s *Store) createInstance(ctx context.Context, in store.Instance) (store.In
 		return store.Instance{}, err
 	}
 	in.Revision = rev
+	if sv.InstanceSlots == nil || *sv.InstanceSlots <= int64(in.Number) {
+		// Before the insert: a reader that finds the slots too few misses the instance.
+		if err := s.raiseSlots(ctx, in.ServiceID, int64(in.Number)+1); err != nil {
+			s.void(ctx, rev)
+			s.unclaim(ctx, token, leases)
+			return store.Instance{}, err
+		}
+	}
 	if _, err := s.instances.InsertOne(ctx, toInstanceDoc(in, sv.JobName)); err != nil {
 		s.void(ctx, rev)
 		if definite(err) {
@@ -120,17 +130,84 @@ func (s *Store) GetInstance(ctx context.Context, serviceID string, number int) (
 	return store.Instance{}, fmt.Errorf("mongo: instance %d of %s: %w", number, serviceID, err)
 }
 
+// instanceDocs returns the service's instances by number. They are read by key, one per
+// slot below the service's instance slots, several at a time: FerretDB v1 answers the
+// filter on service_id by decoding every instance of every service. A service without
+// slots (written before they existed, or gone) is read with the filter.
 func (s *Store) instanceDocs(ctx context.Context, serviceID string) ([]instanceDoc, error) {
-	cur, err := s.instances.Find(ctx, bson.D{{Key: "service_id", Value: serviceID}},
-		options.Find().SetSort(bson.D{{Key: "number", Value: 1}}))
-	if err != nil {
-		return nil, dbErr(err)
+	sv, err := s.getService(ctx, bson.D{{Key: "_id", Value: serviceID}})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	if err != nil || sv.InstanceSlots == nil {
+		var docs []instanceDoc
+		err := find(ctx, s.instances, bson.D{{Key: "service_id", Value: serviceID}}, &docs)
+		slices.SortFunc(docs, func(a, b instanceDoc) int { return cmp.Compare(a.Number, b.Number) })
+		return docs, err
+	}
+	slots := make([]*instanceDoc, *sv.InstanceSlots)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(slotReads)
+	for n := range slots {
+		g.Go(func() error {
+			d, err := s.getInstance(gctx, serviceID, n)
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			slots[n] = &d
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	var docs []instanceDoc
-	if err := cur.All(ctx, &docs); err != nil {
-		return nil, dbErr(err)
+	for _, d := range slots {
+		if d != nil {
+			docs = append(docs, *d)
+		}
 	}
 	return docs, nil
+}
+
+// slotReads is how many instance slots are read at once.
+const slotReads = 8
+
+// raiseSlots makes the service's instance slots at least n.
+func (s *Store) raiseSlots(ctx context.Context, serviceID string, n int64) error {
+	_, err := s.services.UpdateOne(ctx, bson.D{{Key: "_id", Value: serviceID}},
+		bson.D{{Key: "$max", Value: bson.D{{Key: "instance_slots", Value: n}}}})
+	if err != nil {
+		return fmt.Errorf("raise instance slots of %s to %d: %w", serviceID, n, dbErr(err))
+	}
+	return nil
+}
+
+// slotsFilled is the meta document saying every service has its instance slots.
+const slotsFilled = "instance_slots_filled"
+
+// fillSlots gives the services of a database written before instance slots existed
+// theirs, once per database. Creates meanwhile raise them too, so none is missed.
+func (s *Store) fillSlots(ctx context.Context) error {
+	if done, err := s.metaN(ctx, slotsFilled); err != nil || done > 0 {
+		return err
+	}
+	high := map[string]int64{}
+	if err := scan(ctx, s.services, bson.D{{Key: "_id", Value: 1}}, func(d serviceDoc) { high[d.ID] = 0 }); err != nil {
+		return err
+	}
+	err := scan(ctx, s.instances, bson.D{{Key: "service_id", Value: 1}, {Key: "number", Value: 1}}, func(d instanceDoc) {
+		high[d.ServiceID] = max(high[d.ServiceID], int64(d.Number)+1)
+	})
+	if err != nil {
+		return err
+	}
+	for id, n := range high {
+		if err := s.raiseSlots(ctx, id, n); err != nil {
+			return err
+		}
+	}
+	return s.setMetaN(ctx, slotsFilled, 1)
 }
 
 // ListInstances returns the service's instances by number.

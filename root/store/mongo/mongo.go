@@ -220,6 +220,9 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 	if err := s.fillNames(ctx); err != nil {
 		return nil, fmt.Errorf("mongo: open %s: fill in job name documents: %w", dbName, err)
 	}
+	if err := s.fillSlots(ctx); err != nil {
+		return nil, fmt.Errorf("mongo: open %s: fill in instance slots: %w", dbName, err)
+	}
 	if err := s.keyInterests(ctx); err != nil {
 		return nil, fmt.Errorf("mongo: open %s: key interests by their pair: %w", dbName, err)
 	}

@@ -820,6 +820,81 @@ func TestLockWaitReads(t *testing.T) {
 	}
 }
 
+// TestInstancesReadByKey: a service's instances are read by key, one per instance slot
+// (FerretDB decodes every instance of every service for the filter on service_id); a
+// create past the slots raises them first. A database written before slots existed is
+// read with the filter until Open fills them in.
+func TestInstancesReadByKey(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	ctx := t.Context()
+	log := &commandLog{}
+	opt := mongo.Options{Options: store.Options{Quarantine: time.Hour}, Monitor: log.monitor()}
+	s := open(t, uri, db, opt)
+	defer s.Close()
+	sv, err := s.CreateService(ctx, storetest.BenchService(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(n int) []string {
+		t.Helper()
+		cmds, _ := log.during(func() {
+			ip := store.AddrPair{V4: netip.AddrFrom4([4]byte{10, 9, 0, byte(n + 1)}), V6: netip.AddrFrom16([16]byte{0xfd, 0x09, 15: byte(n + 1)})}
+			if _, err := s.CreateInstance(ctx, store.Instance{ServiceID: sv.ID, Number: n, IP: ip}); err != nil {
+				t.Fatal(err)
+			}
+		})
+		return cmds
+	}
+	list := func(s *mongo.Store, slots int, numbers ...int) {
+		t.Helper()
+		var got []store.Instance
+		cmds, failed := log.during(func() {
+			var err error
+			if got, err = s.ListInstances(ctx, sv.ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+		var nums []int
+		for _, in := range got {
+			nums = append(nums, in.Number)
+		}
+		want := []string{"find services"}
+		for range slots {
+			want = append(want, "find instances")
+		}
+		if slots == 0 { // no slots: the filter
+			want = append(want, "find instances")
+		}
+		if !slices.Equal(nums, numbers) || !slices.Equal(cmds, want) || len(failed) > 0 {
+			t.Errorf("ListInstances: numbers %v, sent %v (failed %v); want %v, %v", nums, cmds, failed, numbers, want)
+		}
+	}
+	for _, n := range []int{0, 2} {
+		if cmds := create(n); slices.Contains(cmds, "update services") {
+			t.Errorf("create of instance %d raised the slots of a new service: %v", n, cmds)
+		}
+	}
+	list(s, 4, 0, 2)
+	if cmds := create(6); !slices.Contains(cmds, "update services") {
+		t.Errorf("create of instance 6 did not raise the slots: %v", cmds)
+	}
+	list(s, 7, 0, 2, 6)
+
+	// As written before slots existed.
+	raw := rawClient(t, uri).Database(db)
+	if _, err := raw.Collection("services").UpdateOne(ctx, bson.D{{Key: "_id", Value: sv.ID}}, bson.D{{Key: "$unset", Value: bson.D{{Key: "instance_slots", Value: ""}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Collection("meta").DeleteOne(ctx, bson.D{{Key: "_id", Value: "instance_slots_filled"}}); err != nil {
+		t.Fatal(err)
+	}
+	list(s, 0, 0, 2, 6)
+	reopened := open(t, uri, db, opt)
+	defer reopened.Close()
+	list(reopened, 7, 0, 2, 6)
+}
+
 // openMonitored opens a store on a fresh database with every command logged.
 func openMonitored(t *testing.T) (*mongo.Store, *commandLog) {
 	t.Helper()
