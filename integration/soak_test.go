@@ -277,8 +277,9 @@ func (s *soak) startPlatform(bin string) {
 		addr := testservers.FreeAddr(t)
 		rootAddrs = append(rootAddrs, addr)
 		s.roots = append(s.roots, startDaemon(t, fmt.Sprintf("root %c", 'A'+k), bin, addr,
-			// A short change log: FerretDB v1 walks its whole table even for a read by
-			// key (README, Stores); longer than the partition, so no cluster resyncs.
+			// A short change log: FerretDB v1 compacts it, and reads it when a poll is
+			// far behind, by decoding all of it (README, Stores); longer than the
+			// partition, so no cluster resyncs.
 			"root", "--listen", addr, "--mongo-uri", s.ferret.URI(), "--mongo-db", db, "--change-retention", "2m", "--log-level", *soakLog, "--rate-limit", "0"))
 		rc, err := client.New("http://"+addr, token, nil)
 		if err != nil {
