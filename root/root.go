@@ -220,7 +220,8 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 	notif := notify.New(notify.Options{Logger: log.With("component", "notify"), Registerer: promReg})
 	metrics := newMetrics(promReg)
-	reg, err := registry.New(ctx, c.Plan, st, registry.Options{Logger: log.With("component", "registry"), Observer: observers{metrics, notif}})
+	reg, err := registry.New(ctx, c.Plan, st, registry.Options{Logger: log.With("component", "registry"), Observer: observers{metrics, notif},
+		Shared: c.MongoURI != ""})
 	if err != nil {
 		st.Close()
 		return nil, err

@@ -99,6 +99,12 @@ type Options struct {
 	Logger   *slog.Logger
 	Observer Observer
 	Now      func() time.Time
+	// Shared: other root processes allocate from the same store. Each process's pools
+	// then propose addresses from random places rather than the lowest free ones
+	// (ippool.Options.Spread), so that two processes rarely propose the same address
+	// and pay for it with a rolled-back claim. A lone process keeps the lowest free
+	// addresses, which read better.
+	Shared bool
 }
 
 // New builds a registry over st, rebuilding its pools from the store's leases.
@@ -119,6 +125,7 @@ func New(ctx context.Context, plan addrplan.Plan, st store.Store, opt Options) (
 	mk := func(name string, p netip.Prefix, o ippool.Options) (*ippool.Pool, error) {
 		o.Quarantine = plan.Quarantine
 		o.Now = r.now
+		o.Spread = opt.Shared
 		return ippool.New(name, p, o)
 	}
 	var err error

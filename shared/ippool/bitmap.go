@@ -114,3 +114,40 @@ func (b *bitmap) first() (uint64, bool) {
 	}
 	return i, true
 }
+
+// leaf returns leaf word j (clear when its chunk was never touched).
+func (b *bitmap) leaf(j uint64) uint64 {
+	if c := b.leaves[j/chunkWords]; c != nil {
+		return c[j%chunkWords]
+	}
+	return 0
+}
+
+// firstFrom returns the lowest free slot at or after i, or false if there is none: up
+// from i's leaf word to the first summary word with a clear bit past i's branch, then
+// down along the lowest clear bits, as first does.
+func (b *bitmap) firstFrom(i uint64) (uint64, bool) {
+	if i >= b.n {
+		return 0, false
+	}
+	j := i / 64
+	if w := b.leaf(j) | (1<<(i%64) - 1); w != full { // slots below i count as taken
+		s := j*64 + uint64(bits.TrailingZeros64(^w))
+		return s, s < b.n
+	}
+	for k := range b.upper {
+		bit := j % 64
+		j /= 64
+		w := b.upper[k][j] | (2<<bit - 1) // i's branch and those before it count as full
+		if w == full {
+			continue
+		}
+		j = j*64 + uint64(bits.TrailingZeros64(^w))
+		for d := k - 1; d >= 0; d-- {
+			j = j*64 + uint64(bits.TrailingZeros64(^b.upper[d][j]))
+		}
+		s := j*64 + uint64(bits.TrailingZeros64(^b.leaf(j)))
+		return s, s < b.n
+	}
+	return 0, false
+}

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"time"
@@ -81,6 +82,12 @@ type Options struct {
 	// Now is the clock; nil means time.Now. Quarantine expiry compares wall-clock times,
 	// because the store records release times as wall-clock times.
 	Now func() time.Time
+	// Spread makes Allocate take the first free slot at or after a random one (wrapping
+	// round) instead of the lowest. Root processes sharing one store each keep a pool of
+	// their own; with the lowest-free rule they propose the same address whenever both
+	// allocate between hearing of each other's allocations, and each such collision
+	// costs the loser a rolled-back claim in the store and a retry.
+	Spread bool
 }
 
 // Stats is a pool's fill level.
@@ -105,6 +112,7 @@ type Pool struct {
 	reserved   []netip.Prefix
 	quarantine int64 // nanoseconds
 	now        func() time.Time
+	spread     bool
 
 	mu        sync.Mutex
 	taken     *bitmap         // slots < n: set = not free
@@ -160,6 +168,7 @@ func New(name string, prefix netip.Prefix, opt Options) (*Pool, error) {
 		reserved:   append([]netip.Prefix(nil), opt.Reserved...),
 		quarantine: int64(opt.Quarantine),
 		now:        opt.Now,
+		spread:     opt.Spread,
 		taken:      newBitmap(n),
 		sparse:     map[u128]bool{},
 		quar:       map[u128]qEntry{},
@@ -204,9 +213,10 @@ func (p *Pool) Prefix() netip.Prefix { return p.prefix }
 // Contains reports whether a lies in the pool's prefix (in a block pool: in any block).
 func (p *Pool) Contains(a netip.Addr) bool { return p.prefix.Contains(a) }
 
-// Allocate takes the lowest free slot and returns its address (in a block pool, the
-// block's first address). It never wraps around onto a used or quarantined address: when
-// nothing in the window is free the error wraps ErrExhausted.
+// Allocate takes the lowest free slot (with Options.Spread, the first free one at or
+// after a random slot) and returns its address (in a block pool, the block's first
+// address). It never hands out a used or quarantined address: when nothing in the
+// window is free the error wraps ErrExhausted.
 func (p *Pool) Allocate() (netip.Addr, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -214,6 +224,11 @@ func (p *Pool) Allocate() (netip.Addr, error) {
 	i, ok := p.taken.first()
 	if !ok {
 		return netip.Addr{}, errorf(ErrExhausted, "pool %s exhausted", p.prefix)
+	}
+	if p.spread {
+		if j, found := p.taken.firstFrom(rand.Uint64N(p.n)); found {
+			i = j
+		}
 	}
 	p.taken.set(i)
 	p.used++
