@@ -178,20 +178,47 @@ func (s *Store) reserve(ctx context.Context, subject changeDoc) (uint64, error) 
 }
 
 // commit logs the change for a reserved revision. The record write succeeded, so the
-// change is retried on a fresh context before giving up.
+// change is retried on a fresh context before giving up. If readers passed the revision
+// meanwhile (this writer was slower than AbandonAfter: a loaded database), the change
+// is logged again under a new revision, or followers that re-read the record before
+// the write landed would never hear of it.
 func (s *Store) commit(ctx context.Context, rev uint64, c changeDoc) error {
-	c.ID, c.Rev = revID(rev), int64(rev)
-	var err error
-	for range 3 {
-		wctx, cancel := detached(ctx)
-		_, err = s.changes.InsertOne(wctx, c)
-		cancel()
-		if err == nil || mongo.IsDuplicateKeyError(err) { // a duplicate: an earlier try did land
+	for range maxRelogs {
+		c.ID, c.Rev = revID(rev), int64(rev)
+		var err error
+		for range 3 {
+			wctx, cancel := detached(ctx)
+			_, err = s.changes.InsertOne(wctx, c)
+			cancel()
+			if err == nil || mongo.IsDuplicateKeyError(err) {
+				break
+			}
+		}
+		if err == nil {
 			return nil
 		}
+		if !mongo.IsDuplicateKeyError(err) {
+			return fmt.Errorf("log change %d (the write itself succeeded): %w", rev, dbErr(err))
+		}
+		var cur changeDoc
+		wctx, cancel := detached(ctx)
+		err = s.changes.FindOne(wctx, bson.D{{Key: "_id", Value: revID(rev)}}).Decode(&cur)
+		cancel()
+		if err != nil || !cur.Abandoned {
+			return nil // an earlier try landed (or the check failed: assume so, as before)
+		}
+		s.log.Warn("readers passed a revision while its write was in progress; logging the change again", "revision", rev, "kind", c.Kind, "job", c.JobName, "instance", c.Instance)
+		subject := c
+		subject.ID, subject.Rev = "", 0
+		if rev, err = s.reserve(context.WithoutCancel(ctx), subject); err != nil {
+			return fmt.Errorf("log change again after revision %d was passed (the write itself succeeded): %w", c.Rev, err)
+		}
 	}
-	return fmt.Errorf("log change %d (the write itself succeeded): %w", rev, dbErr(err))
+	return fmt.Errorf("log change: passed by readers %d times (the write itself succeeded): %w", maxRelogs, store.ErrUnavailable)
 }
+
+// maxRelogs bounds how often commit logs a change again after readers passed it.
+const maxRelogs = 3
 
 // void logs a reserved revision as unused, so readers need not wait for it (best
 // effort: if this fails, readers skip it after AbandonAfter).
@@ -344,23 +371,34 @@ func (s *Store) passGap(ctx context.Context, r uint64, out *[]store.Change) (boo
 	if !s.abandoned(r) {
 		return false, nil
 	}
-	if c, ok := s.abandonedSubject(ctx, r); ok {
-		*out = append(*out, c)
+	// Log the abandonment in the writer's place, so that every reader passes r the same
+	// way and a writer that was only slow learns of it (commit).
+	d := s.abandonedSubject(ctx, r)
+	_, err := s.changes.InsertOne(ctx, d)
+	if mongo.IsDuplicateKeyError(err) { // the writer (or another reader) logged r after all
+		err = s.changes.FindOne(ctx, bson.D{{Key: "_id", Value: revID(r)}}).Decode(&d)
+	}
+	if err != nil {
+		return false, dbErr(err)
+	}
+	if !d.Void {
+		*out = append(*out, d.change())
 	}
 	return true, nil
 }
 
-// abandonedSubject returns the change an abandoned revision's writer meant to log, as a
-// put of its subject (whether the write happened is unknown; a follower re-reading it
-// finds out), if its reservation names one.
-func (s *Store) abandonedSubject(ctx context.Context, rev uint64) (store.Change, bool) {
+// abandonedSubject returns the abandonment marker of revision rev: the change its
+// writer meant to log, as a put of its subject (whether the write happened is unknown;
+// a follower re-reading it finds out), or a void one if its reservation names none.
+func (s *Store) abandonedSubject(ctx context.Context, rev uint64) changeDoc {
 	var d reservationDoc
-	if err := s.revisions.FindOne(ctx, bson.D{{Key: "_id", Value: revID(rev)}}).Decode(&d); err != nil || d.Subject == nil || d.Subject.Kind == "" {
-		return store.Change{}, false
+	err := s.revisions.FindOne(ctx, bson.D{{Key: "_id", Value: revID(rev)}}).Decode(&d)
+	if err != nil || d.Subject == nil || d.Subject.Kind == "" {
+		return changeDoc{ID: revID(rev), Rev: int64(rev), Instance: -1, Time: s.nowMS(), Void: true, Abandoned: true}
 	}
 	c := *d.Subject
-	c.Rev, c.Op, c.Time = int64(rev), store.OpPut, d.At
-	return c.change(), true
+	c.ID, c.Rev, c.Op, c.Time, c.Abandoned = revID(rev), int64(rev), store.OpPut, d.At, true
+	return c
 }
 
 // CompactChanges drops changes up to upTo. It stops below the oldest revision still

@@ -206,6 +206,12 @@ type changeDoc struct {
 	// Void marks a revision that was reserved but not used (the write failed); readers
 	// skip it.
 	Void bool `bson:"void,omitempty"`
+	// Abandoned marks a revision a reader passed after its writer was silent for
+	// AbandonAfter, written by that reader in the writer's place (the reported change
+	// is the reservation's subject, or Void without one). A writer that was only slow
+	// finds it when it logs its change, and logs it again under a new revision: readers
+	// are past this one.
+	Abandoned bool `bson:"abandoned,omitempty"`
 }
 
 // reservationDoc records that a writer took a revision (see reserve).

@@ -60,8 +60,10 @@
 // stopping at the first revision not in changes (a write in progress). Void entries are
 // skipped. A revision missing for longer than Options.AbandonAfter (measured on this
 // process's clock from when a reader first met it) is taken as abandoned by a crashed
-// writer and skipped; a change written after that is not seen by readers already past
-// it, so AbandonAfter must be well above the time a write takes. CompactChanges never
+// writer: the reader logs the abandonment in the writer's place and reports a change of
+// what the reservation names. A writer that was only slow (a loaded database) finds
+// that mark when it logs its change, and logs the change again under a new revision,
+// so followers that re-read the record too early still hear of the write. CompactChanges never
 // drops revisions from a write in progress younger than OrphanGrace.
 //
 // Durability follows the write concern in the URI (for a replica set use w=majority).

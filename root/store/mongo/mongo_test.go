@@ -325,6 +325,73 @@ func TestAbandonedRevision(t *testing.T) {
 	}
 }
 
+// TestSlowWriterLogsAgain: a writer slower than AbandonAfter (a loaded database) is
+// passed by readers, who log the abandonment in its place; when its own log of the
+// change then meets that, it logs the change again under a new revision. Before,
+// followers that re-read the record when they passed the revision (before the write
+// landed) never heard of the write.
+func TestSlowWriterLogsAgain(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	ctx := t.Context()
+	var armed atomic.Bool
+	hold := make(chan struct{})
+	held := make(chan struct{}, 1)
+	slow := &event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
+		if coll, _ := e.Command.Lookup(e.CommandName).StringValueOK(); e.CommandName == "insert" && coll == "changes" && armed.CompareAndSwap(true, false) {
+			held <- struct{}{}
+			<-hold // the writer stalls just before logging its change
+		}
+	}}
+	opt := mongo.Options{Options: store.Options{Quarantine: time.Hour}, AbandonAfter: 300 * time.Millisecond}
+	reader := open(t, uri, db, opt)
+	defer reader.Close()
+	opt.Monitor = slow
+	writer := open(t, uri, db, opt)
+	defer writer.Close()
+
+	sv, err := writer.CreateService(ctx, storetest.BenchService(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := writer.CreateInstance(ctx, store.Instance{ServiceID: sv.ID, Number: 0,
+		IP: store.AddrPair{V4: netip.MustParseAddr("10.9.0.1"), V6: netip.MustParseAddr("fd09::1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	updated := make(chan error, 1)
+	go func() {
+		_, err := writer.UpdateInstance(ctx, sv.ID, 0, func(p *store.Instance) error { p.HostPort = 4242; return nil })
+		updated <- err
+	}()
+	<-held // the update is written, its change not logged
+	if _, err := reader.CreateService(ctx, storetest.BenchService(2)); err != nil {
+		t.Fatal(err) // a later revision, logged
+	}
+	gap := in.Revision + 1
+	if cs, err := reader.Changes(ctx, in.Revision, 10); err != nil || len(cs) != 0 {
+		t.Fatalf("Changes with revision %d being written = %v, %v; want nothing yet", gap, cs, err)
+	}
+	time.Sleep(350 * time.Millisecond)
+	cs, err := reader.Changes(ctx, in.Revision, 10)
+	if err != nil || len(cs) != 2 || cs[0].Revision != gap || cs[0].Kind != store.KindInstance || cs[0].Instance != 0 {
+		t.Fatalf("Changes after revision %d was taken for abandoned = %+v, %v; want a put of instance 0, then the service", gap, cs, err)
+	}
+	close(hold)
+	if err := <-updated; err != nil {
+		t.Fatalf("the slow update: %v", err)
+	}
+	cs, err = reader.Changes(ctx, cs[1].Revision, 10)
+	if err != nil || len(cs) != 1 || cs[0].Kind != store.KindInstance || cs[0].ServiceID != sv.ID || cs[0].Instance != 0 {
+		t.Fatalf("Changes after the slow writer finished = %+v, %v; want its change logged again", cs, err)
+	}
+	got, err := reader.GetInstance(ctx, sv.ID, 0)
+	if err != nil || got.HostPort != 4242 {
+		t.Fatalf("instance after the slow update: port %d, %v; want 4242", got.HostPort, err)
+	}
+}
+
 // TestReconcile: Open quarantines leases a crashed create left without a record, and
 // drops leases whose quarantine is over.
 func TestReconcile(t *testing.T) {
