@@ -26,18 +26,23 @@ func TestMetricsReportPools(t *testing.T) {
 	if _, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "a", AppNS: "b", Service: "c", ServiceNS: "d"}); err != nil {
 		t.Fatal(err)
 	}
+	// The RR and Closest IPv4 Service IPs share one pool: two used.
+	wantMetrics(t, srv,
+		`semnet_root_pool_used{pool="service_v4",prefix="10.30.0.0/16"} 2`,
+		`semnet_root_allocations_total{pool="service_v4"} 2`,
+		`semnet_root_changes_total{kind="service",op="put"} 1`)
+}
+
+// wantMetrics fails t unless root's /metrics holds every line given.
+func wantMetrics(t *testing.T, srv *root.Server, lines ...string) {
+	t.Helper()
 	resp, err := http.Get("http://" + srv.Addr.String() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	// The RR and Closest IPv4 Service IPs share one pool: two used.
-	for _, want := range []string{
-		`semnet_root_pool_used{pool="service_v4",prefix="10.30.0.0/16"} 2`,
-		`semnet_root_allocations_total{pool="service_v4"} 2`,
-		`semnet_root_changes_total{kind="service",op="put"} 1`,
-	} {
+	for _, want := range lines {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
@@ -84,19 +89,8 @@ func TestMetricsTimeStoreCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	resp, err := http.Get("http://" + srv.Addr.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{
+	wantMetrics(t, srv,
 		`semnet_root_store_command_seconds_count{collection="services",command="insert"} 2`,
 		`semnet_root_store_command_seconds_count{collection="leases",command="insert"} 2`,
-		`semnet_root_store_command_seconds_bucket{collection="services",command="insert",le="+Inf"} 2`,
-	} {
-		if !strings.Contains(string(b), want) {
-			t.Errorf("/metrics lacks %q", want)
-		}
-	}
+		`semnet_root_store_command_seconds_bucket{collection="services",command="insert",le="+Inf"} 2`)
 }

@@ -1,11 +1,9 @@
 package registry_test
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,21 +11,9 @@ import (
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/root/store/mongo"
 	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/syncbuf"
 	"github.com/semnet/semnet/shared/testservers"
 )
-
-// syncBuffer is a log sink two registries may write to at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestSharedSpreadsAllocations: two root processes on one MongoDB, creating services
 // in turn, each with pools that know only their own allocations. Proposing the lowest
@@ -37,7 +23,7 @@ func TestSharedSpreadsAllocations(t *testing.T) {
 	uri := testservers.MongoURI(t)
 	collisions := func(shared bool) int {
 		db := fmt.Sprintf("semnet_registry_shared_%d", time.Now().UnixNano())
-		var logs syncBuffer
+		var logs syncbuf.Buffer
 		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		var regs []*registry.Registry
 		for range 2 {
