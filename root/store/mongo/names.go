@@ -73,6 +73,8 @@ func (s *Store) claimName(ctx context.Context, job, serviceID string) error {
 
 // dropName removes job's name document if it still names serviceID.
 func (s *Store) dropName(ctx context.Context, job, serviceID string) {
+	ctx, cancel := detached(ctx) // the service is gone: finish even if the caller gave up
+	defer cancel()
 	_, err := s.names.DeleteOne(ctx, bson.D{{Key: "_id", Value: job}, {Key: "service_id", Value: serviceID}})
 	if err != nil {
 		// A stale hint costs the next lookup of the name a scan, and is repaired by it.
