@@ -186,22 +186,10 @@ const clockSkew = 2 * time.Second
 // torn down, and two clusters' reports reach root in no particular order.
 var errStalePlacement = errors.New("the instance runs elsewhere")
 
-// stale tells whether p is older than the last placement its cluster reported (by
-// sequence), or stops or fails an instance that runs somewhere else than where p comes
-// from (a host, or a cluster when the node did not say its host), or that changed since
-// the revision p applies to.
-func stale(in store.Instance, p api.Placement) bool {
-	if p.Sequence != 0 && p.ClusterID != "" {
-		if p.ClusterID == in.ReportedBy && p.Sequence <= in.ReportSeq {
-			return true // an older report of this cluster, arriving late
-		}
-		if p.ClusterID != in.ReportedBy && p.Sequence+uint64(clockSkew) < in.ReportSeq {
-			// Another cluster's report clearly older than the last one applied: a deploy
-			// report that waited in a backlogged cluster while the instance migrated to
-			// another cluster must not move it back.
-			return true
-		}
-	}
+// staleStop tells whether p stops or fails an instance that runs somewhere else than
+// where p comes from (a host, or a cluster when the node did not say its host), or that
+// changed since the revision p applies to.
+func staleStop(in store.Instance, p api.Placement) bool {
 	if p.Status == store.StatusRunning || in.Status != store.StatusRunning {
 		return false
 	}
@@ -214,18 +202,82 @@ func stale(in store.Instance, p api.Placement) bool {
 	return p.ClusterID != "" && p.ClusterID != in.ClusterID
 }
 
+// staleSequence tells whether p is older than the last placement applied, by the
+// sequences of the clusters that reported them.
+func staleSequence(in store.Instance, p api.Placement) bool {
+	if p.Sequence == 0 || p.ClusterID == "" {
+		return false
+	}
+	if p.ClusterID == in.ReportedBy && p.Sequence <= in.ReportSeq {
+		return true // an older report of this cluster, arriving late
+	}
+	// Another cluster's report clearly older than the last one applied: a deploy report
+	// that waited in a backlogged cluster while the instance migrated to another
+	// cluster must not move it back.
+	return p.ClusterID != in.ReportedBy && p.Sequence+uint64(clockSkew) < in.ReportSeq
+}
+
+// onHost tells whether p comes from the node of place pl.
+func onHost(pl store.Place, p api.Placement) bool {
+	return p.HostIP.IsValid() && p.HostIP == pl.HostIP && p.HostPort == pl.HostPort
+}
+
+// migrate applies what a node's report means for an instance that runs in two places
+// during a migration (started in the new place before it is stopped in the old one).
+// Root keeps the place it ran in before as the instance's standby, until that place
+// reports it stopped:
+//   - running reported from another node while the instance runs: the place it ran in
+//     becomes the standby (also when the report comes from the standby: the instance
+//     moved back, or its old node announced it again; a stop from either settles it);
+//   - a stop (or failure) from the standby: the standby is dropped, the instance runs on
+//     where it is (done reports true);
+//   - a stop from where the instance runs while a standby exists: the two places'
+//     reports crossed (the old node announced the instance again, after a cluster
+//     restart say, once the new one had), so it runs at the standby (done).
+//
+// Reports without a host (a cluster speaking for its nodes) leave the standby alone.
+func migrate(in *store.Instance, p api.Placement) (done bool) {
+	if !p.HostIP.IsValid() {
+		return false
+	}
+	here := in.Place()
+	switch {
+	case p.Status == store.StatusRunning:
+		if in.Status == store.StatusRunning && in.HostIP.IsValid() && !onHost(here, p) {
+			in.Standby = &here // also when p comes from the standby: whichever stops, the other runs
+		}
+		return false
+	case in.Standby != nil && onHost(*in.Standby, p) && !onHost(here, p):
+		in.Standby = nil
+		return true
+	case in.Standby != nil && onHost(here, p) && in.Status == store.StatusRunning:
+		in.MoveTo(*in.Standby)
+		in.Standby = nil
+		return true
+	}
+	return false
+}
+
 // place stores a validated placement of instance number of s, and moves the instance to
-// clusterID unless that is empty. A stale stop (see stale) changes nothing: it returns
+// clusterID unless that is empty. A stale placement (staleSequence, staleStop) changes nothing: it returns
 // the instance as it is with errStalePlacement.
 func (r *Registry) place(ctx context.Context, s store.Service, number int, p api.Placement, clusterID string) (store.Instance, error) {
 	var current store.Instance
 	out, err := r.store.UpdateInstance(ctx, s.ID, number, func(in *store.Instance) error {
-		if stale(*in, p) {
+		if staleSequence(*in, p) {
 			current = *in
 			return errStalePlacement
 		}
+		current = *in
 		if p.Sequence != 0 && p.ClusterID != "" {
 			in.ReportedBy, in.ReportSeq = p.ClusterID, p.Sequence
+		}
+		if migrate(in, p) {
+			in.UpdatedAt = r.now().UTC()
+			return nil
+		}
+		if staleStop(*in, p) {
+			return errStalePlacement
 		}
 		if p.NamespaceIP.IsValid() || p.Status == store.StatusRunning {
 			in.NamespaceIP = store.AddrPair{V4: p.NamespaceIP, V6: p.NamespaceIPv6}
@@ -239,6 +291,9 @@ func (r *Registry) place(ctx context.Context, s store.Service, number int, p api
 			in.ClusterID = clusterID
 		}
 		in.Status = p.Status
+		if p.Status != store.StatusRunning {
+			in.Standby = nil // stopped everywhere, as far as root knows
+		}
 		in.UpdatedAt = r.now().UTC()
 		return nil
 	})

@@ -769,3 +769,57 @@ func countingRegistry(t *testing.T) (*scanCounter, *registry.Registry) {
 	}
 	return sc, reg
 }
+
+// TestMigrationReportsCross: an instance migrating between nodes runs in both places for
+// a while, and their reports reach root in any order. Root keeps the place it ran in
+// before as a standby until that place stops it, so a stop from either place leaves the
+// instance running at the other, however the reports crossed.
+func TestMigrationReportsCross(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	s := e.placedWeb("c1", "c2")
+	hostA, hostB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	running := func(host netip.Addr, ns, cluster string) api.Placement {
+		return api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr(ns), HostIP: host, HostPort: 50103, ClusterID: cluster}
+	}
+	stopped := func(host netip.Addr, cluster string) api.Placement {
+		return api.Placement{Status: "stopped", HostIP: host, HostPort: 50103, ClusterID: cluster}
+	}
+	a, b := running(hostA, "10.18.0.5", "c1"), running(hostB, "10.18.1.5", "c2")
+	for _, tc := range []struct {
+		name    string
+		reports []api.Placement
+		status  string
+		host    netip.Addr
+		cluster string
+		standby bool
+	}{
+		{"migrated, old place stopped", []api.Placement{a, b, stopped(hostA, "c1")}, "running", hostB, "c2", false},
+		{"migrating: runs in both places", []api.Placement{a, b}, "running", hostB, "c2", true},
+		{"the old place announced again, then stopped", []api.Placement{a, b, a, stopped(hostA, "c1")}, "running", hostB, "c2", false},
+		{"moved back, then the other place stopped", []api.Placement{a, b, a, stopped(hostB, "c2")}, "running", hostA, "c1", false},
+		{"the old place stopped first, then announced late", []api.Placement{a, b, stopped(hostA, "c1"), stopped(hostA, "c1")}, "running", hostB, "c2", false},
+		{"the new place failed before the old one stopped", []api.Placement{a, b, stopped(hostB, "c2")}, "running", hostA, "c1", false},
+		{"then the old one stopped too", []api.Placement{a, b, stopped(hostB, "c2"), stopped(hostA, "c1")}, "stopped", hostA, "c1", false},
+		{"a cluster stops it without naming a node", []api.Placement{a, b, {Status: "stopped", ClusterID: "c2"}}, "stopped", hostB, "c2", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range tc.reports {
+				if in, _, err = e.reg.Place(ctx, s.ID, in.Number, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if in.Status != tc.status || in.HostIP != tc.host || in.ClusterID != tc.cluster || (in.Standby != nil) != tc.standby {
+				t.Errorf("instance %s on %s in %s (standby %+v); want %s on %s in %s (standby: %v)",
+					in.Status, in.HostIP, in.ClusterID, in.Standby, tc.status, tc.host, tc.cluster, tc.standby)
+			}
+			if tc.status == "running" && tc.host == hostB && in.NamespaceIP.V4 != b.NamespaceIP {
+				t.Errorf("runs with Namespace IP %s, want %s (its new place's)", in.NamespaceIP.V4, b.NamespaceIP)
+			}
+		})
+	}
+}

@@ -149,6 +149,29 @@ type Instance struct {
 	// applied (api.Placement.Sequence); zero when none was.
 	ReportedBy string `json:"reported_by,omitempty"`
 	ReportSeq  uint64 `json:"report_seq,omitempty"`
+	// Standby is where the instance still ran when a report moved it elsewhere (a
+	// migration starts the instance in its new place before stopping the old one), until
+	// that place reports it stopped. Nil when there is none.
+	Standby *Place `json:"standby,omitempty"`
+}
+
+// Place is where an instance runs: its cluster, node and Namespace IPs.
+type Place struct {
+	ClusterID   string     `json:"cluster_id"`
+	NamespaceIP AddrPair   `json:"namespace_ip"`
+	HostIP      netip.Addr `json:"host_ip"`
+	HostPort    int        `json:"host_port"`
+	Location    *geo.Point `json:"location,omitempty"`
+}
+
+// Place returns where the instance runs (or ran last).
+func (in Instance) Place() Place {
+	return Place{ClusterID: in.ClusterID, NamespaceIP: in.NamespaceIP, HostIP: in.HostIP, HostPort: in.HostPort, Location: in.Location}
+}
+
+// MoveTo makes p the instance's place.
+func (in *Instance) MoveTo(p Place) {
+	in.ClusterID, in.NamespaceIP, in.HostIP, in.HostPort, in.Location = p.ClusterID, p.NamespaceIP, p.HostIP, p.HostPort, p.Location
 }
 
 // Subnet is a worker subnet pair handed to a node.

@@ -83,6 +83,31 @@ type instanceDoc struct {
 	Revision    int64     `bson:"revision"`
 	ReportedBy  string    `bson:"reported_by,omitempty"`
 	ReportSeq   int64     `bson:"report_seq,omitempty"`
+	Standby     *placeDoc `bson:"standby,omitempty"`
+}
+
+type placeDoc struct {
+	ClusterID   string    `bson:"cluster_id"`
+	NamespaceIP pairDoc   `bson:"namespace_ip"`
+	HostIP      string    `bson:"host_ip"`
+	HostPort    int       `bson:"host_port"`
+	Location    *pointDoc `bson:"location,omitempty"`
+}
+
+func toPlaceDoc(p store.Place) *placeDoc {
+	d := &placeDoc{ClusterID: p.ClusterID, NamespaceIP: toPair(p.NamespaceIP), HostIP: addrString(p.HostIP), HostPort: p.HostPort}
+	if p.Location != nil {
+		d.Location = &pointDoc{Lat: p.Location.Lat, Lon: p.Location.Lon}
+	}
+	return d
+}
+
+func (d placeDoc) place(p *parser) store.Place {
+	pl := store.Place{ClusterID: d.ClusterID, NamespaceIP: p.pair(d.NamespaceIP), HostIP: p.addr(d.HostIP), HostPort: d.HostPort}
+	if d.Location != nil {
+		pl.Location = &geo.Point{Lat: d.Location.Lat, Lon: d.Location.Lon}
+	}
+	return pl
 }
 
 func toInstanceDoc(in store.Instance, jobName string) instanceDoc {
@@ -92,6 +117,9 @@ func toInstanceDoc(in store.Instance, jobName string) instanceDoc {
 		Revision: int64(in.Revision), ReportedBy: in.ReportedBy, ReportSeq: int64(in.ReportSeq)}
 	if in.Location != nil {
 		d.Location = &pointDoc{Lat: in.Location.Lat, Lon: in.Location.Lon}
+	}
+	if in.Standby != nil {
+		d.Standby = toPlaceDoc(*in.Standby)
 	}
 	return d
 }
@@ -103,6 +131,10 @@ func (d instanceDoc) instance() (store.Instance, error) {
 		UpdatedAt: ms(d.UpdatedAt), Revision: uint64(d.Revision), ReportedBy: d.ReportedBy, ReportSeq: uint64(d.ReportSeq)}
 	if d.Location != nil {
 		in.Location = &geo.Point{Lat: d.Location.Lat, Lon: d.Location.Lon}
+	}
+	if d.Standby != nil {
+		sb := d.Standby.place(&p)
+		in.Standby = &sb
 	}
 	return in, p.err
 }

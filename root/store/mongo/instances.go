@@ -261,6 +261,10 @@ func (s *Store) UpdateInstance(ctx context.Context, serviceID string, number int
 			loc := *old.Location
 			in.Location = &loc
 		}
+		if old.Standby != nil {
+			sb := *old.Standby
+			in.Standby = &sb
+		}
 		if err := fn(&in); err != nil {
 			return store.Instance{}, err
 		}
@@ -274,7 +278,7 @@ func (s *Store) UpdateInstance(ctx context.Context, serviceID string, number int
 		}
 		in.Revision = rev
 		in.UpdatedAt = ms(in.UpdatedAt)
-		up, err := setAll(toInstanceDoc(in, d.JobName), "location", "reported_by", "report_seq")
+		up, err := setAll(toInstanceDoc(in, d.JobName), "location", "reported_by", "report_seq", "standby")
 		if err != nil {
 			s.void(ctx, rev)
 			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)

@@ -457,6 +457,8 @@ func testUpdateInstance(t *testing.T, h *harness) {
 		p.Location = &loc
 		p.UpdatedAt = h.clock.Now()
 		p.ReportedBy, p.ReportSeq = "c1", 1<<62+7
+		p.Standby = &store.Place{ClusterID: "c2", NamespaceIP: store.AddrPair{V4: netip.MustParseAddr("172.30.1.5"), V6: netip.MustParseAddr("fdff::1:5")},
+			HostIP: netip.MustParseAddr("192.168.1.8"), HostPort: 30124, Location: &loc}
 		return nil
 	})
 	noErr(t, "UpdateInstance", err)
@@ -471,6 +473,8 @@ func testUpdateInstance(t *testing.T, h *harness) {
 	want.NamespaceIP = store.AddrPair{V4: netip.MustParseAddr("172.30.0.5"), V6: netip.MustParseAddr("fdff::5")}
 	want.HostIP = netip.MustParseAddr("192.168.1.7")
 	want.ReportedBy, want.ReportSeq = "c1", 1<<62+7
+	want.Standby = &store.Place{ClusterID: "c2", NamespaceIP: store.AddrPair{V4: netip.MustParseAddr("172.30.1.5"), V6: netip.MustParseAddr("fdff::1:5")},
+		HostIP: netip.MustParseAddr("192.168.1.8"), HostPort: 30124, Location: &loc}
 	want.Revision = got.Revision
 	equal(t, "UpdateInstance result", got, want)
 	stored, err := h.GetInstance(h.ctx, "web", 3)
@@ -514,14 +518,14 @@ func testUpdateInstance(t *testing.T, h *harness) {
 
 	// Optional fields cleared by an update are gone from the stored instance.
 	cleared, err := h.UpdateInstance(h.ctx, "web", 3, func(p *store.Instance) error {
-		p.Location, p.ReportedBy, p.ReportSeq = nil, "", 0
+		p.Location, p.ReportedBy, p.ReportSeq, p.Standby = nil, "", 0, nil
 		return nil
 	})
 	noErr(t, "UpdateInstance", err)
-	want.Location, want.ReportedBy, want.ReportSeq, want.Revision = nil, "", 0, cleared.Revision
+	want.Location, want.ReportedBy, want.ReportSeq, want.Standby, want.Revision = nil, "", 0, nil, cleared.Revision
 	stored, err = h.GetInstance(h.ctx, "web", 3)
 	noErr(t, "GetInstance", err)
-	equal(t, "instance after clearing its location and reporter", stored, want)
+	equal(t, "instance after clearing its location, reporter and standby", stored, want)
 }
 
 func testUpdateInstanceConcurrent(t *testing.T, h *harness) {
