@@ -237,8 +237,8 @@ func onHost(pl store.Place, p api.Placement) bool {
 //
 // Reports without a host (a cluster speaking for its nodes) leave the standby alone.
 func migrate(in *store.Instance, p api.Placement) (done bool) {
-	if !p.HostIP.IsValid() {
-		return false
+	if !p.HostIP.IsValid() || (p.IfRevision != 0 && p.IfRevision != in.Revision) {
+		return false // a conditional stop of an instance changed since: staleStop's to judge
 	}
 	here := in.Place()
 	switch {
@@ -259,8 +259,8 @@ func migrate(in *store.Instance, p api.Placement) (done bool) {
 }
 
 // place stores a validated placement of instance number of s, and moves the instance to
-// clusterID unless that is empty. A stale placement (staleSequence, staleStop) changes nothing: it returns
-// the instance as it is with errStalePlacement.
+// clusterID unless that is empty. A stale placement (staleSequence, staleStop) changes
+// nothing: it returns the instance as it is with errStalePlacement.
 func (r *Registry) place(ctx context.Context, s store.Service, number int, p api.Placement, clusterID string) (store.Instance, error) {
 	var current store.Instance
 	out, err := r.store.UpdateInstance(ctx, s.ID, number, func(in *store.Instance) error {
