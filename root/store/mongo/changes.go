@@ -217,6 +217,40 @@ func (s *Store) commit(ctx context.Context, rev uint64, c changeDoc) error {
 	return fmt.Errorf("log change: passed by readers %d times (the write itself succeeded): %w", maxRelogs, store.ErrUnavailable)
 }
 
+// deleteLogged deletes the document id of c and logs change for it. The revision is
+// reserved before the delete: a delete whose log a failure or a crash cut off (it
+// used to come after, and a request that timed out between the two left followers
+// never hearing of the delete) is read as a change of its subject once abandoned.
+// After the delete, release (the addresses it freed, if any) and the log run on a
+// context of their own: the delete happened whatever the caller does now.
+func (s *Store) deleteLogged(ctx context.Context, c *mongo.Collection, id string, change changeDoc, release func(context.Context) error) error {
+	rev, err := s.reserve(ctx, change)
+	if err != nil {
+		return err
+	}
+	res, err := c.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+	if err != nil {
+		if definite(err) { // else it may have happened: readers report the subject
+			s.void(ctx, rev)
+		}
+		return dbErr(err)
+	}
+	if res.DeletedCount == 0 {
+		s.void(ctx, rev)
+		return store.ErrNotFound
+	}
+	if release != nil {
+		rctx, cancel := detached(ctx)
+		err := release(rctx)
+		cancel()
+		if err != nil {
+			// Leases no record uses: the store's repair puts them into quarantine.
+			s.log.Warn("releasing a deleted record's addresses failed; the periodic repair releases them", "collection", c.Name(), "id", id, "err", err)
+		}
+	}
+	return s.commit(ctx, rev, change)
+}
+
 // maxRelogs bounds how often commit logs a change again after readers passed it.
 const maxRelogs = 3
 

@@ -80,19 +80,8 @@ func (s *Store) DeleteGateway(ctx context.Context, id string) error {
 }
 
 func (s *Store) deleteGateway(ctx context.Context, id string) error {
-	res, err := s.gateways.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
-	if err != nil {
-		return dbErr(err)
-	}
-	if res.DeletedCount == 0 {
-		return store.ErrNotFound
-	}
 	change := changeDoc{Kind: store.KindGateway, Op: store.OpDelete, Instance: -1, Object: id, Time: s.nowMS()}
-	rev, err := s.reserve(ctx, change)
-	if err != nil {
-		return err
-	}
-	return s.commit(ctx, rev, change)
+	return s.deleteLogged(ctx, s.gateways, id, change, nil)
 }
 
 // CreateExposure checks that the service exists and is not being deleted, inserts the
@@ -178,19 +167,8 @@ func (s *Store) ListExposures(ctx context.Context, serviceID string) ([]store.Ex
 // deleteExposure deletes the exposure document and logs the delete. Of two concurrent
 // deletes only the one whose delete removed the document logs it.
 func (s *Store) deleteExposure(ctx context.Context, d exposureDoc) error {
-	res, err := s.exposures.DeleteOne(ctx, bson.D{{Key: "_id", Value: d.ID}})
-	if err != nil {
-		return dbErr(err)
-	}
-	if res.DeletedCount == 0 {
-		return store.ErrNotFound
-	}
 	change := changeDoc{Kind: store.KindExposure, Op: store.OpDelete, ServiceID: d.ServiceID, JobName: d.JobName, Instance: -1, Object: d.ID, Time: s.nowMS()}
-	rev, err := s.reserve(ctx, change)
-	if err != nil {
-		return err
-	}
-	return s.commit(ctx, rev, change)
+	return s.deleteLogged(ctx, s.exposures, d.ID, change, nil)
 }
 
 // DeleteExposure removes an exposure and logs the delete.

@@ -317,23 +317,11 @@ func (s *Store) deleteInstance(ctx context.Context, serviceID string, number int
 	if err != nil {
 		return err
 	}
-	res, err := s.instances.DeleteOne(ctx, bson.D{{Key: "_id", Value: d.ID}})
-	if err != nil {
-		return dbErr(err)
-	}
-	if res.DeletedCount == 0 {
-		return store.ErrNotFound
-	}
 	now := s.nowMS()
-	if err := s.release(ctx, now, d.ServiceID, d.Number, []string{store.RoleInstance}, in.IP.V4, in.IP.V6); err != nil {
-		return err
-	}
 	change := changeDoc{Kind: store.KindInstance, Op: store.OpDelete, ServiceID: d.ServiceID, JobName: d.JobName, Instance: d.Number, Time: now}
-	rev, err := s.reserve(ctx, change)
-	if err != nil {
-		return err
-	}
-	return s.commit(ctx, rev, change)
+	return s.deleteLogged(ctx, s.instances, d.ID, change, func(ctx context.Context) error {
+		return s.release(ctx, now, d.ServiceID, d.Number, []string{store.RoleInstance}, in.IP.V4, in.IP.V6)
+	})
 }
 
 // DeleteInstance removes an instance and releases its addresses into quarantine.

@@ -392,6 +392,49 @@ func TestSlowWriterLogsAgain(t *testing.T) {
 	}
 }
 
+// TestDeleteOutlivesItsCaller: a delete whose caller gives up just after the record is
+// gone still logs its change (and releases the addresses): the revision is reserved
+// before the delete and the rest runs on a context of its own. Before, a REST call
+// that timed out there left followers never hearing of the delete (the load run's
+// cluster caches kept a deleted instance).
+func TestDeleteOutlivesItsCaller(t *testing.T) {
+	uri := testURI(t)
+	db := freshDB(t, uri)
+	var cancelAfterDelete atomic.Pointer[context.CancelFunc]
+	mon := &event.CommandMonitor{Succeeded: func(_ context.Context, e *event.CommandSucceededEvent) {
+		if e.CommandName == "delete" {
+			if c := cancelAfterDelete.Swap(nil); c != nil {
+				(*c)() // the caller gives up as soon as the record is deleted
+			}
+		}
+	}}
+	s := open(t, uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}, Monitor: mon})
+	defer s.Close()
+	ctx := t.Context()
+	sv, err := s.CreateService(ctx, storetest.BenchService(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := store.AddrPair{V4: netip.MustParseAddr("10.9.0.1"), V6: netip.MustParseAddr("fd09::1")}
+	in, err := s.CreateInstance(ctx, store.Instance{ServiceID: sv.ID, Number: 0, IP: ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cancelAfterDelete.Store(&cancel)
+	if err := s.DeleteInstance(dctx, sv.ID, 0); err != nil {
+		t.Fatalf("DeleteInstance whose caller gave up after the delete: %v (the delete happened)", err)
+	}
+	cs, err := s.Changes(ctx, in.Revision, 10)
+	if err != nil || len(cs) != 1 || cs[0].Kind != store.KindInstance || cs[0].Op != store.OpDelete || cs[0].Instance != 0 {
+		t.Fatalf("changes after the delete: %+v, %v; want the instance's delete", cs, err)
+	}
+	if l, err := s.GetLease(ctx, ip.V4); err != nil || l.ReleasedAt.IsZero() {
+		t.Errorf("Instance IP lease after the delete: %+v, %v; want released", l, err)
+	}
+}
+
 // TestReconcile: Open quarantines leases a crashed create left without a record, and
 // drops leases whose quarantine is over.
 func TestReconcile(t *testing.T) {

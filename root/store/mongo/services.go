@@ -234,23 +234,11 @@ func (s *Store) deleteService(ctx context.Context, id string, force bool) error 
 			return err
 		}
 	}
-	res, err := s.services.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
-	if err != nil {
-		return dbErr(err)
-	}
-	if res.DeletedCount == 0 {
-		return store.ErrNotFound
-	}
-	s.dropName(ctx, d.JobName, id)
 	now := s.nowMS()
-	if err := s.release(ctx, now, id, -1, []string{store.RoleRoundRobin, store.RoleClosest},
-		sv.RR.V4, sv.RR.V6, sv.Closest.V4, sv.Closest.V6); err != nil {
-		return err
-	}
 	change := changeDoc{Kind: store.KindService, Op: store.OpDelete, ServiceID: id, JobName: d.JobName, Instance: -1, Time: now}
-	rev, err := s.reserve(ctx, change)
-	if err != nil {
-		return err
-	}
-	return s.commit(ctx, rev, change)
+	return s.deleteLogged(ctx, s.services, id, change, func(ctx context.Context) error {
+		s.dropName(ctx, d.JobName, id)
+		return s.release(ctx, now, id, -1, []string{store.RoleRoundRobin, store.RoleClosest},
+			sv.RR.V4, sv.RR.V6, sv.Closest.V4, sv.Closest.V6)
+	})
 }
