@@ -288,26 +288,23 @@ func (s *soak) storeTable() string {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, l := range strings.Split(string(body), "\n") {
-			for suffix, sec := range map[string]bool{"_sum": true, "_count": false} {
-				rest, ok := strings.CutPrefix(l, "semnet_root_store_command_seconds"+suffix+"{")
-				if !ok {
-					continue
-				}
-				labels, value, ok := strings.Cut(rest, "} ")
-				v, err := strconv.ParseFloat(value, 64)
-				if !ok || err != nil {
-					continue
-				}
-				t := sums[labels]
-				if t == nil {
-					t = &total{labels: labels}
-					sums[labels] = t
-				}
-				if sec {
-					t.sec += v
-				} else {
-					t.n += v
-				}
+			// semnet_root_store_command_seconds_sum{labels} v, and _count.
+			rest, ok := strings.CutPrefix(l, "semnet_root_store_command_seconds_")
+			kind, rest, _ := strings.Cut(rest, "{")
+			labels, value, _ := strings.Cut(rest, "} ")
+			v, err := strconv.ParseFloat(value, 64)
+			if !ok || err != nil || (kind != "sum" && kind != "count") {
+				continue
+			}
+			t := sums[labels]
+			if t == nil {
+				t = &total{labels: labels}
+				sums[labels] = t
+			}
+			if kind == "sum" {
+				t.sec += v
+			} else {
+				t.n += v
 			}
 		}
 	}

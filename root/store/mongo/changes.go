@@ -298,9 +298,8 @@ func (s *Store) Changes(ctx context.Context, since uint64, limit int) ([]store.C
 }
 
 // keyedReads is the most revisions readChanges reads one by one, by key, rather than
-// with one ranged read: on FerretDB a ranged read decodes every change the log holds,
-// and a read by key costs about a tenth of that (its v1 walks its SQLite table even for
-// one _id, which a small log keeps short too); on MongoDB both are cheap.
+// with one ranged read: on FerretDB a ranged read decodes every change the log holds
+// (150 ms at 5,000), a read by key does not (about 1 ms); on MongoDB both are cheap.
 const keyedReads = 8
 
 func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]store.Change, error) {

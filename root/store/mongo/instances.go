@@ -187,11 +187,9 @@ func (s *Store) raiseSlots(ctx context.Context, serviceID string, n int64) error
 const slotsFilled = "instance_slots_filled"
 
 // fillSlots gives the services of a database written before instance slots existed
-// theirs, once per database. Creates meanwhile raise them too, so none is missed.
+// theirs (Open runs it once per database). Creates meanwhile raise them too, so none
+// is missed.
 func (s *Store) fillSlots(ctx context.Context) error {
-	if done, err := s.metaN(ctx, slotsFilled); err != nil || done > 0 {
-		return err
-	}
 	high := map[string]int64{}
 	if err := scan(ctx, s.services, bson.D{{Key: "_id", Value: 1}}, func(d serviceDoc) { high[d.ID] = 0 }); err != nil {
 		return err
@@ -207,7 +205,7 @@ func (s *Store) fillSlots(ctx context.Context) error {
 			return err
 		}
 	}
-	return s.setMetaN(ctx, slotsFilled, 1)
+	return nil
 }
 
 // ListInstances returns the service's instances by number.

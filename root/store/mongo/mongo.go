@@ -16,12 +16,13 @@
 //   - Revisions: a writer reserves revision n by inserting a document with _id n into
 //     revisions, writes its record, then inserts the change with _id n into changes (or
 //     a void entry if the write failed). Each process counts locally and jumps ahead
-//     when its reservation collides with another process's. (Inserts, not updates:
-//     FerretDB v1 serves a replace by _id about seven times slower than an insert.)
+//     when its reservation collides with another process's. (Inserts, not replaces:
+//     FerretDB v1 serves a replace by decoding the whole collection.)
 //   - Instance updates and deletes take a lock: a document in locks with the instance
-//     as _id, inserted by the holder and deleted on unlock. A lock older than 30 s is
-//     taken for dead and broken by one waiter (again chosen by a ticket insert). The
-//     update is also conditional on the revision read, which on MongoDB is atomic.
+//     as _id, inserted by the holder, renewed while held and deleted on unlock. A lock
+//     not renewed for Options.LockTTL is taken for dead and broken by one waiter (again
+//     chosen by a ticket insert); waiters poll it with reads. The update is also
+//     conditional on the revision read, which on MongoDB is atomic.
 //   - DeleteService holds the service's lock; CreateInstance and CreateExposure check
 //     for it after inserting, so no instance or exposure survives under a deleted
 //     service.
@@ -31,15 +32,16 @@
 //
 // Unique indexes on job names, (service, instance number) and every address field of
 // services and instances back this up. FerretDB v1 hands only filters of the form {_id:
-// <string>} to SQLite; any other filter decodes every document of the collection in Go
-// (tens of microseconds each), so lookups on hot paths are by _id (revisions are
-// 20-digit string _ids for that reason); lists, secondary lookups (job name, a service's
-// instances), sorts and ranges scan there and use indexes on MongoDB. A filter on _id
-// plus another field (UpdateInstance's revision condition) is served as the _id lookup
-// with the rest checked after (measured flat in the collection's size). (Even an _id
-// lookup walks the SQLite table in v1.24: its query says ->'$._id' where the index says
-// ->"_id". That costs a few microseconds per document, not tens.)
-// Inserts, by contrast, are checked through the indexes.
+// <string>} to SQLite; any other filter, sort or range decodes every document of the
+// collection in Go (tens of microseconds each). So the hot paths use _id: revisions
+// are 20-digit string _ids, a job name is looked up through its own document (names.go),
+// a service's instances are read by key up to its instance slots, interests are keyed
+// by their pair. A find or an update ($set, $max) by _id plus another field is served
+// as the _id lookup with the rest checked after; a replace, or a delete with another
+// field, decodes the collection inside SQLite's one write transaction, so instance
+// updates $set their fields (setAll). Lists, sorts and ranges still scan there and use
+// indexes on MongoDB. Inserts are checked through the indexes. (Measured figures: the
+// README, Stores.)
 //
 // # Crashes
 //
@@ -219,14 +221,18 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 		}
 	}
 	s.next = rev + 1
-	if err := s.fillNames(ctx); err != nil {
-		return nil, fmt.Errorf("mongo: open %s: fill in job name documents: %w", dbName, err)
-	}
-	if err := s.fillSlots(ctx); err != nil {
-		return nil, fmt.Errorf("mongo: open %s: fill in instance slots: %w", dbName, err)
-	}
-	if err := s.keyInterests(ctx); err != nil {
-		return nil, fmt.Errorf("mongo: open %s: key interests by their pair: %w", dbName, err)
+	// Bring a database written by an older root up to what this one reads by key.
+	for _, up := range []struct {
+		flag, what string
+		fn         func(context.Context) error
+	}{
+		{namesFilled, "fill in job name documents", s.fillNames},
+		{slotsFilled, "fill in instance slots", s.fillSlots},
+		{interestsKeyed, "key interests by their pair", s.keyInterests},
+	} {
+		if err := s.oncePerDatabase(ctx, up.flag, up.fn); err != nil {
+			return nil, fmt.Errorf("mongo: open %s: %s: %w", dbName, up.what, err)
+		}
 	}
 	if err := s.Reconcile(ctx); err != nil {
 		if !errors.Is(err, store.ErrUnavailable) {
@@ -350,6 +356,19 @@ func checkAddr(what string, a netip.Addr) error {
 		return fmt.Errorf("%s is not set", what)
 	}
 	return nil
+}
+
+// oncePerDatabase runs fn unless the meta document flag says it has run on this
+// database, and records that it has. fn must be safe to run again (two processes
+// opening the database at once both run it).
+func (s *Store) oncePerDatabase(ctx context.Context, flag string, fn func(context.Context) error) error {
+	if done, err := s.metaN(ctx, flag); err != nil || done > 0 {
+		return err
+	}
+	if err := fn(ctx); err != nil {
+		return err
+	}
+	return s.setMetaN(ctx, flag, 1)
 }
 
 // setAll is the update that makes a document equal to doc: every field but _id set, the

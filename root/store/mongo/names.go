@@ -137,12 +137,9 @@ func (s *Store) logRepair(job string, err error) {
 	}
 }
 
-// fillNames writes the name documents of services created before they existed, once
-// per database.
+// fillNames writes the name documents of services created before they existed (Open
+// runs it once per database).
 func (s *Store) fillNames(ctx context.Context) error {
-	if done, err := s.metaN(ctx, namesFilled); err != nil || done > 0 {
-		return err
-	}
 	var docs []serviceDoc
 	if err := scan(ctx, s.services, bson.D{{Key: "job_name", Value: 1}}, func(d serviceDoc) { docs = append(docs, d) }); err != nil {
 		return err
@@ -153,5 +150,5 @@ func (s *Store) fillNames(ctx context.Context) error {
 			return fmt.Errorf("name document of %s: %w", d.JobName, dbErr(err))
 		}
 	}
-	return s.setMetaN(ctx, namesFilled, 1)
+	return nil
 }

@@ -131,11 +131,9 @@ func (s *Store) interestField(ctx context.Context, filter bson.D, field string) 
 const interestsKeyed = "interests_keyed"
 
 // keyInterests rewrites the interests of a database written before they were keyed by
-// their pair, once per database: the keyed copy first, so no reader misses one.
+// their pair (Open runs it once per database): the keyed copy first, so no reader
+// misses one.
 func (s *Store) keyInterests(ctx context.Context) error {
-	if done, err := s.metaN(ctx, interestsKeyed); err != nil || done > 0 {
-		return err
-	}
 	var old []struct {
 		ID        any    `bson:"_id"`
 		ClusterID string `bson:"cluster_id"`
@@ -162,7 +160,7 @@ func (s *Store) keyInterests(ctx context.Context) error {
 			return fmt.Errorf("rewrite interest of %s in %s: %w", d.ClusterID, d.ServiceID, dbErr(err))
 		}
 	}
-	return s.setMetaN(ctx, interestsKeyed, 1)
+	return nil
 }
 
 // InterestedClusters lists the clusters following serviceID, by ID.
