@@ -406,8 +406,11 @@ func (s *Store) passGap(ctx context.Context, r uint64, out *[]store.Change) (boo
 	}
 	// Log the abandonment in the writer's place, so that every reader passes r the same
 	// way and a writer that was only slow learns of it (commit).
-	d := s.abandonedSubject(ctx, r)
-	_, err := s.changes.InsertOne(ctx, d)
+	d, err := s.abandonedSubject(ctx, r)
+	if err != nil {
+		return false, err
+	}
+	_, err = s.changes.InsertOne(ctx, d)
 	if mongo.IsDuplicateKeyError(err) { // the writer (or another reader) logged r after all
 		err = s.changes.FindOne(ctx, bson.D{{Key: "_id", Value: revID(r)}}).Decode(&d)
 	}
@@ -423,15 +426,19 @@ func (s *Store) passGap(ctx context.Context, r uint64, out *[]store.Change) (boo
 // abandonedSubject returns the abandonment marker of revision rev: the change its
 // writer meant to log, as a put of its subject (whether the write happened is unknown;
 // a follower re-reading it finds out), or a void one if its reservation names none.
-func (s *Store) abandonedSubject(ctx context.Context, rev uint64) changeDoc {
+func (s *Store) abandonedSubject(ctx context.Context, rev uint64) (changeDoc, error) {
 	var d reservationDoc
 	err := s.revisions.FindOne(ctx, bson.D{{Key: "_id", Value: revID(rev)}}).Decode(&d)
+	if err != nil && !errors.Is(err, mongo.ErrNoDocuments) {
+		// Not a marker without a subject: it would be for good. The next poll retries.
+		return changeDoc{}, dbErr(err)
+	}
 	if err != nil || d.Subject == nil || d.Subject.Kind == "" {
-		return changeDoc{ID: revID(rev), Rev: int64(rev), Instance: -1, Time: s.nowMS(), Void: true, Abandoned: true}
+		return changeDoc{ID: revID(rev), Rev: int64(rev), Instance: -1, Time: s.nowMS(), Void: true, Abandoned: true}, nil
 	}
 	c := *d.Subject
 	c.ID, c.Rev, c.Op, c.Time, c.Abandoned = revID(rev), int64(rev), store.OpPut, d.At, true
-	return c
+	return c, nil
 }
 
 // CompactChanges drops changes up to upTo. It stops below the oldest revision still
