@@ -48,6 +48,12 @@ type Tuple struct {
 	Proto            uint8 // IP protocol number
 }
 
+// equal is t == *o field by field: the compiler compares the whole struct with memeq,
+// padding bytes included, which was a twentieth of a translated packet's time.
+func (t *Tuple) equal(o *Tuple) bool {
+	return t.Src == o.Src && t.Dst == o.Dst && t.SrcPort == o.SrcPort && t.DstPort == o.DstPort && t.Proto == o.Proto
+}
+
 // Reverse returns the tuple of the opposite direction: the one a reply carries.
 func (t Tuple) Reverse() Tuple {
 	return Tuple{Src: t.Dst, Dst: t.Src, SrcPort: t.DstPort, DstPort: t.SrcPort, Proto: t.Proto}
@@ -352,15 +358,32 @@ func (t *Table) Reply(reply Tuple, now time.Time) (restored Tuple, ok bool) {
 	return restored, ok
 }
 
+// ReplySrc is Reply for the per-packet path, which needs only the restored source (the
+// address the sender dialled): it returns an address, not two tuples, since copying
+// those out was a sixth of a received reply's time.
+func (t *Table) ReplySrc(reply *Tuple, now time.Time) (netip.Addr, bool) {
+	e := t.replied(reply, now)
+	if e == nil {
+		return netip.Addr{}, false
+	}
+	return e.key[byOrig].Dst, true
+}
+
+// replied looks up a flow by its reply tuple and marks it answered.
+func (t *Table) replied(reply *Tuple, now time.Time) *entry {
+	e := t.lookup(byReply, reply, now)
+	if e != nil && !e.replied.Load() {
+		e.replied.Store(true)
+	}
+	return e
+}
+
 // ReplyFlow is Reply that also returns the flow's rewritten tuple, for a caller that
 // checks which flow the reply belongs to (the gateway's NAPT).
 func (t *Table) ReplyFlow(reply Tuple, now time.Time) (restored, rewritten Tuple, ok bool) {
-	e := t.lookup(byReply, &reply, now)
+	e := t.replied(&reply, now)
 	if e == nil {
 		return Tuple{}, Tuple{}, false
-	}
-	if !e.replied.Load() {
-		e.replied.Store(true)
 	}
 	return e.key[byOrig].Reverse(), e.rewritten, true
 }

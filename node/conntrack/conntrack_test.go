@@ -90,6 +90,9 @@ func TestReplyMapping(t *testing.T) {
 	if !ok || got != want {
 		t.Fatalf("Reply(%v) = %v, %v; want %v", reply, got, ok, want)
 	}
+	if src, ok := tb.ReplySrc(&reply, t0); !ok || src != want.Src {
+		t.Errorf("ReplySrc(%v) = %v, %v; want %v", reply, src, ok, want.Src)
+	}
 	if got != orig.Reverse() || reply != rewritten.Reverse() {
 		t.Errorf("Reverse disagrees")
 	}
@@ -103,6 +106,9 @@ func TestReplyMapping(t *testing.T) {
 	} {
 		if got, ok := tb.Reply(k, t0); ok {
 			t.Errorf("Reply(%v) = %v, want a miss", k, got)
+		}
+		if src, ok := tb.ReplySrc(&k, t0); ok {
+			t.Errorf("ReplySrc(%v) = %v, want a miss", k, src)
 		}
 	}
 	if _, ok := tb.Outbound(reply, t0); ok {

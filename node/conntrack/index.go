@@ -36,7 +36,7 @@ func get(a *slots, k *Tuple, h uint64, dir int, tomb *entry) *entry {
 		if e == nil {
 			return nil
 		}
-		if e != tomb && e.key[dir] == *k {
+		if e != tomb && e.key[dir].equal(k) {
 			return e
 		}
 	}
