@@ -189,7 +189,16 @@ var errStalePlacement = errors.New("the instance runs elsewhere")
 // staleStop tells whether p stops or fails an instance that runs somewhere else than
 // where p comes from (a host, or a cluster when the node did not say its host), or that
 // changed since the revision p applies to.
+//
+// A node's stop of an instance that has never been placed anywhere is stale too: it
+// cannot be about this instance, which never ran on that node, but about an earlier one
+// of the same number (numbers are reused after a delete) whose undeploy report arrived
+// after the new one was created. Applied, it left the new instance stopped, and its own
+// "running" report, when older than the stop by the cluster's sequence, was then refused.
 func staleStop(in store.Instance, p api.Placement) bool {
+	if p.Status == store.StatusStopped && p.HostIP.IsValid() && !in.HostIP.IsValid() {
+		return true
+	}
 	if p.Status == store.StatusRunning || in.Status != store.StatusRunning {
 		return false
 	}

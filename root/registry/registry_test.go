@@ -823,3 +823,61 @@ func TestMigrationReportsCross(t *testing.T) {
 		})
 	}
 }
+
+// TestStopOfAnEarlierInstance: instance numbers are reused after a delete, so a node's
+// late undeploy report of the instance deleted can reach root after a new instance took
+// its number. It must not stop the new one, which never ran on that node.
+func TestStopOfAnEarlierInstance(t *testing.T) {
+	seconds := func(n int) uint64 { return uint64(time.Duration(n) * time.Second) }
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	s := e.placedWeb("c1", "c2")
+	hostA, hostB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	old, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.0.5"), HostIP: hostA, HostPort: 50103, ClusterID: "c1", Sequence: seconds(1)}
+	if _, _, err := e.reg.Place(ctx, s.ID, old.Number, run); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.DeleteInstance(ctx, s.ID, old.Number); err != nil {
+		t.Fatal(err)
+	}
+	in, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Number != old.Number {
+		t.Fatalf("the new instance is number %d, want the freed %d", in.Number, old.Number)
+	}
+	// Reports carry their cluster's clock (ns): the new instance ran at 5 s in c2, whose
+	// report waited in a backlog, and the old node undeployed at 10 s, reported at once.
+	lateStop := api.Placement{Status: "stopped", HostIP: hostA, HostPort: 50103, ClusterID: "c1", Sequence: seconds(10)}
+	if in, _, err = e.reg.Place(ctx, s.ID, in.Number, lateStop); err != nil {
+		t.Fatal(err)
+	}
+	if in.Status != store.StatusScheduled {
+		t.Fatalf("after the deleted instance's stop the new one is %s, want %s", in.Status, store.StatusScheduled)
+	}
+	// Its own report, older than the stop and from another cluster, applies: had the stop
+	// applied, the report would be refused as older, and the instance never placed.
+	runB := api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.1.5"), HostIP: hostB, HostPort: 50103, ClusterID: "c2", Sequence: seconds(5)}
+	if in, _, err = e.reg.Place(ctx, s.ID, in.Number, runB); err != nil {
+		t.Fatal(err)
+	}
+	if in.Status != store.StatusRunning || in.HostIP != hostB {
+		t.Errorf("instance %s on %s, want running on %s", in.Status, in.HostIP, hostB)
+	}
+	// A cluster that gives up on an instance it never placed still stops it.
+	other, _, err := e.reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other, _, err = e.reg.Place(ctx, s.ID, other.Number, api.Placement{Status: "stopped", ClusterID: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	if other.Status != store.StatusStopped {
+		t.Errorf("a cluster's stop of an unplaced instance left it %s", other.Status)
+	}
+}
