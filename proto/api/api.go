@@ -125,10 +125,23 @@ type Instance struct {
 	HostPort      int        `json:"host_port,omitempty"`
 	Location      *geo.Point `json:"location,omitempty"`
 	Status        string     `json:"status"`
+	// Standby is where the instance also ran when a node reported it running elsewhere
+	// (a migration starts the new place before stopping the old): until one of the two
+	// places stops it, a stop from either leaves it running at the other.
+	Standby *Place `json:"standby,omitempty"`
 	// DistanceKM is set in resolve answers that were given a caller location.
 	DistanceKM *float64  `json:"distance_km,omitempty"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	Revision   uint64    `json:"revision"`
+}
+
+// Place is where an instance runs: its cluster, node and Namespace IPs.
+type Place struct {
+	ClusterID     string     `json:"cluster_id"`
+	NamespaceIP   netip.Addr `json:"namespace_ip,omitzero"`
+	NamespaceIPv6 netip.Addr `json:"namespace_ip_v6,omitzero"`
+	HostIP        netip.Addr `json:"host_ip,omitzero"`
+	HostPort      int        `json:"host_port,omitempty"`
 }
 
 // TableEntry is what a node needs to reach a service: its Service IPs and live instances.

@@ -22,11 +22,15 @@ func toService(s store.Service) api.Service {
 }
 
 func toInstance(in store.Instance) api.Instance {
-	return api.Instance{
+	out := api.Instance{
 		Number: in.Number, InstanceIP: in.IP.V4, InstanceIPv6: in.IP.V6, ClusterID: in.ClusterID,
 		NamespaceIP: in.NamespaceIP.V4, NamespaceIPv6: in.NamespaceIP.V6, HostIP: in.HostIP, HostPort: in.HostPort,
 		Location: in.Location, Status: in.Status, UpdatedAt: in.UpdatedAt, Revision: in.Revision,
 	}
+	if sb := in.Standby; sb != nil {
+		out.Standby = &api.Place{ClusterID: sb.ClusterID, NamespaceIP: sb.NamespaceIP.V4, NamespaceIPv6: sb.NamespaceIP.V6, HostIP: sb.HostIP, HostPort: sb.HostPort}
+	}
+	return out
 }
 
 func toEntry(e registry.Entry) api.TableEntry {

@@ -127,6 +127,22 @@ func TestServiceLifecycleOverREST(t *testing.T) {
 		`{"status":"running","namespace_ip":"10.18.0.2","namespace_ip_v6":"fc00::2","host_ip":"127.0.0.1","host_port":50103,"location":{"lat":48.1,"lon":11.6}}`, &in); st != 200 || in.Status != "running" {
 		t.Fatalf("place: %d %+v", st, in)
 	}
+	// Reported running on another node (a migration's new place), it shows the old place
+	// as its standby until that place stops it.
+	if st, _ := c.do("PUT", "/services/shop.prod.web.eu/instances/0/placement",
+		`{"status":"running","namespace_ip":"10.18.0.66","namespace_ip_v6":"fc00::42","host_ip":"127.0.0.2","host_port":50103}`, &in); st != 200 ||
+		in.HostIP.String() != "127.0.0.2" || in.Standby == nil || in.Standby.HostIP.String() != "127.0.0.1" || in.Standby.NamespaceIP.String() != "10.18.0.2" || in.Standby.ClusterID != "munich" {
+		t.Fatalf("migrate: %d %+v (standby %+v)", st, in, in.Standby)
+	}
+	var ins []api.Instance
+	if st, _ := c.do("GET", "/services/shop.prod.web.eu/instances", "", &ins); st != 200 || len(ins) != 1 || ins[0].Standby == nil || ins[0].Standby.HostPort != 50103 {
+		t.Fatalf("list instances while migrating: %d %+v", st, ins)
+	}
+	in = api.Instance{} // decoding leaves a field the answer omits as it was
+	if st, _ := c.do("PUT", "/services/shop.prod.web.eu/instances/0/placement", `{"status":"stopped","host_ip":"127.0.0.1","host_port":50103}`, &in); st != 200 ||
+		in.Status != "running" || in.HostIP.String() != "127.0.0.2" || in.Standby != nil {
+		t.Fatalf("old place stopped: %d %+v (standby %+v)", st, in, in.Standby)
+	}
 	var e api.TableEntry
 	if st, _ := c.do("GET", "/resolve/"+in.InstanceIP.String()+"?lat=52.5&lon=13.4", "", &e); st != 200 || len(e.Instances) != 1 || e.MatchedInstance == nil || *e.MatchedInstance != 0 {
 		t.Fatalf("resolve: %d %+v", st, e)
