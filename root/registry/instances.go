@@ -220,10 +220,13 @@ func staleSequence(in store.Instance, p api.Placement) bool {
 	if p.ClusterID == in.ReportedBy && p.Sequence <= in.ReportSeq {
 		return true // an older report of this cluster, arriving late
 	}
-	// Another cluster's report clearly older than the last one applied: a deploy report
-	// that waited in a backlogged cluster while the instance migrated to another
-	// cluster must not move it back.
-	return p.ClusterID != in.ReportedBy && p.Sequence+uint64(clockSkew) < in.ReportSeq
+	// Another cluster's report clearly older than the last one applied, while the
+	// instance runs: a deploy report that waited in a backlogged cluster while the
+	// instance migrated to another cluster must not move it back. Once the instance is
+	// stopped, such a report is not late: the stop was about the old place, the report
+	// about another (a migration's new place, whose "running" waited in its cluster's
+	// backlog while the old node's stop went straight through), so it applies.
+	return p.ClusterID != in.ReportedBy && in.Status == store.StatusRunning && p.Sequence+uint64(clockSkew) < in.ReportSeq
 }
 
 // onHost tells whether p comes from the node of place pl.

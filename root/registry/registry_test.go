@@ -545,6 +545,16 @@ func TestReportSequence(t *testing.T) {
 	if in := place(at("10.18.0.8", 100*sec-sec, "running", "c1")); in.ClusterID != "c1" || in.NamespaceIP.V4.String() != "10.18.0.8" {
 		t.Errorf("c1's report 1 s older than c2's (within the clocks' disagreement) ignored: %+v", in)
 	}
+	// Migrated from c1 to c2, whose "running" waited in its backlog while the old node's
+	// stop went straight through: the stop came first and is newer by the clocks, but
+	// it was about the old place; the new place's report applies (the load run caught
+	// root leaving such an instance stopped).
+	if in := place(api.Placement{Status: "stopped", HostIP: host, HostPort: 50103, ClusterID: "c1", Sequence: 200 * sec}); in.Status != "stopped" {
+		t.Fatalf("the old place's stop: %+v", in)
+	}
+	if in := place(at("10.18.1.12", 190*sec, "running", "c2")); in.Status != "running" || in.ClusterID != "c2" || in.NamespaceIP.V4.String() != "10.18.1.12" {
+		t.Errorf("the new place's report, 10 s older than the old place's stop, ignored: %+v", in)
+	}
 }
 
 func TestSubnetPairs(t *testing.T) {
