@@ -44,6 +44,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -55,8 +56,9 @@ import (
 )
 
 // Source is what the Notifier reads from root's core (registry.Registry implements it):
-// the clusters interested in a service, and an instance's current status.
+// the clusters, those interested in a service, and an instance's current status.
 type Source interface {
+	Clusters(ctx context.Context) ([]store.Cluster, error)
 	InterestedClusters(ctx context.Context, serviceID string) ([]store.Cluster, error)
 	Instance(ctx context.Context, key string, number int) (store.Instance, store.Service, error)
 }
@@ -271,6 +273,9 @@ func (n *Notifier) dispatch(ctx context.Context, c store.Change) {
 		n.log.Warn("reference notification before the registry was set; change dropped", "job", c.JobName, "instance", c.Instance)
 		return
 	}
+	if !n.mayConcernReference(ctx, src, c) {
+		return
+	}
 	u := refapi.JobUpdate{JobName: c.JobName, InstanceNumber: c.Instance}
 	switch {
 	case c.Kind == store.KindService && c.Op == store.OpDelete:
@@ -305,6 +310,23 @@ func (n *Notifier) dispatch(ctx context.Context, c store.Change) {
 	for _, cl := range n.targets(c, cs) {
 		n.enqueue(ctx, cl, u)
 	}
+}
+
+// mayConcernReference tells whether c may make an update: some reference cluster is
+// registered, or one followed c's service. Most roots have none (semnet's own clusters
+// follow the change stream), and the list of clusters is one small read where the
+// instance and the service's interests were two more for every change (on FerretDB the
+// interests' read decodes every cluster's). When the list cannot be read it answers
+// true, and the lookups that follow report the failure.
+func (n *Notifier) mayConcernReference(ctx context.Context, src Source, c store.Change) bool {
+	if len(n.followers[c.ServiceID]) > 0 {
+		return true
+	}
+	cs, err := src.Clusters(ctx)
+	if err != nil {
+		return true
+	}
+	return slices.ContainsFunc(cs, func(cl store.Cluster) bool { return cl.Reference })
 }
 
 // targets picks the reference clusters among the interested ones cs and remembers them

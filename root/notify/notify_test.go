@@ -401,3 +401,53 @@ func TestServiceDeleteReachesFollowers(t *testing.T) {
 	s.call("DELETE", "/api/net/service/"+jobID, "")
 	ref.want(t, refapi.JobUpdate{JobName: job, InstanceNumber: -1, Type: "UNDEPLOYMENT"})
 }
+
+// countingSource counts the Notifier's lookups of instances and interested clusters.
+type countingSource struct {
+	notify.Source
+	instances, interested atomic.Int64
+}
+
+func (c *countingSource) Instance(ctx context.Context, key string, number int) (store.Instance, store.Service, error) {
+	c.instances.Add(1)
+	return c.Source.Instance(ctx, key, number)
+}
+
+func (c *countingSource) InterestedClusters(ctx context.Context, serviceID string) ([]store.Cluster, error) {
+	c.interested.Add(1)
+	return c.Source.InterestedClusters(ctx, serviceID)
+}
+
+// TestNoLookupsWithoutReferenceClusters: while no reference cluster is registered, a
+// change costs the Notifier one read of the clusters, not a read of the instance and
+// of the service's interests (on FerretDB the latter decodes every cluster's).
+func TestNoLookupsWithoutReferenceClusters(t *testing.T) {
+	s := newStack(t, notify.Options{Backoff: 10 * time.Millisecond})
+	src := &countingSource{Source: s.reg}
+	s.notif.SetRegistry(src)
+	own := newRefCluster(t, nil)
+	host, port := own.hostPort(t)
+	ctx := context.Background()
+	if _, err := s.reg.RegisterCluster(ctx, api.ClusterRequest{ID: "own1", Address: host, Port: port}, false); err != nil {
+		t.Fatal(err)
+	}
+	s.deploy(jobID)
+	if _, err := s.reg.AddInterest(ctx, "own1", jobID); err != nil {
+		t.Fatal(err)
+	}
+	s.instance(jobID, 0, "own1")
+	s.place(jobID, 0)
+	// A reference cluster comes: its updates flow (and, the dispatcher taking changes in
+	// order, the earlier ones have been dispatched by the time it gets one).
+	ref := newRefCluster(t, nil)
+	s.register("ref1", ref)
+	s.call("GET", "/api/net/service/shop_prod_web_eu/instances?cluster_id=ref1", "")
+	s.instance(jobID, 1, "ref1")
+	s.place(jobID, 1)
+	ref.want(t, refapi.JobUpdate{JobName: job, InstanceNumber: 1, Type: "DEPLOYMENT"})
+	// Instance 1's create and placement: two instance reads, one interest read.
+	if i, c := src.instances.Load(), src.interested.Load(); i != 2 || c != 1 {
+		t.Errorf("%d instance reads and %d interest reads; want 2 and 1 (none for instance 0's changes)", i, c)
+	}
+	own.wantNone(t, 0)
+}

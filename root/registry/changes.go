@@ -97,19 +97,50 @@ func (r *Registry) changesOnce(ctx context.Context, clusterID string, since uint
 	if len(cs) == 0 {
 		return b, nil
 	}
-	// Read only when there are changes to filter: most polls find none, and a MongoDB
-	// store on FerretDB reads every cluster's interests to find this one's.
-	interests, err := r.store.Interests(ctx, clusterID)
+	// Read only when there are changes to filter: most polls find none.
+	interested, err := r.interestsIn(ctx, clusterID, cs)
 	if err != nil {
 		return ChangeBatch{}, fmt.Errorf("interests of cluster %s: %w", clusterID, err)
 	}
 	for _, c := range cs {
 		b.Revision = c.Revision
-		if _, interested := slices.BinarySearch(interests, c.ServiceID); interested || forEveryCluster(c) {
+		if _, ok := slices.BinarySearch(interested, c.ServiceID); ok || forEveryCluster(c) {
 			b.Changes = append(b.Changes, c)
 		}
 	}
 	return b, nil
+}
+
+// keyedInterests is the most services a batch of changes may concern for their
+// interests to be read one by one, by key, rather than all of the cluster's at once.
+const keyedInterests = 8
+
+// interestsIn returns the services of cs that clusterID is interested in, sorted (it
+// may also return others it follows). A poll's batch is mostly a change or two: a read
+// by key for each of their services costs less than reading every interest of the
+// cluster (which a MongoDB store on FerretDB serves by decoding all clusters' interests).
+func (r *Registry) interestsIn(ctx context.Context, clusterID string, cs []store.Change) ([]string, error) {
+	var services []string
+	for _, c := range cs {
+		if !forEveryCluster(c) && !slices.Contains(services, c.ServiceID) {
+			if len(services) == keyedInterests {
+				return r.store.Interests(ctx, clusterID)
+			}
+			services = append(services, c.ServiceID)
+		}
+	}
+	out := services[:0]
+	for _, id := range services {
+		ok, err := r.store.Interested(ctx, clusterID, id)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // forEveryCluster reports whether every cluster gets c, interested in its service or not.

@@ -656,8 +656,15 @@ func (e *env) longPoll(cluster string, since uint64) <-chan registry.ChangeBatch
 // whole collection (FerretDB v1 filters on anything but _id that way).
 type scanCounter struct {
 	store.Store
-	mu                               sync.Mutex
-	byJobName, listByServ, interests int
+	mu                                           sync.Mutex
+	byJobName, listByServ, interests, interested int
+}
+
+func (c *scanCounter) Interested(ctx context.Context, clusterID, serviceID string) (bool, error) {
+	c.mu.Lock()
+	c.interested++
+	c.mu.Unlock()
+	return c.Store.Interested(ctx, clusterID, serviceID)
 }
 
 func (c *scanCounter) Interests(ctx context.Context, clusterID string) ([]string, error) {
@@ -730,16 +737,21 @@ func TestInstanceCreateReadsByKey(t *testing.T) {
 	}
 }
 
-// TestIdlePollReadsNoInterests: a change poll that finds no change does not read the
-// cluster's interests (on FerretDB that read decodes every cluster's); one that finds
-// changes filters them by the interests.
-func TestIdlePollReadsNoInterests(t *testing.T) {
+// TestPollReadsInterestsByKey: a change poll that finds no change reads no interests;
+// one that finds changes of a few services reads the cluster's interest in each by key
+// (on FerretDB the list decodes every cluster's interests), and one with changes of
+// many services reads the list once.
+func TestPollReadsInterestsByKey(t *testing.T) {
 	ctx := t.Context()
 	sc, reg := countingRegistry(t)
 	if _, err := reg.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
 		t.Fatal(err)
 	}
 	s, err := reg.CreateService(ctx, svcReq("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := reg.CreateService(ctx, svcReq("other"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -750,21 +762,43 @@ func TestIdlePollReadsNoInterests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reads := func() (list, keyed int) {
+		sc.mu.Lock()
+		defer sc.mu.Unlock()
+		list, keyed = sc.interests, sc.interested
+		sc.interests, sc.interested = 0, 0
+		return list, keyed
+	}
 	if b, err := reg.Changes(ctx, "c1", rev, 100, 0); err != nil || len(b.Changes) != 0 {
 		t.Fatalf("idle poll: %+v, %v", b, err)
 	}
-	if sc.interests != 0 {
-		t.Errorf("an idle poll read the interests %d times, want none", sc.interests)
+	if l, k := reads(); l+k != 0 {
+		t.Errorf("an idle poll read the interests %d times and %d by key, want none", l, k)
 	}
-	if _, _, err := reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
-		t.Fatal(err)
+	for _, id := range []string{s.ID, other.ID} {
+		if _, _, err := reg.CreateInstance(ctx, id, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	b, err := reg.Changes(ctx, "c1", rev, 100, 0)
 	if err != nil || len(b.Changes) != 1 || b.Changes[0].ServiceID != s.ID {
-		t.Fatalf("poll after a create: %+v, %v; want the instance's change", b, err)
+		t.Fatalf("poll after two creates: %+v, %v; want the change of the service c1 follows", b, err)
 	}
-	if sc.interests != 1 {
-		t.Errorf("a poll with a change read the interests %d times, want 1", sc.interests)
+	if l, k := reads(); l != 0 || k != 2 {
+		t.Errorf("a poll with changes of two services read the interests %d times and %d by key, want 0 and 2", l, k)
+	}
+	// Changes of more services than keyedInterests: the list, once.
+	since := b.Revision
+	for i := range 9 {
+		if _, err := reg.CreateService(ctx, svcReq(fmt.Sprint("many", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err := reg.Changes(ctx, "c1", since, 100, 0); err != nil || len(b.Changes) != 0 {
+		t.Fatalf("poll after nine creates of services c1 does not follow: %+v, %v", b, err)
+	}
+	if l, k := reads(); l != 1 || k != 0 {
+		t.Errorf("a poll with changes of nine services read the interests %d times and %d by key, want 1 and 0", l, k)
 	}
 }
 

@@ -320,6 +320,8 @@ type Store interface {
 	InterestedClusters(ctx context.Context, serviceID string) ([]string, error)
 	// Interests lists the services a cluster is interested in, ordered by ID.
 	Interests(ctx context.Context, clusterID string) ([]string, error)
+	// Interested reports whether a cluster is interested in a service (one read by key).
+	Interested(ctx context.Context, clusterID, serviceID string) (bool, error)
 
 	// PutGateway creates or replaces a gateway (keyed by ID) with a new revision, which
 	// it assigns and returns, and logs a gateway put.

@@ -115,6 +115,22 @@ func removeInterest(tx *bbolt.Tx, clusterID, serviceID string) error {
 	return bk(tx, bucketInterestsBy).Delete(pairKey(serviceID, clusterID))
 }
 
+// Interested reports whether clusterID follows serviceID.
+func (s *Store) Interested(ctx context.Context, clusterID, serviceID string) (bool, error) {
+	var ok bool
+	err := s.view(ctx, func(tx *bbolt.Tx) error {
+		// By the key, not Get's value: interests are stored with an empty one.
+		key := pairKey(clusterID, serviceID)
+		k, _ := bk(tx, bucketInterests).Cursor().Seek(key)
+		ok = bytes.Equal(k, key)
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("bolt: interest of cluster %s in service %s: %w", clusterID, serviceID, err)
+	}
+	return ok, nil
+}
+
 // RemoveInterest forgets that clusterID follows serviceID; no error if it did not.
 func (s *Store) RemoveInterest(ctx context.Context, clusterID, serviceID string) error {
 	err := s.update(ctx, func(tx *bbolt.Tx) error { return removeInterest(tx, clusterID, serviceID) })

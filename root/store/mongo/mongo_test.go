@@ -867,6 +867,20 @@ func TestInterestsKeyed(t *testing.T) {
 	op("AddInterest of a new pair", func() error { return s.AddInterest(ctx, "c1", "s3") }, "find interests", "insert interests")
 	op("RemoveInterest", func() error { return s.RemoveInterest(ctx, "c1", "s1") }, "delete interests")
 	interests("s2", "s3")
+	// One interest is read by its key (a change poll's few services), also one an old
+	// database wrote under an ObjectID, which Open rewrote.
+	for _, c := range []struct {
+		svc  string
+		want bool
+	}{{"s2", true}, {"s1", false}} {
+		op("Interested", func() error {
+			ok, err := s.Interested(ctx, "c1", c.svc)
+			if err == nil && ok != c.want {
+				err = fmt.Errorf("Interested(c1, %s) = %v, want %v", c.svc, ok, c.want)
+			}
+			return err
+		}, "find interests")
+	}
 }
 
 // TestLockWaitReads: a process waiting for another's lock polls it with reads, and

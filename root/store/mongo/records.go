@@ -95,6 +95,18 @@ func (s *Store) AddInterest(ctx context.Context, clusterID, serviceID string) er
 	return nil
 }
 
+// Interested reports whether clusterID follows serviceID.
+func (s *Store) Interested(ctx context.Context, clusterID, serviceID string) (bool, error) {
+	err := s.interests.FindOne(ctx, bson.D{{Key: "_id", Value: interestID(clusterID, serviceID)}}).Err()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("mongo: interest of cluster %s in service %s: %w", clusterID, serviceID, dbErr(err))
+	}
+	return true, nil
+}
+
 // RemoveInterest forgets that clusterID follows serviceID; no error if it did not.
 func (s *Store) RemoveInterest(ctx context.Context, clusterID, serviceID string) error {
 	_, err := s.interests.DeleteOne(ctx, bson.D{{Key: "_id", Value: interestID(clusterID, serviceID)}})

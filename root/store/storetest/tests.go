@@ -680,6 +680,19 @@ func testInterests(t *testing.T, h *harness) {
 	check("InterestedClusters(s1)", got, err, "c1", "c2")
 	got, err = h.InterestedClusters(h.ctx, "s3")
 	check("InterestedClusters(s3)", got, err)
+	interested := func(c, s string, want bool) {
+		t.Helper()
+		ok, err := h.Interested(h.ctx, c, s)
+		noErr(t, "Interested", err)
+		if ok != want {
+			t.Errorf("Interested(%s, %s) = %v, want %v", c, s, ok, want)
+		}
+	}
+	interested("c1", "s1", true)
+	interested("c2", "s1", true)
+	interested("c2", "s2", false)
+	interested("c1", "s3", false)
+	interested("c3", "s1", false)
 
 	noErr(t, "RemoveInterest", h.RemoveInterest(h.ctx, "c1", "s1"))
 	noErr(t, "RemoveInterest twice", h.RemoveInterest(h.ctx, "c1", "s1"))
@@ -687,6 +700,7 @@ func testInterests(t *testing.T, h *harness) {
 	check("Interests(c1) after remove", got, err, "s2")
 	got, err = h.InterestedClusters(h.ctx, "s1")
 	check("InterestedClusters(s1) after remove", got, err, "c2")
+	interested("c1", "s1", false)
 
 	noErr(t, "DeleteCluster", h.DeleteCluster(h.ctx, "c2"))
 	got, err = h.InterestedClusters(h.ctx, "s1")
