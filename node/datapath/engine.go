@@ -243,6 +243,7 @@ func (e *Engine) choose(p *packet.Parsed, self netip.Addr, now time.Time, r *Res
 	return tgt.NamespaceIP
 }
 
+// target returns where a packet for t goes (setTarget, for the ICMP error paths).
 func target(t *table.Target) Result {
 	var r Result
 	setTarget(&r, t)
