@@ -202,7 +202,7 @@ func staleStop(in store.Instance, p api.Placement) bool {
 	if p.Status == store.StatusRunning || in.Status != store.StatusRunning {
 		return false
 	}
-	if p.IfRevision != 0 && p.IfRevision != in.Revision {
+	if p.IfRevision != 0 && p.IfRevision != in.PlacementRevision() {
 		return true
 	}
 	if p.HostIP.IsValid() {
@@ -249,7 +249,7 @@ func onHost(pl store.Place, p api.Placement) bool {
 //
 // Reports without a host (a cluster speaking for its nodes) leave the standby alone.
 func migrate(in *store.Instance, p api.Placement) (done bool) {
-	if !p.HostIP.IsValid() || (p.IfRevision != 0 && p.IfRevision != in.Revision) {
+	if !p.HostIP.IsValid() || (p.IfRevision != 0 && p.IfRevision != in.PlacementRevision()) {
 		return false // a conditional stop of an instance changed since: staleStop's to judge
 	}
 	here := in.Place()
@@ -284,13 +284,23 @@ func (r *Registry) place(ctx context.Context, s store.Service, number int, p api
 		if p.Sequence != 0 && p.ClusterID != "" {
 			in.ReportedBy, in.ReportSeq = p.ClusterID, p.Sequence
 		}
+		placed := in.PlacementRevision()
+		sb := in.Standby
 		if migrate(in, p) {
+			if sb != nil && in.Standby == nil && onHost(*sb, p) {
+				// Only the standby stopped: the instance stays placed as it was, and a
+				// failure conditional on that placement (its node's death) still applies.
+				in.PlacedRevision = placed
+			} else {
+				in.PlacedRevision = 0
+			}
 			in.UpdatedAt = r.now().UTC()
 			return nil
 		}
 		if staleStop(*in, p) {
 			return errStalePlacement
 		}
+		in.PlacedRevision = 0
 		if p.NamespaceIP.IsValid() || p.Status == store.StatusRunning {
 			in.NamespaceIP = store.AddrPair{V4: p.NamespaceIP, V6: p.NamespaceIPv6}
 			in.HostIP, in.HostPort = p.HostIP, p.HostPort

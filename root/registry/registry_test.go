@@ -925,3 +925,39 @@ func TestStopOfAnEarlierInstance(t *testing.T) {
 		t.Errorf("a cluster's stop of an unplaced instance left it %s", other.Status)
 	}
 }
+
+// TestFailureAfterMigration: a cluster reports a vanished node's instances failed on the
+// condition that nothing placed them since the placement it saw (IfRevision, the
+// revision root gave the node's report). The old place's stop after a migration
+// changes the instance (its standby goes) but not where it runs: the new node's death
+// must still fail it. Before, it was ignored as a failure of a re-placed instance, and
+// the dead node's instance stayed in everyone's choices (found by the load run).
+func TestFailureAfterMigration(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	s := e.placedWeb("c1", "c2")
+	hostA, hostB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	place := func(p api.Placement) store.Instance {
+		t.Helper()
+		in, _, err := e.reg.Place(ctx, s.ID, 0, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	place(api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.0.5"), HostIP: hostA, HostPort: 50103, ClusterID: "c1"})
+	atB := place(api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.1.5"), HostIP: hostB, HostPort: 50103, ClusterID: "c2"})
+	if in := place(api.Placement{Status: "stopped", HostIP: hostA, HostPort: 50103, ClusterID: "c1"}); in.Status != "running" || in.HostIP != hostB || in.Revision == atB.Revision {
+		t.Fatalf("after the old place's stop: %+v", in)
+	}
+	failed := api.Placement{Status: "failed", HostIP: hostB, HostPort: 50103, ClusterID: "c2", IfRevision: atB.Revision}
+	if in := place(failed); in.Status != "failed" {
+		t.Errorf("the new node's death after the migration left the instance %s, want failed", in.Status)
+	}
+	// A placement since (the node announced the instance again, through another replica
+	// of its cluster) makes the failure stale, as before.
+	again := place(api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.1.5"), HostIP: hostB, HostPort: 50103, ClusterID: "c2"})
+	if in := place(api.Placement{Status: "failed", HostIP: hostB, HostPort: 50103, ClusterID: "c2", IfRevision: atB.Revision}); in.Status != "running" || in.Revision != again.Revision {
+		t.Errorf("a failure conditional on a placement older than the node's announcement applied: %+v", in)
+	}
+}

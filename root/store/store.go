@@ -153,6 +153,19 @@ type Instance struct {
 	// migration starts the instance in its new place before stopping the old one), until
 	// that place reports it stopped. Nil when there is none.
 	Standby *Place `json:"standby,omitempty"`
+	// PlacedRevision is the revision of the write that last placed the instance where it
+	// is, when later writes left that placement as it was (the standby's stop after a
+	// migration); zero when Revision is that write. See PlacementRevision.
+	PlacedRevision uint64 `json:"placed_revision,omitempty"`
+}
+
+// PlacementRevision is the revision that placed the instance where it is: what a
+// cluster that reports a vanished node's instances failed names as their IfRevision.
+func (in Instance) PlacementRevision() uint64 {
+	if in.PlacedRevision != 0 {
+		return in.PlacedRevision
+	}
+	return in.Revision
 }
 
 // Place is where an instance runs: its cluster, node and Namespace IPs.

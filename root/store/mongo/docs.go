@@ -84,6 +84,7 @@ type instanceDoc struct {
 	ReportedBy  string    `bson:"reported_by,omitempty"`
 	ReportSeq   int64     `bson:"report_seq,omitempty"`
 	Standby     *placeDoc `bson:"standby,omitempty"`
+	PlacedRev   int64     `bson:"placed_revision,omitempty"`
 }
 
 type placeDoc struct {
@@ -114,7 +115,7 @@ func toInstanceDoc(in store.Instance, jobName string) instanceDoc {
 	d := instanceDoc{ID: instanceID(in.ServiceID, in.Number), ServiceID: in.ServiceID, Number: in.Number,
 		JobName: jobName, IP: toPair(in.IP), ClusterID: in.ClusterID, NamespaceIP: toPair(in.NamespaceIP),
 		HostIP: addrString(in.HostIP), HostPort: in.HostPort, Status: in.Status, UpdatedAt: in.UpdatedAt,
-		Revision: int64(in.Revision), ReportedBy: in.ReportedBy, ReportSeq: int64(in.ReportSeq)}
+		Revision: int64(in.Revision), ReportedBy: in.ReportedBy, ReportSeq: int64(in.ReportSeq), PlacedRev: int64(in.PlacedRevision)}
 	if in.Location != nil {
 		d.Location = &pointDoc{Lat: in.Location.Lat, Lon: in.Location.Lon}
 	}
@@ -128,7 +129,8 @@ func (d instanceDoc) instance() (store.Instance, error) {
 	var p parser
 	in := store.Instance{ServiceID: d.ServiceID, Number: d.Number, IP: p.pair(d.IP), ClusterID: d.ClusterID,
 		NamespaceIP: p.pair(d.NamespaceIP), HostIP: p.addr(d.HostIP), HostPort: d.HostPort, Status: d.Status,
-		UpdatedAt: ms(d.UpdatedAt), Revision: uint64(d.Revision), ReportedBy: d.ReportedBy, ReportSeq: uint64(d.ReportSeq)}
+		UpdatedAt: ms(d.UpdatedAt), Revision: uint64(d.Revision), ReportedBy: d.ReportedBy, ReportSeq: uint64(d.ReportSeq),
+		PlacedRevision: uint64(d.PlacedRev)}
 	if d.Location != nil {
 		in.Location = &geo.Point{Lat: d.Location.Lat, Lon: d.Location.Lon}
 	}

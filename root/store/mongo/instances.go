@@ -276,7 +276,7 @@ func (s *Store) UpdateInstance(ctx context.Context, serviceID string, number int
 		}
 		in.Revision = rev
 		in.UpdatedAt = ms(in.UpdatedAt)
-		up, err := setAll(toInstanceDoc(in, d.JobName), "location", "reported_by", "report_seq", "standby")
+		up, err := setAll(toInstanceDoc(in, d.JobName), "location", "reported_by", "report_seq", "standby", "placed_revision")
 		if err != nil {
 			s.void(ctx, rev)
 			return store.Instance{}, fmt.Errorf("mongo: update instance %d of %s: %w", number, serviceID, err)

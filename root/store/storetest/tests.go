@@ -459,6 +459,7 @@ func testUpdateInstance(t *testing.T, h *harness) {
 		p.ReportedBy, p.ReportSeq = "c1", 1<<62+7
 		p.Standby = &store.Place{ClusterID: "c2", NamespaceIP: store.AddrPair{V4: netip.MustParseAddr("172.30.1.5"), V6: netip.MustParseAddr("fdff::1:5")},
 			HostIP: netip.MustParseAddr("192.168.1.8"), HostPort: 30124, Location: &loc}
+		p.PlacedRevision = in.Revision
 		return nil
 	})
 	noErr(t, "UpdateInstance", err)
@@ -475,6 +476,7 @@ func testUpdateInstance(t *testing.T, h *harness) {
 	want.ReportedBy, want.ReportSeq = "c1", 1<<62+7
 	want.Standby = &store.Place{ClusterID: "c2", NamespaceIP: store.AddrPair{V4: netip.MustParseAddr("172.30.1.5"), V6: netip.MustParseAddr("fdff::1:5")},
 		HostIP: netip.MustParseAddr("192.168.1.8"), HostPort: 30124, Location: &loc}
+	want.PlacedRevision = in.Revision
 	want.Revision = got.Revision
 	equal(t, "UpdateInstance result", got, want)
 	stored, err := h.GetInstance(h.ctx, "web", 3)
@@ -518,14 +520,14 @@ func testUpdateInstance(t *testing.T, h *harness) {
 
 	// Optional fields cleared by an update are gone from the stored instance.
 	cleared, err := h.UpdateInstance(h.ctx, "web", 3, func(p *store.Instance) error {
-		p.Location, p.ReportedBy, p.ReportSeq, p.Standby = nil, "", 0, nil
+		p.Location, p.ReportedBy, p.ReportSeq, p.Standby, p.PlacedRevision = nil, "", 0, nil, 0
 		return nil
 	})
 	noErr(t, "UpdateInstance", err)
-	want.Location, want.ReportedBy, want.ReportSeq, want.Standby, want.Revision = nil, "", 0, nil, cleared.Revision
+	want.Location, want.ReportedBy, want.ReportSeq, want.Standby, want.PlacedRevision, want.Revision = nil, "", 0, nil, 0, cleared.Revision
 	stored, err = h.GetInstance(h.ctx, "web", 3)
 	noErr(t, "GetInstance", err)
-	equal(t, "instance after clearing its location, reporter and standby", stored, want)
+	equal(t, "instance after clearing its location, reporter, standby and placed revision", stored, want)
 }
 
 func testUpdateInstanceConcurrent(t *testing.T, h *harness) {
