@@ -290,9 +290,8 @@ func (r *Registry) place(ctx context.Context, s store.Service, number int, p api
 			if sb != nil && in.Standby == nil && onHost(*sb, p) {
 				// Only the standby stopped: the instance stays placed as it was, and a
 				// failure conditional on that placement (its node's death) still applies.
+				// (Back at its standby, MoveTo gave it the standby's placement revision.)
 				in.PlacedRevision = placed
-			} else {
-				in.PlacedRevision = 0
 			}
 			in.UpdatedAt = r.now().UTC()
 			return nil

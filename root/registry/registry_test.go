@@ -960,4 +960,14 @@ func TestFailureAfterMigration(t *testing.T) {
 	if in := place(api.Placement{Status: "failed", HostIP: hostB, HostPort: 50103, ClusterID: "c2", IfRevision: atB.Revision}); in.Status != "running" || in.Revision != again.Revision {
 		t.Errorf("a failure conditional on a placement older than the node's announcement applied: %+v", in)
 	}
+	// Back at its standby (the new place stopped it first): the standby node's death,
+	// conditional on its own announcement, fails it.
+	atA := place(api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.0.5"), HostIP: hostA, HostPort: 50103, ClusterID: "c1"})
+	place(api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.1.5"), HostIP: hostB, HostPort: 50103, ClusterID: "c2"})
+	if in := place(api.Placement{Status: "stopped", HostIP: hostB, HostPort: 50103, ClusterID: "c2"}); in.Status != "running" || in.HostIP != hostA {
+		t.Fatalf("after the new place's stop: %+v, want running at its standby %s", in, hostA)
+	}
+	if in := place(api.Placement{Status: "failed", HostIP: hostA, HostPort: 50103, ClusterID: "c1", IfRevision: atA.Revision}); in.Status != "failed" {
+		t.Errorf("the standby node's death left the instance back there %s, want failed", in.Status)
+	}
 }

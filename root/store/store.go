@@ -175,16 +175,21 @@ type Place struct {
 	HostIP      netip.Addr `json:"host_ip"`
 	HostPort    int        `json:"host_port"`
 	Location    *geo.Point `json:"location,omitempty"`
+	// PlacedRevision, on a standby, is the revision that placed the instance there: it
+	// is the instance's placement revision again if the instance returns there.
+	PlacedRevision uint64 `json:"placed_revision,omitempty"`
 }
 
 // Place returns where the instance runs (or ran last).
 func (in Instance) Place() Place {
-	return Place{ClusterID: in.ClusterID, NamespaceIP: in.NamespaceIP, HostIP: in.HostIP, HostPort: in.HostPort, Location: in.Location}
+	return Place{ClusterID: in.ClusterID, NamespaceIP: in.NamespaceIP, HostIP: in.HostIP, HostPort: in.HostPort, Location: in.Location,
+		PlacedRevision: in.PlacementRevision()}
 }
 
 // MoveTo makes p the instance's place.
 func (in *Instance) MoveTo(p Place) {
 	in.ClusterID, in.NamespaceIP, in.HostIP, in.HostPort, in.Location = p.ClusterID, p.NamespaceIP, p.HostIP, p.HostPort, p.Location
+	in.PlacedRevision = p.PlacedRevision
 }
 
 // Subnet is a worker subnet pair handed to a node.

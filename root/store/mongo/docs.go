@@ -93,10 +93,11 @@ type placeDoc struct {
 	HostIP      string    `bson:"host_ip"`
 	HostPort    int       `bson:"host_port"`
 	Location    *pointDoc `bson:"location,omitempty"`
+	PlacedRev   int64     `bson:"placed_revision,omitempty"`
 }
 
 func toPlaceDoc(p store.Place) *placeDoc {
-	d := &placeDoc{ClusterID: p.ClusterID, NamespaceIP: toPair(p.NamespaceIP), HostIP: addrString(p.HostIP), HostPort: p.HostPort}
+	d := &placeDoc{ClusterID: p.ClusterID, NamespaceIP: toPair(p.NamespaceIP), HostIP: addrString(p.HostIP), HostPort: p.HostPort, PlacedRev: int64(p.PlacedRevision)}
 	if p.Location != nil {
 		d.Location = &pointDoc{Lat: p.Location.Lat, Lon: p.Location.Lon}
 	}
@@ -104,7 +105,7 @@ func toPlaceDoc(p store.Place) *placeDoc {
 }
 
 func (d placeDoc) place(p *parser) store.Place {
-	pl := store.Place{ClusterID: d.ClusterID, NamespaceIP: p.pair(d.NamespaceIP), HostIP: p.addr(d.HostIP), HostPort: d.HostPort}
+	pl := store.Place{ClusterID: d.ClusterID, NamespaceIP: p.pair(d.NamespaceIP), HostIP: p.addr(d.HostIP), HostPort: d.HostPort, PlacedRevision: uint64(d.PlacedRev)}
 	if d.Location != nil {
 		pl.Location = &geo.Point{Lat: d.Location.Lat, Lon: d.Location.Lon}
 	}

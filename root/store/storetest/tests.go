@@ -458,7 +458,7 @@ func testUpdateInstance(t *testing.T, h *harness) {
 		p.UpdatedAt = h.clock.Now()
 		p.ReportedBy, p.ReportSeq = "c1", 1<<62+7
 		p.Standby = &store.Place{ClusterID: "c2", NamespaceIP: store.AddrPair{V4: netip.MustParseAddr("172.30.1.5"), V6: netip.MustParseAddr("fdff::1:5")},
-			HostIP: netip.MustParseAddr("192.168.1.8"), HostPort: 30124, Location: &loc}
+			HostIP: netip.MustParseAddr("192.168.1.8"), HostPort: 30124, Location: &loc, PlacedRevision: in.Revision}
 		p.PlacedRevision = in.Revision
 		return nil
 	})
@@ -475,7 +475,7 @@ func testUpdateInstance(t *testing.T, h *harness) {
 	want.HostIP = netip.MustParseAddr("192.168.1.7")
 	want.ReportedBy, want.ReportSeq = "c1", 1<<62+7
 	want.Standby = &store.Place{ClusterID: "c2", NamespaceIP: store.AddrPair{V4: netip.MustParseAddr("172.30.1.5"), V6: netip.MustParseAddr("fdff::1:5")},
-		HostIP: netip.MustParseAddr("192.168.1.8"), HostPort: 30124, Location: &loc}
+		HostIP: netip.MustParseAddr("192.168.1.8"), HostPort: 30124, Location: &loc, PlacedRevision: in.Revision}
 	want.PlacedRevision = in.Revision
 	want.Revision = got.Revision
 	equal(t, "UpdateInstance result", got, want)
