@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -79,23 +81,12 @@ func iperf(b *testing.B, server, client *netnstest.NS, dst netip.Addr, seconds i
 	ctx, cancel := context.WithTimeout(b.Context(), time.Duration(seconds+30)*time.Second)
 	defer cancel()
 	srv := server.Cmd(ctx, "iperf3", "-s", "-1", "-p", "5201")
+	var srvOut bytes.Buffer
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := srv.Start(); err != nil {
 		b.Fatal(err)
 	}
 	defer srv.Wait()
-	var out []byte
-	var err error
-	for attempt := 0; attempt < 50; attempt++ { // until the server listens
-		out, err = client.Cmd(ctx, "iperf3", "-c", dst.String(), "-p", "5201", "-t", strconv.Itoa(seconds), "-J").Output()
-		if err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		srv.Process.Kill()
-		b.Fatalf("iperf3 to %s: %v\n%s", dst, err, out)
-	}
 	var r struct {
 		End struct {
 			SumSent     struct{ Retransmits int } `json:"sum_sent"`
@@ -103,9 +94,29 @@ func iperf(b *testing.B, server, client *netnstest.NS, dst netip.Addr, seconds i
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
 		} `json:"end"`
+		Error string `json:"error"`
 	}
-	if err := json.Unmarshal(out, &r); err != nil {
-		b.Fatalf("iperf3 output: %v\n%s", err, out)
+	var out []byte
+	var err error
+	for attempt := 0; attempt < 50; attempt++ { // until the server listens
+		out, err = client.Cmd(ctx, "iperf3", "-c", dst.String(), "-p", "5201", "-t", strconv.Itoa(seconds), "-J").Output()
+		if err == nil {
+			if err = json.Unmarshal(out, &r); err != nil {
+				b.Fatalf("iperf3 output: %v\n%s", err, out)
+			}
+			// iperf3 3.12 exits 0 with -J when it cannot connect; the error is in the
+			// output (a run that took it as 0 Gbit/s made the ratio 0 or +Inf).
+			if r.Error == "" {
+				break
+			}
+			err = errors.New(r.Error)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		srv.Process.Kill()
+		srv.Wait()
+		b.Fatalf("iperf3 to %s: %v\n%s\nserver: %s", dst, err, out, srvOut.Bytes())
 	}
 	return iperfResult{gbps: r.End.SumReceived.BitsPerSecond / 1e9, retransmits: r.End.SumSent.Retransmits}
 }
