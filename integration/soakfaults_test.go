@@ -115,22 +115,14 @@ func (s *soak) killCluster() string {
 
 // killNodes takes 1% of the nodes (at least 2) away for good, waits until root reports
 // their instances failed, and moves those instances to live nodes, as an orchestrator
-// would.
+// would. Half of them (rounded up) are nodes that run instances, when there are such,
+// so the failover is exercised whatever the churn left where; the others are a fixed,
+// spread-out choice across both clusters.
 func (s *soak) killNodes() string {
-	var dead []*soakNode
-	for _, n := range s.nodes {
-		if len(dead) >= max(2, len(s.nodes)/100) {
-			break
-		}
-		if n.i%7 == 3 { // a fixed, spread-out choice across both clusters
-			dead = append(dead, n)
-		}
-	}
 	type victim struct {
 		j         *soakJob
 		num, node int
 	}
-	var victims []victim
 	s.mu.Lock()
 	jobs := make([]*soakJob, 0, len(s.jobs))
 	for _, j := range s.jobs {
@@ -142,13 +134,39 @@ func (s *soak) killNodes() string {
 	// for the operations under way, seconds each on a slow root: counted after the
 	// deaths, that wait passed for the failures' delay.) Churn locks one job at a time,
 	// so taking them all in turn cannot deadlock.
+	holds := map[int]bool{}
 	for _, j := range jobs {
 		j.mu.Lock()
+		for _, in := range j.inst {
+			if !j.deleted {
+				holds[in.node] = true
+			}
+		}
+	}
+	want := max(2, len(s.nodes)/100)
+	var dead []*soakNode
+	chosen := map[int]bool{}
+	pick := func(ok func(n *soakNode) bool, upTo int) {
+		for _, n := range s.nodes {
+			if len(dead) >= upTo {
+				return
+			}
+			if !chosen[n.i] && !n.dead.Load() && ok(n) {
+				chosen[n.i] = true
+				dead = append(dead, n)
+			}
+		}
+	}
+	half := (want + 1) / 2
+	pick(func(n *soakNode) bool { return holds[n.i] && n.cluster == "c1" }, (half+1)/2)
+	pick(func(n *soakNode) bool { return holds[n.i] && n.cluster == "c2" }, half)
+	pick(func(n *soakNode) bool { return holds[n.i] }, half) // when a cluster had too few
+	pick(func(n *soakNode) bool { return n.i%7 == 3 }, want)
+	var victims []victim
+	for _, j := range jobs {
 		for num, in := range j.inst {
-			for _, n := range dead {
-				if in.node == n.i && !j.deleted {
-					victims = append(victims, victim{j, num, n.i})
-				}
+			if chosen[in.node] && !j.deleted {
+				victims = append(victims, victim{j, num, in.node})
 			}
 		}
 	}

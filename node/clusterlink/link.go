@@ -74,7 +74,7 @@ type Link struct {
 	waiting map[string]chan *mqttapi.TableQueryResult // by query key
 	subnet  chan mqttapi.SubnetResult                 // the one subnet request in flight
 	subMu   sync.Mutex                                // one subnet request at a time
-	follow  map[string]bool                           // keys whose updates the node follows
+	follow  map[string]*following                     // keys whose updates the node follows
 	ready   chan struct{}                             // closed once the first subscriptions hold
 	once    sync.Once
 	// failed is why the latest connection attempt failed. paho retries without
@@ -165,7 +165,7 @@ func newLink(cfg Config) *Link {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Link{cfg: cfg, log: cfg.Logger, waiting: map[string]chan *mqttapi.TableQueryResult{}, follow: map[string]bool{},
+	return &Link{cfg: cfg, log: cfg.Logger, waiting: map[string]chan *mqttapi.TableQueryResult{}, follow: map[string]*following{},
 		ready: make(chan struct{})}
 }
 
@@ -393,22 +393,42 @@ func (l *Link) awaitSubnet() (<-chan mqttapi.SubnetResult, func()) {
 
 // Follow subscribes to the pushes for key (a job name or an IP) and keeps the
 // subscription across reconnections.
+//
+// A second Follow of a key whose subscription is still on its way waits for it: a
+// caller that queries once Follow returns must not miss a push sent in between (the
+// load run had two queries of one node race so, and one of them lost an update).
 func (l *Link) Follow(ctx context.Context, key string) error {
 	l.mu.Lock()
-	if l.follow[key] {
-		l.mu.Unlock()
-		return nil
+	f, ok := l.follow[key]
+	if !ok {
+		f = &following{sent: make(chan struct{})}
+		l.follow[key] = f
 	}
-	l.follow[key] = true
 	l.mu.Unlock()
-	return l.wait(ctx, l.client.Subscribe(mqttapi.UpdatesTopic(key), 1, l.route), "follow "+key)
+	if !ok {
+		f.tok = l.client.Subscribe(mqttapi.UpdatesTopic(key), 1, l.route)
+		close(f.sent)
+	}
+	select {
+	case <-f.sent:
+	case <-ctx.Done():
+		return fmt.Errorf("clusterlink: follow %s: %w", key, ctx.Err())
+	}
+	return l.wait(ctx, f.tok, "follow "+key)
+}
+
+// following is a followed key's subscription: tok is set once sent is closed, and done
+// once the broker confirmed it.
+type following struct {
+	sent chan struct{}
+	tok  paho.Token
 }
 
 // Unfollow drops the subscription for key and tells the cluster the node no longer
 // needs it (interest/remove), so the cluster can drop its own interest at root.
 func (l *Link) Unfollow(ctx context.Context, key string) error {
 	l.mu.Lock()
-	was := l.follow[key]
+	_, was := l.follow[key]
 	delete(l.follow, key)
 	l.mu.Unlock()
 	if was {
