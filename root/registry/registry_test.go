@@ -101,6 +101,19 @@ func (e *env) placedWeb(clusters ...string) store.Service {
 	return s
 }
 
+// placer returns a function that applies a placement to instance 0 of service id and
+// returns the instance, failing the test on an error.
+func (e *env) placer(id string) func(api.Placement) store.Instance {
+	return func(p api.Placement) store.Instance {
+		e.t.Helper()
+		in, _, err := e.reg.Place(context.Background(), id, 0, p)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return in
+	}
+}
+
 func TestCreateServiceAllocatesFourAddressesInTheirPools(t *testing.T) {
 	e := newEnv(t, addrplan.Default())
 	s := e.service("web")
@@ -497,20 +510,12 @@ func TestConditionalFailure(t *testing.T) {
 // cluster's, or an unordered one, is judged as before.
 func TestReportSequence(t *testing.T) {
 	e := newEnv(t, addrplan.Default())
-	ctx := context.Background()
 	s := e.placedWeb("c1", "c2")
 	host := netip.MustParseAddr("192.0.2.1")
 	at := func(ns string, seq uint64, status, cluster string) api.Placement {
 		return api.Placement{Status: status, NamespaceIP: netip.MustParseAddr(ns), HostIP: host, HostPort: 50103, ClusterID: cluster, Sequence: seq}
 	}
-	place := func(p api.Placement) store.Instance {
-		t.Helper()
-		in, _, err := e.reg.Place(ctx, s.ID, 0, p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return in
-	}
+	place := e.placer(s.ID)
 	// Placed, stopped, placed again (sequences 10, 20, 30); then the first placement and
 	// the stop arrive once more, late.
 	place(at("10.18.0.5", 10, "running", "c1"))
@@ -934,17 +939,9 @@ func TestStopOfAnEarlierInstance(t *testing.T) {
 // the dead node's instance stayed in everyone's choices (found by the load run).
 func TestFailureAfterMigration(t *testing.T) {
 	e := newEnv(t, addrplan.Default())
-	ctx := context.Background()
 	s := e.placedWeb("c1", "c2")
 	hostA, hostB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	place := func(p api.Placement) store.Instance {
-		t.Helper()
-		in, _, err := e.reg.Place(ctx, s.ID, 0, p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return in
-	}
+	place := e.placer(s.ID)
 	place(api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.0.5"), HostIP: hostA, HostPort: 50103, ClusterID: "c1"})
 	atB := place(api.Placement{Status: "running", NamespaceIP: netip.MustParseAddr("10.18.1.5"), HostIP: hostB, HostPort: 50103, ClusterID: "c2"})
 	if in := place(api.Placement{Status: "stopped", HostIP: hostA, HostPort: 50103, ClusterID: "c1"}); in.Status != "running" || in.HostIP != hostB || in.Revision == atB.Revision {
