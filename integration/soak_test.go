@@ -401,8 +401,7 @@ func (s *soak) query(n *soakNode, job string, due time.Time) {
 	done := time.Now()
 	switch {
 	case errors.Is(err, clusterlink.ErrUnknown):
-		s.series.count("query_unknown", due) // undeployed meanwhile: gone, as for the node
-		n.tab.Delete(job)
+		s.series.count("query_unknown", due) // undeployed meanwhile
 		return
 	case err != nil:
 		s.series.count("query_failed", due)

@@ -417,11 +417,7 @@ func (n *Node) onUpdate(key string, u mqttapi.UpdatesAvailable) {
 		n.apply(u.Table)
 	default:
 		n.wg.Go(func() {
-			r, err := n.link.Query(n.ctx, key)
-			switch {
-			case errors.Is(err, clusterlink.ErrUnknown):
-				n.forget(n.table.Delete(key))
-			case err == nil:
+			if r, err := n.link.Query(n.ctx, key); err == nil {
 				n.apply(r)
 			}
 		})
@@ -544,9 +540,7 @@ func (n *Node) announce() {
 
 // refresh queries every job in the table, one at a time (after a reconnection, where
 // it is no hurry), and applies the answers. A failed query keeps the entry as it is: the
-// cluster may only be unable to reach root for now. An "unknown service" answer drops
-// it, as a "deleted" push would have: the job was deleted while the node was away, and
-// that push went to nobody (a restarted cluster may also have missed the change).
+// cluster may only be unable to reach root for now.
 func (n *Node) refresh() {
 	if !n.serving.Load() { // the first connection: the table is not there yet, nor needed
 		return
@@ -555,11 +549,6 @@ func (n *Node) refresh() {
 		r, err := n.link.Query(n.ctx, job)
 		if n.ctx.Err() != nil {
 			return
-		}
-		if errors.Is(err, clusterlink.ErrUnknown) {
-			n.log.Info("a job in the table is gone; dropping it", "job", job)
-			n.forget(n.table.Delete(job))
-			continue
 		}
 		if err != nil {
 			n.log.Debug("re-reading a table entry after a reconnection failed; keeping it", "job", job, "err", err)
