@@ -71,9 +71,16 @@ func TestSimulatedNodes(t *testing.T) {
 		}
 	}
 	running(2)
-	r, err := nodes[0].Query(ctx, svc.RRIP.String())
-	if err != nil || len(r.InstanceList) != 2 {
-		t.Fatalf("query by RR IP: %+v, %v", r, err)
+	// The cluster's cache follows root's change stream, so its answer may lag root's
+	// for a moment (a CI run saw one instance at the revision before the second ran).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		r, err := nodes[0].Query(ctx, svc.RRIP.String())
+		if err == nil && len(r.InstanceList) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("query by RR IP: %+v, %v; want both instances", r, err)
+		}
 	}
 	if err := nodes[1].Undeploy(ctx, svc.JobName, 1); err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,8 +80,15 @@ type NS struct {
 	// and netsetup.Host.Attach take.
 	Path string
 
-	fd netns.NsHandle  // open for the namespace's life in the test; closed by cleanup
 	nl *netlink.Handle // netlink sockets created inside the namespace
+
+	// fd is open for the namespace's life in the test. The cleanup closes it, or the
+	// last Do still running then does: a dial an http.Transport started for a request
+	// the test has given up on can outlive the test.
+	mu      sync.Mutex
+	fd      netns.NsHandle
+	users   int  // Do calls using fd now
+	closing bool // cleanup has run: no new Do, and the last user closes fd
 }
 
 // New creates a uniquely named network namespace with lo up, and registers a cleanup that
@@ -145,9 +153,12 @@ func (n *NS) close() error {
 		n.nl.Close()
 		n.nl = nil
 	}
-	if n.fd.IsOpen() {
+	n.mu.Lock()
+	n.closing = true
+	if n.users == 0 && n.fd.IsOpen() {
 		n.fd.Close()
 	}
+	n.mu.Unlock()
 	out, err := exec.Command("ip", "netns", "delete", n.Name).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("netnstest: ip netns delete %s: %v: %s", n.Name, err, bytes.TrimSpace(out))
@@ -205,7 +216,25 @@ func (n *NS) Run(t testing.TB, args ...string) string {
 // Do runs f on an OS thread switched into the namespace and returns f's error (see
 // nsthread.Do): f must not call t.Fatal (return an error instead), and goroutines it
 // starts are not in the namespace.
-func (n *NS) Do(f func() error) error { return nsthread.Do(n.fd, f) }
+func (n *NS) Do(f func() error) error {
+	n.mu.Lock()
+	if n.closing {
+		n.mu.Unlock()
+		return fmt.Errorf("netnstest: namespace %s: the test's cleanup has run", n.Name)
+	}
+	n.users++
+	fd := n.fd
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.users--
+		if n.closing && n.users == 0 && fd.IsOpen() {
+			fd.Close()
+		}
+		n.mu.Unlock()
+	}()
+	return nsthread.Do(fd, f)
+}
 
 // Dial connects to addr inside the namespace; see DialContext.
 func (n *NS) Dial(network, addr string) (net.Conn, error) {
