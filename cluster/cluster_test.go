@@ -148,13 +148,13 @@ func TestWorkerContract(t *testing.T) {
 	if ids, err := p.RC.Interests(ctx, "c1"); err != nil || len(ids) != 1 || ids[0] != svc.ID {
 		t.Fatalf("cluster interests at root: %v %v", ids, err)
 	}
-	if r := w1.query("no.such.service.here", ""); !strings.Contains(r.Error, "unknown service") || r.QueryKey != "no.such.service.here" {
+	if r := w1.query("no.such.service.here", ""); !strings.Contains(r.Error, "unknown service") || r.ErrorCode != mqttapi.QueryErrUnknown || r.QueryKey != "no.such.service.here" {
 		t.Errorf("unknown service: %+v", r)
 	}
 	w1.publish(mqttapi.SuffixTableQuery, `{"sname": 42}`)
 	var bad mqttapi.TableQueryResult
 	w1.next(mqttapi.NodeTopic("w1", mqttapi.SuffixTableQueryResult), &bad)
-	if !strings.Contains(bad.Error, "malformed") {
+	if !strings.Contains(bad.Error, "malformed") || bad.ErrorCode != mqttapi.QueryErrInvalid {
 		t.Errorf("malformed query answered %+v", bad)
 	}
 
@@ -273,6 +273,11 @@ func TestRootOutage(t *testing.T) {
 	}
 	w.publish(mqttapi.SuffixDeployed, fmt.Sprintf(`{"appname":%q,"status":"DEPLOYED","instance_number":0,"nsip":"10.18.0.60","host_ip":"127.0.0.2","host_port":"50104"}`, svc.JobName))
 	waitFor(t, "answers marked stale", func() bool { return w.query(svc.JobName, "").Stale })
+	// A key not cached cannot be looked up now; the answer says so, and not that the key
+	// names nothing (a node would drop its entry on that).
+	if r := w.query("not.cached.here", ""); !strings.Contains(r.Error, "root is unreachable") || r.ErrorCode != mqttapi.QueryErrUnavailable {
+		t.Errorf("query of an uncached key while root is down: %+v", r)
+	}
 
 	p.Root = startRoot(t, addr, p.RootDir)
 	waitFor(t, "every report delivered in order", func() bool {

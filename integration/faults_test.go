@@ -222,6 +222,14 @@ func TestClusterRestart(t *testing.T) {
 	})
 	ctx := t.Context()
 	munich, b := clientAndServer(t, p)
+	// d runs in Berlin and stays in use from Munich; it is deleted while c1 is down, so
+	// its "deleted" push never reaches either node (c1, caching in memory, restarts at
+	// root's current revision and never sees the change). With no orchestrator here, d0
+	// keeps serving in Berlin, so an entry Munich kept would keep answering.
+	d, dServers := p.deploy(t, "d", 1)
+	serve(t, dServers[0], "d0")
+	eventually(t, munich, d.RRIP, oneOf("d0"))
+	defer keepGetting(ctx, munich, d.RRIP, 300*time.Millisecond, time.Second, func(string, error) {})()
 
 	var ok, failed atomic.Int64
 	stop := keepGetting(ctx, munich, b.RRIP, 200*time.Millisecond, time.Minute, func(got string, err error) {
@@ -232,8 +240,11 @@ func TestClusterRestart(t *testing.T) {
 		}
 	})
 	p.restartCluster(t, 0, func() {
-		// c1 is down: b scales up in c2.
+		// c1 is down: b scales up in c2, d is deleted.
 		serve(t, p.addInstance(t, b, 1, 2), "b1")
+		if err := p.rc.DeleteService(ctx, d.ID, true); err != nil {
+			t.Fatal(err)
+		}
 		time.Sleep(2 * time.Second)
 	})
 	stop()
@@ -243,6 +254,15 @@ func TestClusterRestart(t *testing.T) {
 	}
 
 	eventually(t, munich, b.RRIP, oneOf("b1")) // learnt after the reconnection
+	// The node's re-read after the reconnection finds d unknown and drops it, though its
+	// traffic keeps it in use: d's address stops answering, though d0 still serves (no
+	// orchestrator here stops it), as it would answer forever from a kept entry.
+	waitUntil(t, 30*time.Second, "d's RR IP to stop answering from Munich", func() bool {
+		short, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := get(short, munich, d.RRIP, "/")
+		return err != nil
+	})
 	if seen := spread(t, munich, netip.AddrPortFrom(b.RRIP, 80)); seen["b0"] == 0 || seen["b1"] == 0 {
 		t.Errorf("RR from Munich after the restart spread %v, want b0 and b1", seen)
 	}

@@ -401,7 +401,8 @@ func (s *soak) query(n *soakNode, job string, due time.Time) {
 	done := time.Now()
 	switch {
 	case errors.Is(err, clusterlink.ErrUnknown):
-		s.series.count("query_unknown", due) // undeployed meanwhile
+		s.series.count("query_unknown", due) // undeployed meanwhile: gone, as for the node
+		n.tab.Delete(job)
 		return
 	case err != nil:
 		s.series.count("query_failed", due)

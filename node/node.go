@@ -417,8 +417,8 @@ func (n *Node) onUpdate(key string, u mqttapi.UpdatesAvailable) {
 		n.apply(u.Table)
 	default:
 		n.wg.Go(func() {
-			if r, err := n.link.Query(n.ctx, key); err == nil {
-				n.apply(r)
+			if err := n.reread(key); err != nil {
+				n.log.Debug("re-query after a push failed; keeping the entry", "key", key, "err", err)
 			}
 		})
 	}
@@ -540,22 +540,39 @@ func (n *Node) announce() {
 
 // refresh queries every job in the table, one at a time (after a reconnection, where
 // it is no hurry), and applies the answers. A failed query keeps the entry as it is: the
-// cluster may only be unable to reach root for now.
+// cluster may only be unable to reach root for now. An "unknown service" answer drops
+// it, as a "deleted" push would have: the job was deleted while the node was away, and
+// that push went to nobody (a restarted cluster may also have missed the change).
 func (n *Node) refresh() {
 	if !n.serving.Load() { // the first connection: the table is not there yet, nor needed
 		return
 	}
 	for _, job := range n.table.Jobs() {
-		r, err := n.link.Query(n.ctx, job)
+		err := n.reread(job)
 		if n.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			n.log.Debug("re-reading a table entry after a reconnection failed; keeping it", "job", job, "err", err)
-			continue
 		}
-		n.apply(r)
 	}
+}
+
+// reread queries key again and applies the answer. An answer that the key names nothing
+// drops the entry, as a "deleted" push would have; any other failure returns the error
+// and leaves the entry as it is.
+func (n *Node) reread(key string) error {
+	r, err := n.link.Query(n.ctx, key)
+	switch {
+	case errors.Is(err, clusterlink.ErrUnknown):
+		n.log.Info("a job in the table is gone; dropping it", "key", key)
+		n.forget(n.table.Delete(key))
+		return nil
+	case err != nil:
+		return err
+	}
+	n.apply(r)
+	return nil
 }
 
 // instanceName identifies an instance to netsetup, which derives its veth's name from it.

@@ -21,13 +21,13 @@ func (s *Server) tableQuery(nodeID string, payload []byte) error {
 	var q mqttapi.TableQuery
 	resultTopic := mqttapi.NodeTopic(nodeID, mqttapi.SuffixTableQueryResult)
 	if err := decode(payload, &q); err != nil {
-		s.publishJSON(resultTopic, mqttapi.TableQueryResult{InstanceList: []mqttapi.TableInstance{}, Error: err.Error()})
+		s.publishJSON(resultTopic, errorResult(q, "", mqttapi.QueryErrInvalid, err))
 		return err
 	}
 	key := q.Key()
 	if key == "" {
 		err := invalidf("sname or sip is required")
-		s.publishJSON(resultTopic, mqttapi.TableQueryResult{InstanceList: []mqttapi.TableInstance{}, Error: err.Error()})
+		s.publishJSON(resultTopic, errorResult(q, "", mqttapi.QueryErrInvalid, err))
 		return err
 	}
 	if e, ok := s.table.Cached(s.ctx, key); ok {
@@ -42,7 +42,7 @@ func (s *Server) tableQuery(nodeID string, payload []byte) error {
 	default:
 		s.m.queries.WithLabelValues("error").Inc()
 		err := fmt.Errorf("cluster busy: %d table queries already wait for root", cap(s.misses))
-		s.publishJSON(resultTopic, errorResult(q, key, err))
+		s.publishJSON(resultTopic, errorResult(q, key, mqttapi.QueryErrUnavailable, err))
 		return err
 	}
 	go func() {
@@ -54,21 +54,23 @@ func (s *Server) tableQuery(nodeID string, payload []byte) error {
 			s.answer(nodeID, resultTopic, key, e)
 		case errors.Is(err, table.ErrUnknown):
 			s.m.queries.WithLabelValues("unknown").Inc()
-			s.publishJSON(resultTopic, errorResult(q, key, err))
+			s.publishJSON(resultTopic, errorResult(q, key, mqttapi.QueryErrUnknown, err))
 		default:
 			s.m.queries.WithLabelValues("error").Inc()
 			if client.Temporary(err) || errors.Is(err, context.DeadlineExceeded) {
 				err = fmt.Errorf("root is unreachable and %q is not cached: %w", key, err)
 			}
-			s.publishJSON(resultTopic, errorResult(q, key, err))
+			// Whatever else failed, root did not say the key names nothing.
+			s.publishJSON(resultTopic, errorResult(q, key, mqttapi.QueryErrUnavailable, err))
 			s.log.Warn("table query failed", "node", nodeID, "key", key, "err", err)
 		}
 	}()
 	return nil
 }
 
-func errorResult(q mqttapi.TableQuery, key string, err error) mqttapi.TableQueryResult {
-	return mqttapi.TableQueryResult{AppName: q.SName, QueryKey: key, InstanceList: []mqttapi.TableInstance{}, Error: err.Error()}
+func errorResult(q mqttapi.TableQuery, key, code string, err error) mqttapi.TableQueryResult {
+	return mqttapi.TableQueryResult{AppName: q.SName, QueryKey: key, InstanceList: []mqttapi.TableInstance{},
+		Error: err.Error(), ErrorCode: code}
 }
 
 // answer sends the entry and records the node's interest under the key it used.

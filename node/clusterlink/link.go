@@ -29,7 +29,9 @@ import (
 // DefaultKeepAlive is the reference node's MQTT keepalive.
 const DefaultKeepAlive = 30 * time.Second
 
-// ErrUnknown is wrapped by Query when the cluster answers that no job has the key.
+// ErrUnknown is wrapped by Query when the cluster answers that no job has the key
+// (error_code "unknown"). Its other error answers (root unreachable, cluster busy, or
+// an error without a code) do not wrap it: they say nothing about the job.
 var ErrUnknown = errors.New("clusterlink: unknown service")
 
 // Config configures a Link.
@@ -303,7 +305,7 @@ func addrKeys(addrs ...netip.Addr) []string {
 
 // Query asks the cluster for the entry of key: a job name or a Service or Instance IP.
 // Concurrent queries for one key share one request. An error reply from the cluster
-// wraps ErrUnknown when the key names nothing.
+// wraps ErrUnknown when it says the key names nothing.
 func (l *Link) Query(ctx context.Context, key string) (*mqttapi.TableQueryResult, error) {
 	v, err, _ := l.queries.Do(key, func() (any, error) { return l.query(ctx, key) })
 	if err != nil {
@@ -326,8 +328,11 @@ func (l *Link) query(ctx context.Context, key string) (*mqttapi.TableQueryResult
 	defer cancel()
 	select {
 	case r := <-ch:
-		if r.Error != "" {
+		switch {
+		case r.Error != "" && r.ErrorCode == mqttapi.QueryErrUnknown:
 			return nil, fmt.Errorf("clusterlink: table query %q: %w: %s", key, ErrUnknown, r.Error)
+		case r.Error != "":
+			return nil, fmt.Errorf("clusterlink: table query %q: the cluster answered %q: %s", key, r.ErrorCode, r.Error)
 		}
 		return r, nil
 	case <-ctx.Done():

@@ -153,3 +153,15 @@ func TestKeepAliveWholeSeconds(t *testing.T) {
 		}
 	}
 }
+
+// TestQueryWhileRootIsDown: a key the cluster cannot look up because root is down fails
+// the query without ErrUnknown, which would make a node drop a job that still exists.
+func TestQueryWhileRootIsDown(t *testing.T) {
+	p := clustertest.Start(t, time.Minute)
+	w := dial(t, p, "w1", clusterlink.Config{})
+	p.Root.Close()
+	_, err := w.Query(t.Context(), "not.cached.here")
+	if err == nil || errors.Is(err, clusterlink.ErrUnknown) || !strings.Contains(err.Error(), mqttapi.QueryErrUnavailable) {
+		t.Fatalf("query while root is down: err = %v, want an %q answer that is not ErrUnknown", err, mqttapi.QueryErrUnavailable)
+	}
+}

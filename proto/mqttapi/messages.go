@@ -69,16 +69,26 @@ const (
 //
 // semnet's additions: Error is set (and InstanceList empty) when the query cannot be
 // answered, e.g. `unknown service "x"` — the reference stayed silent and let the node
-// time out; Revision is root's revision the answer reflects; Stale is set when the
-// cluster has not heard from root for longer than its staleness bound.
+// time out — and ErrorCode says what kind of failure it is (QueryErr...); Revision is
+// root's revision the answer reflects; Stale is set when the cluster has not heard from
+// root for longer than its staleness bound.
 type TableQueryResult struct {
 	AppName      string          `json:"app_name"`
 	QueryKey     string          `json:"query_key"`
 	InstanceList []TableInstance `json:"instance_list"`
 	Error        string          `json:"error,omitempty"`
+	ErrorCode    string          `json:"error_code,omitempty"`
 	Revision     uint64          `json:"revision,omitempty"`
 	Stale        bool            `json:"stale,omitempty"`
 }
+
+// Error codes of a TableQueryResult. Only QueryErrUnknown says the job is gone: a node
+// drops its entry on it, and keeps the entry on the others.
+const (
+	QueryErrUnknown     = "unknown"     // no job has the key (root said so)
+	QueryErrUnavailable = "unavailable" // root cannot be asked now, or the cluster is busy: ask again later
+	QueryErrInvalid     = "invalid"     // the request is malformed
+)
 
 // TableInstance is one live instance in a TableQueryResult, with the service's IPs
 // (RR, Closest) and its own Instance IP in ServiceIP. host_port is a number here.
