@@ -54,8 +54,15 @@ func (s *Store) newestAbove(ctx context.Context, mark uint64) (uint64, error) {
 	return max(newest, mark), nil
 }
 
-// raiseNewest raises the newest-revision counter to rev (never lowers it).
+// raiseNewest raises the newest-revision counter to rev (never lowers it), in one
+// command with the raises of other writers.
 func (s *Store) raiseNewest(ctx context.Context, rev uint64) error {
+	op := raiseOp{rev: rev}
+	s.batch.newest.do(ctx, &op)
+	return op.err
+}
+
+func (s *Store) raiseNewestTo(ctx context.Context, rev uint64) error {
 	id := bson.D{{Key: "_id", Value: metaNewest}}
 	up := bson.D{{Key: "$max", Value: bson.D{{Key: "n", Value: int64(rev)}}}}
 	_, err := s.meta.UpdateOne(ctx, id, up, options.Update().SetUpsert(true))
@@ -128,7 +135,7 @@ func (s *Store) skipTo(rev uint64) {
 func (s *Store) reserve(ctx context.Context, subject changeDoc) (uint64, error) {
 	for attempt := 0; attempt < maxReserveAttempts; attempt++ {
 		n := s.candidate()
-		_, err := s.revisions.InsertOne(ctx, reservationDoc{ID: revID(n), At: time.Now(), Subject: &subject})
+		err := insertOne(ctx, s.batch.revisions, reservationDoc{ID: revID(n), At: time.Now(), Subject: &subject})
 		if mongo.IsDuplicateKeyError(err) {
 			// Another process took n. Resume after the newest revision (a reservation
 			// raises it just after its insert, so it may lag by the ones in flight; the
@@ -148,16 +155,17 @@ func (s *Store) reserve(ctx context.Context, subject changeDoc) (uint64, error) 
 		}
 		// A process whose counter fell behind can reserve a revision that a compaction
 		// deleted; the mark, raised before deleting, tells.
-		mark, err := s.metaN(ctx, metaCompacted)
-		if err != nil {
+		mark := readOp{}
+		s.batch.compacted.do(ctx, &mark)
+		if err := mark.err; err != nil {
 			s.void(ctx, n)
 			return 0, fmt.Errorf("reserve revision: %w", err)
 		}
-		if n <= mark {
+		if n <= mark.n {
 			cctx, cancel := detached(ctx)
 			s.revisions.DeleteOne(cctx, bson.D{{Key: "_id", Value: revID(n)}})
 			cancel()
-			s.skipTo(mark)
+			s.skipTo(mark.n)
 			continue
 		}
 		if attempt > 0 || n%hintEvery == 0 {
@@ -188,7 +196,7 @@ func (s *Store) commit(ctx context.Context, rev uint64, c changeDoc) error {
 		var err error
 		for range 3 {
 			wctx, cancel := detached(ctx)
-			_, err = s.changes.InsertOne(wctx, c)
+			err = insertOne(wctx, s.batch.changes, c)
 			cancel()
 			if err == nil || mongo.IsDuplicateKeyError(err) {
 				break
@@ -259,7 +267,7 @@ const maxRelogs = 3
 func (s *Store) void(ctx context.Context, rev uint64) {
 	ctx, cancel := detached(ctx)
 	defer cancel()
-	s.changes.InsertOne(ctx, changeDoc{ID: revID(rev), Rev: int64(rev), Instance: -1, Time: s.nowMS(), Void: true})
+	insertOne(ctx, s.batch.changes, changeDoc{ID: revID(rev), Rev: int64(rev), Instance: -1, Time: s.nowMS(), Void: true})
 }
 
 // maxGaps bounds the memory of missing revisions; when full, entries older than a few

@@ -75,7 +75,7 @@ func (s *Store) createInstance(ctx context.Context, in store.Instance) (store.In
 			return store.Instance{}, err
 		}
 	}
-	if _, err := s.instances.InsertOne(ctx, toInstanceDoc(in, sv.JobName)); err != nil {
+	if err := insertOne(ctx, s.batch.instances, toInstanceDoc(in, sv.JobName)); err != nil {
 		s.void(ctx, rev)
 		if definite(err) {
 			s.unclaim(ctx, token, leases)

@@ -10,7 +10,6 @@ import (
 	"go.mongodb.org/mongo-driver/bson"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
-	"go.mongodb.org/mongo-driver/mongo/options"
 
 	"github.com/semnet/semnet/root/store"
 )
@@ -47,7 +46,7 @@ func (s *Store) claim(ctx context.Context, token primitive.ObjectID, reqs []leas
 	for i, r := range reqs {
 		docs[i] = leaseDoc{Addr: addrString(r.addr), Role: r.role, Owner: r.owner, Instance: r.instance, CreatedAt: now, Claim: token}
 	}
-	_, err := s.leases.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+	err := insertMany(ctx, s.batch.leases, docs)
 	if err == nil {
 		return nil
 	}

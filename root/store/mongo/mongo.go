@@ -135,6 +135,7 @@ type Store struct {
 	abandon    time.Duration
 
 	local localLocks // per-key queues in front of the shared locks
+	batch batches    // the writes of concurrent creates and updates, combined
 
 	mu   sync.Mutex
 	next uint64               // the next revision to try
@@ -192,6 +193,7 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 		now: opt.Now, quarantine: opt.Quarantine, grace: opt.OrphanGrace, abandon: opt.AbandonAfter,
 		gaps: map[uint64]time.Time{},
 	}
+	s.batch = newBatches(s)
 	if s.now == nil {
 		s.now = time.Now
 	}

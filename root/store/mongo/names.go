@@ -39,7 +39,7 @@ const namesFilled = "names_filled"
 func (s *Store) claimName(ctx context.Context, job, serviceID string) error {
 	mine := nameDoc{JobName: job, ServiceID: serviceID}
 	for range 3 { // each retry follows a concurrent create or delete of the name
-		_, err := s.names.InsertOne(ctx, mine)
+		err := insertOne(ctx, s.batch.names, mine)
 		if !mongo.IsDuplicateKeyError(err) {
 			return dbErr(err)
 		}

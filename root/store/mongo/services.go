@@ -86,7 +86,7 @@ func (s *Store) createService(ctx context.Context, sv store.Service) (store.Serv
 		return store.Service{}, err
 	}
 	sv.Revision = rev
-	if _, err := s.services.InsertOne(ctx, toServiceDoc(sv)); err != nil {
+	if err := insertOne(ctx, s.batch.services, toServiceDoc(sv)); err != nil {
 		s.void(ctx, rev)
 		if definite(err) {
 			s.unclaim(ctx, token, leases)
