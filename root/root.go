@@ -74,12 +74,22 @@ type Config struct {
 	// when zero; negative keeps every change). A cluster that falls further behind than
 	// that re-reads everything it caches.
 	ChangeRetention time.Duration
-	Plan            addrplan.Plan
-	Logger          *slog.Logger
+	// StoreWatch is, on MongoDB, how often root reads the store's newest revision while
+	// clusters wait on the change stream, to hear at once of changes other root
+	// processes on the database made (registry.WatchStore); zero means
+	// DefaultStoreWatch. Not a flag: it trades two small reads per period for up to
+	// that much delay in propagating another root's changes.
+	StoreWatch time.Duration
+	Plan       addrplan.Plan
+	Logger     *slog.Logger
 }
 
 // DefaultReconcileInterval is how often root repairs its store unless told otherwise.
 const DefaultReconcileInterval = 5 * time.Minute
+
+// DefaultStoreWatch is how often root looks for other root processes' changes on a
+// shared store while clusters wait (Config.StoreWatch).
+const DefaultStoreWatch = 50 * time.Millisecond
 
 // Validate refuses configurations that would be unsafe or cannot work.
 func (c Config) Validate() error {
@@ -247,6 +257,13 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		}
 		cp := &compactor{log: st, retention: retention, now: time.Now}
 		go every(closing, max(retention/10, 10*time.Millisecond), "compacting the change log", log, cp.tick)
+	}
+	if c.MongoURI != "" { // only a shared store has other writers
+		every := c.StoreWatch
+		if every <= 0 {
+			every = DefaultStoreWatch
+		}
+		go reg.WatchStore(closing, every)
 	}
 	if r, ok := st.(reconciler); ok {
 		interval := c.ReconcileInterval

@@ -10,9 +10,40 @@ import (
 	"github.com/semnet/semnet/root/store"
 )
 
-// pollInterval is how often a long-poll re-reads the store when no local mutation woke
-// it: another root process sharing the database may have written.
-const pollInterval = time.Second
+// defaultPollInterval is how often a long-poll re-reads the store when nothing woke it:
+// another root process sharing the database may have written.
+const defaultPollInterval = time.Second
+
+// WatchStore wakes the change-stream long-polls when another root process sharing the
+// store writes. This process's writes wake them at once; another's were found only by
+// a long-poll's own re-read, once a second, so a cluster following this process heard
+// of a change made through the other up to a second late. While a long-poll waits,
+// WatchStore reads the store's newest revision every `every` (two small reads on
+// MongoDB, however many clusters wait) and wakes the long-polls when it advanced. It
+// returns when ctx ends.
+func (r *Registry) WatchStore(ctx context.Context, every time.Duration) {
+	r.watchEvery.Store(int64(every))
+	defer r.watchEvery.Store(0)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if r.waiting.Load() == 0 {
+			continue
+		}
+		rev, err := r.store.Revision(ctx)
+		if err != nil {
+			continue // the long-polls' own reads meet the store's trouble and report it
+		}
+		if old := r.storeRev.Swap(rev); rev > old {
+			r.wake()
+		}
+	}
+}
 
 // ChangeBatch is what a cluster reads from the change stream.
 type ChangeBatch struct {
@@ -35,6 +66,8 @@ func (r *Registry) Changes(ctx context.Context, clusterID string, since uint64, 
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	r.waiting.Add(1)
+	defer r.waiting.Add(-1)
 	for {
 		wake := r.changedCh() // taken before reading, so no mutation slips between
 		b, err := r.changesOnce(ctx, clusterID, since, limit)
@@ -42,7 +75,14 @@ func (r *Registry) Changes(ctx context.Context, clusterID string, since uint64, 
 			return b, err
 		}
 		since = b.Revision
-		poll := time.NewTimer(pollInterval)
+		interval := r.pollInterval
+		if every := time.Duration(r.watchEvery.Load()); every > 0 && r.storeRev.Load() > since {
+			// The store has a revision this poll has not read: reserved by a writer whose
+			// change is not logged yet. That commit, in another process, wakes no one:
+			// look again at the watcher's pace.
+			interval = every
+		}
+		poll := time.NewTimer(interval)
 		select {
 		case <-ctx.Done():
 			poll.Stop()

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/semnet/semnet/proto/api"
@@ -80,6 +81,11 @@ type Registry struct {
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every local mutation (long-poll wake-up)
+
+	pollInterval time.Duration // a waiting long-poll's re-read when nothing woke it
+	waiting      atomic.Int32  // long-polls waiting now
+	watchEvery   atomic.Int64  // WatchStore's period (ns); 0 when it does not run
+	storeRev     atomic.Uint64 // the newest revision WatchStore read from the store
 }
 
 // Observer hears about mutations (metrics, reference notifications). Calls are made after
@@ -105,6 +111,10 @@ type Options struct {
 	// and pay for it with a rolled-back claim. A lone process keeps the lowest free
 	// addresses, which read better.
 	Shared bool
+	// PollInterval is how often a waiting change-stream long-poll re-reads the store
+	// when nothing woke it (default 1 s): the safety net under the wake-ups, local
+	// writes and WatchStore.
+	PollInterval time.Duration
 }
 
 // New builds a registry over st, rebuilding its pools from the store's leases.
@@ -112,7 +122,11 @@ func New(ctx context.Context, plan addrplan.Plan, st store.Store, opt Options) (
 	if err := plan.Validate(); err != nil {
 		return nil, fmt.Errorf("address plan: %w", err)
 	}
-	r := &Registry{plan: plan, store: st, log: opt.Logger, now: opt.Now, observer: opt.Observer, changed: make(chan struct{})}
+	r := &Registry{plan: plan, store: st, log: opt.Logger, now: opt.Now, observer: opt.Observer, changed: make(chan struct{}),
+		pollInterval: opt.PollInterval}
+	if r.pollInterval <= 0 {
+		r.pollInterval = defaultPollInterval
+	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -206,13 +220,18 @@ func (r *Registry) Pools() []*ippool.Pool {
 
 // notify wakes change-stream long-pollers and tells the observer. Called after commit.
 func (r *Registry) notify(cs ...store.Change) {
+	r.wake()
+	for _, c := range cs {
+		r.observer.Changed(c)
+	}
+}
+
+// wake wakes the change-stream long-polls.
+func (r *Registry) wake() {
 	r.mu.Lock()
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.mu.Unlock()
-	for _, c := range cs {
-		r.observer.Changed(c)
-	}
 }
 
 // changedCh returns a channel closed at the next local mutation.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/root/registry"
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/root/store/mongo"
@@ -50,5 +51,69 @@ func TestSharedSpreadsAllocations(t *testing.T) {
 	}
 	if n := collisions(true); n > 2 {
 		t.Errorf("spread pools collided %d times in 20 alternating creates", n)
+	}
+}
+
+// TestWatchStoreWakesLongPolls: two root processes on one MongoDB, a cluster
+// long-polling one of them while a change is made through the other. The poll's own
+// re-read is an hour away (PollInterval), so only WatchStore can wake it in time, and
+// it must also see the change through when woken before the writer logged it (the
+// newest revision is raised at the reservation, before the change is written).
+func TestWatchStoreWakesLongPolls(t *testing.T) {
+	uri := testservers.MongoURI(t)
+	ctx := t.Context()
+	db := fmt.Sprintf("semnet_registry_watch_%d", time.Now().UnixNano())
+	var regs []*registry.Registry
+	for _, poll := range []time.Duration{0, time.Hour} {
+		st, err := mongo.Open(ctx, uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		reg, err := registry.New(ctx, addrplan.Default(), st, registry.Options{Shared: true, PollInterval: poll})
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs = append(regs, reg)
+	}
+	writer, follower := regs[0], regs[1]
+	go follower.WatchStore(ctx, 10*time.Millisecond)
+	if _, err := writer.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := writer.CreateService(ctx, svcReq("watched"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.AddInterest(ctx, "c1", svc.JobName()); err != nil {
+		t.Fatal(err)
+	}
+	since := uint64(0)
+	for round := range 5 {
+		b, err := follower.Changes(ctx, "c1", since, 100, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		since = b.Revision
+		done := make(chan registry.ChangeBatch, 1)
+		go func() {
+			b, err := follower.Changes(ctx, "c1", since, 100, 30*time.Second)
+			if err != nil {
+				t.Error(err)
+			}
+			done <- b
+		}()
+		time.Sleep(50 * time.Millisecond) // the poll waits
+		if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case b := <-done:
+			if len(b.Changes) != 1 || b.Changes[0].Instance != round {
+				t.Fatalf("round %d: the long-poll returned %+v, want instance %d's creation", round, b.Changes, round)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: a change made through the other root process did not wake the long-poll", round)
+		}
 	}
 }
