@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"testing"
@@ -56,6 +57,20 @@ func TestMultiCluster(t *testing.T) {
 	servers = append(servers, p.addInstance(t, web, 1, 1))
 	serve(t, servers[1], "web1")
 
+	// On a failure (a node that never hears of a change), show what root and the nodes
+	// held: the clusters' interests and each node's table and lookups.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, c := range []string{"c1", "c2"} {
+			in, err := p.rc.Interests(context.Background(), c)
+			t.Logf("interests of %s at root: %v %v (web is %s)", c, in, err, web.ID)
+		}
+		for i := range p.nodes {
+			t.Logf("node %d:\n%s", i, nodeMetrics(t, p.nodes[i], "semnet_node_table", "semnet_node_lookups", "semnet_node_drops"))
+		}
+	})
 	t.Run("ScaleUp", func(t *testing.T) {
 		for _, c := range []*nodeClient{{"munich", munich}, {"paris", paris}} {
 			for _, ip := range []netip.Addr{web.RRIP, web.RRIPv6} {
