@@ -14,6 +14,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -130,6 +131,10 @@ type Node struct {
 	mu        sync.Mutex
 	instances map[instanceKey]*instance
 	following map[string]bool // jobs whose pushes the node follows
+
+	// followLocks serialise the subscription changes of one job (striped by its name):
+	// an expiry's unfollow and a new follow of the job must not interleave.
+	followLocks [64]sync.Mutex
 }
 
 type instanceKey struct {
@@ -366,21 +371,35 @@ func (n *Node) resolve(dst netip.Addr) {
 }
 
 // follow subscribes to a job's pushes once, then queries it again: a change between
-// the first answer and the subscription would otherwise be missed.
+// the first answer and the subscription would otherwise be missed. The caller has put
+// the job in the table first (see unfollow).
 func (n *Node) follow(job string) {
 	n.mu.Lock()
 	if n.following[job] {
 		n.mu.Unlock()
 		return
 	}
-	n.following[job] = true
 	n.mu.Unlock()
 	n.wg.Go(func() {
-		if err := n.link.Follow(n.ctx, job); err != nil {
-			n.log.Warn("follow job", "job", job, "err", err)
+		l := n.followLock(job)
+		l.Lock()
+		n.mu.Lock()
+		if n.following[job] { // another follow got here first
+			n.mu.Unlock()
+			l.Unlock()
+			return
+		}
+		n.following[job] = true
+		n.mu.Unlock()
+		err := n.link.Follow(n.ctx, job)
+		if err != nil {
 			n.mu.Lock()
 			delete(n.following, job)
 			n.mu.Unlock()
+		}
+		l.Unlock()
+		if err != nil {
+			n.log.Warn("follow job", "job", job, "err", err)
 			return
 		}
 		if r, err := n.link.Query(n.ctx, job); err == nil {
@@ -435,17 +454,42 @@ func (n *Node) expire() {
 		case now := <-t.C:
 			for _, e := range n.table.Expire(now) {
 				n.forget(e.Gone)
-				n.mu.Lock()
-				delete(n.following, e.Job)
-				n.mu.Unlock()
-				for _, key := range e.Keys {
-					if err := n.link.Unfollow(n.ctx, key); err != nil {
-						n.log.Debug("interest/remove", "key", key, "err", err)
-					}
-				}
+				n.unfollow(e)
 			}
 		}
 	}
+}
+
+// unfollow stops following an expired job and tells the cluster (interest/remove),
+// unless a packet brought the job back meanwhile: a resolve that put it in the table
+// again found it still followed and did not subscribe, so unsubscribing now would leave
+// its entry without pushes for as long as packets use it. following is cleared before
+// the table is checked, so a resolve that comes later subscribes again, after this.
+func (n *Node) unfollow(e table.Expired) {
+	l := n.followLock(e.Job)
+	l.Lock()
+	defer l.Unlock()
+	n.mu.Lock()
+	was := n.following[e.Job]
+	delete(n.following, e.Job)
+	n.mu.Unlock()
+	if n.table.Known(e.Job) {
+		n.mu.Lock()
+		n.following[e.Job] = was
+		n.mu.Unlock()
+		return
+	}
+	for _, key := range e.Keys {
+		if err := n.link.Unfollow(n.ctx, key); err != nil {
+			n.log.Debug("interest/remove", "key", key, "err", err)
+		}
+	}
+}
+
+func (n *Node) followLock(job string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(job))
+	return &n.followLocks[h.Sum32()%uint32(len(n.followLocks))]
 }
 
 // Deploy attaches an instance (local API).
