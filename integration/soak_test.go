@@ -149,6 +149,9 @@ type soakNode struct {
 	tab     *table.Table
 	dead    atomic.Bool
 
+	// subs serialises the node's subscription changes, as `semnet node` does per job: a
+	// follow racing an unfollow of the same job could leave it listed and unsubscribed.
+	subs   sync.Mutex
 	mu     sync.Mutex
 	follow []string // followed jobs, oldest first
 }
@@ -380,22 +383,13 @@ func (s *soak) refresh(n *soakNode) {
 // answer and the subscription is lost) and applies the answer; latency counts from due.
 func (s *soak) query(n *soakNode, job string, due time.Time) {
 	if !n.follows(job) {
-		if err := n.sim.Follow(s.ctx, job); err != nil {
+		n.subs.Lock()
+		if err := s.follow(n, job); err != nil {
+			n.subs.Unlock()
 			s.series.count("query_failed", due)
 			return
 		}
-		n.mu.Lock()
-		n.follow = append(n.follow, job)
-		var drop string
-		if len(n.follow) > soakFollow {
-			drop, n.follow = n.follow[0], n.follow[1:]
-		}
-		n.mu.Unlock()
-		if drop != "" {
-			s.exp.unfollowed(n, drop)
-			n.tab.Delete(drop)
-			_ = n.sim.Unfollow(s.ctx, drop)
-		}
+		n.subs.Unlock()
 	}
 	r, err := n.sim.Query(s.ctx, job)
 	done := time.Now()
@@ -417,6 +411,30 @@ func (s *soak) query(n *soakNode, job string, due time.Time) {
 		return
 	}
 	s.exp.applied(s, n, job)
+}
+
+// follow subscribes n to job unless a concurrent query did, and drops the oldest
+// followed job past soakFollow. The caller holds n.subs.
+func (s *soak) follow(n *soakNode, job string) error {
+	if n.follows(job) {
+		return nil
+	}
+	if err := n.sim.Follow(s.ctx, job); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.follow = append(n.follow, job)
+	var drop string
+	if len(n.follow) > soakFollow {
+		drop, n.follow = n.follow[0], n.follow[1:]
+	}
+	n.mu.Unlock()
+	if drop != "" {
+		s.exp.unfollowed(n, drop)
+		n.tab.Delete(drop)
+		_ = n.sim.Unfollow(s.ctx, drop)
+	}
+	return nil
 }
 
 // queries offers -soak-qps table queries per second, open loop, from random live nodes:
