@@ -28,9 +28,10 @@ type batcher[T any] struct {
 }
 
 type pending[T any] struct {
-	ctx  context.Context
-	op   *T
-	done chan bool // true: run the next batch (the op is still queued); false: the op ran
+	ctx      context.Context
+	op       *T
+	done     chan bool // true: run the next batch (the op is still queued); false: the op ran
+	panicked any       // what the batch's run panicked with, re-raised in every op's caller
 }
 
 func newBatcher[T any](max int, size func(*T) int, run func(ctx context.Context, ops []*T)) *batcher[T] {
@@ -48,6 +49,9 @@ func (b *batcher[T]) do(ctx context.Context, op *T) {
 	if b.running {
 		b.mu.Unlock()
 		if lead := <-p.done; !lead {
+			if p.panicked != nil {
+				panic(p.panicked)
+			}
 			return
 		}
 		b.mu.Lock()
@@ -56,10 +60,9 @@ func (b *batcher[T]) do(ctx context.Context, op *T) {
 	batch := b.take()
 	b.mu.Unlock()
 
-	ctx, cancel := batchContext(batch)
-	b.run(ctx, ops(batch))
-	cancel()
+	panicked := b.runBatch(batch)
 	for _, q := range batch {
+		q.panicked = panicked
 		if q != p {
 			q.done <- false
 		}
@@ -72,6 +75,20 @@ func (b *batcher[T]) do(ctx context.Context, op *T) {
 		b.running = false
 	}
 	b.mu.Unlock()
+	if panicked != nil {
+		panic(panicked)
+	}
+}
+
+// runBatch runs a batch and returns what it panicked with, if it did: its operations'
+// callers panic with it in their goroutines (an HTTP handler's recoverer answers 500),
+// rather than take an op that never ran for done, and the batcher goes on.
+func (b *batcher[T]) runBatch(batch []*pending[T]) (panicked any) {
+	ctx, cancel := batchContext(batch)
+	defer cancel()
+	defer func() { panicked = recover() }()
+	b.run(ctx, ops(batch))
+	return nil
 }
 
 // take removes the next batch from the queue: the oldest operations, at least one, up to

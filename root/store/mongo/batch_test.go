@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -104,6 +105,61 @@ func TestBatcherCombines(t *testing.T) {
 	}
 	if b.queued() != 0 || b.busy() {
 		t.Errorf("after the last batch: %d queued, running %v", b.queued(), b.busy())
+	}
+}
+
+// TestBatcherPanic: a batch whose run panics makes every op of that batch panic in its
+// own caller (none takes its op for done), and the batcher goes on with the next.
+func TestBatcherPanic(t *testing.T) {
+	gate := make(chan struct{})
+	var once sync.Once
+	b := newBatcher(8, func(*sizedOp) int { return 1 }, func(ctx context.Context, ops []*sizedOp) {
+		once.Do(func() { <-gate })
+		for _, op := range ops {
+			if op.in == 3 {
+				panic("op 3")
+			}
+			op.out = 2 * op.in
+		}
+	})
+	var mu sync.Mutex
+	panicked := map[int]bool{}
+	var wg sync.WaitGroup
+	start := func(in int) {
+		wg.Go(func() {
+			defer func() {
+				if r := recover(); r != nil {
+					mu.Lock()
+					panicked[in] = true
+					mu.Unlock()
+				}
+			}()
+			b.do(t.Context(), &sizedOp{in: in})
+		})
+	}
+	start(0)
+	for deadline := time.Now().Add(10 * time.Second); !b.busy() || b.queued() > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first op did not start")
+		}
+	}
+	for in := 1; in <= 4; in++ {
+		start(in)
+	}
+	for deadline := time.Now().Add(10 * time.Second); b.queued() != 4; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("ops not queued behind the running batch")
+		}
+	}
+	close(gate)
+	wg.Wait()
+	if want := map[int]bool{1: true, 2: true, 3: true, 4: true}; !maps.Equal(panicked, want) {
+		t.Errorf("panicked %v, want the ops of the panicking batch: %v", panicked, want)
+	}
+	op := &sizedOp{in: 5}
+	b.do(t.Context(), op)
+	if op.out != 10 || b.busy() {
+		t.Errorf("after the panic: op 5 got %d, batcher running %v", op.out, b.busy())
 	}
 }
 
