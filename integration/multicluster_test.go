@@ -58,7 +58,7 @@ func TestMultiCluster(t *testing.T) {
 	serve(t, servers[1], "web1")
 
 	// On a failure (a node that never hears of a change), show what root and the nodes
-	// held: the clusters' interests and each node's table and lookups.
+	// held: the clusters' interests, web's instances, and each node's table and lookups.
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
@@ -66,6 +66,13 @@ func TestMultiCluster(t *testing.T) {
 		for _, c := range []string{"c1", "c2"} {
 			in, err := p.rc.Interests(context.Background(), c)
 			t.Logf("interests of %s at root: %v %v (web is %s)", c, in, err, web.ID)
+		}
+		ins, err := p.rc.Instances(context.Background(), web.JobName)
+		for _, in := range ins {
+			t.Logf("web instance %d at root: %s on %s:%d in %s, revision %d", in.Number, in.Status, in.HostIP, in.HostPort, in.ClusterID, in.Revision)
+		}
+		if err != nil {
+			t.Logf("web's instances at root: %v", err)
 		}
 		for i := range p.nodes {
 			t.Logf("node %d:\n%s", i, nodeMetrics(t, p.nodes[i], "semnet_node_table", "semnet_node_lookups", "semnet_node_drops"))
