@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"io"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/semnet/semnet/proto/api"
@@ -76,6 +78,22 @@ func TestMultiCluster(t *testing.T) {
 		}
 		for i := range p.nodes {
 			t.Logf("node %d:\n%s", i, nodeMetrics(t, p.nodes[i], "semnet_node_table", "semnet_node_lookups", "semnet_node_drops"))
+		}
+		for _, c := range p.clusters {
+			resp, err := p.inCtrl.Get("http://" + c.rest + "/metrics")
+			if err != nil {
+				t.Logf("cluster %s metrics: %v", c.name, err)
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var lines []string
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(l, "semnet_cluster_") && !strings.Contains(l, "_bucket") {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("cluster %s:\n%s", c.name, strings.Join(lines, "\n"))
 		}
 	})
 	t.Run("ScaleUp", func(t *testing.T) {
