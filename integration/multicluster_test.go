@@ -77,7 +77,7 @@ func TestMultiCluster(t *testing.T) {
 			t.Logf("web's instances at root: %v", err)
 		}
 		for i := range p.nodes {
-			t.Logf("node %d:\n%s", i, nodeMetrics(t, p.nodes[i], "semnet_node_table", "semnet_node_lookups", "semnet_node_drops"))
+			t.Logf("node %d:\n%s", i, nodeMetrics(t, p.nodes[i], "semnet_node_table", "semnet_node_pushes", "semnet_node_lookups", "semnet_node_drops"))
 		}
 		for _, c := range p.clusters {
 			resp, err := p.inCtrl.Get("http://" + c.rest + "/metrics")

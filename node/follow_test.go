@@ -97,6 +97,10 @@ func TestExpiryRacingAResolve(t *testing.T) {
 		}
 	}
 
+	first, err := n.link.Query(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
 	resolve()
 	waitFor("the subscription", func() bool {
 		n.mu.Lock()
@@ -108,6 +112,13 @@ func TestExpiryRacingAResolve(t *testing.T) {
 	}
 	report(0)
 	waitFor("the push of instance 0", func() bool { return running() == 1 })
+	if pushes, applied := n.updates.pushes.Load(), n.updates.applied.Load(); pushes == 0 || applied < 2 {
+		t.Errorf("counted %d pushes and %d entries applied, want a push and the answers and the push applied", pushes, applied)
+	}
+	n.apply(first) // older than the push: counted, not applied
+	if got := n.updates.outdated.Load(); got != 1 || running() != 1 {
+		t.Errorf("an answer older than the entry: %d counted outdated, %d running; want 1, 1", got, running())
+	}
 
 	// The race: expired, brought back by a packet, then unfollowed.
 	e := expire()

@@ -11,7 +11,7 @@ import (
 type collector struct {
 	n                                                   *Node
 	packets, bytes, drops, lookups, flows, flowsRefused *prometheus.Desc
-	sendErrors, tableEntries                            *prometheus.Desc
+	sendErrors, tableEntries, pushes, tableUpdates      *prometheus.Desc
 	gwFlows, gwRefused, gwExposures                     *prometheus.Desc
 }
 
@@ -29,6 +29,8 @@ func newCollector(n *Node) *collector {
 		flowsRefused: d("flows_refused_total", "New flows refused, by cause: full (table at its bound), conflict (reply tuple taken).", "cause"),
 		sendErrors:   d("send_errors_total", "Packets the tunnel socket or the TUN failed to send."),
 		tableEntries: d("table_entries", "Jobs held in the node's table."),
+		pushes:       d("pushes_total", "Pushes (updates_available) received from the cluster."),
+		tableUpdates: d("table_updates_total", "Entries from the cluster (answers and pushes) by what the table did: applied, outdated (older than the installed entry), refused (invalid).", "result"),
 		gwFlows:      d("gateway_flows", "A gateway's client flows held (live and expired not yet reclaimed)."),
 		gwRefused:    d("gateway_flows_refused_total", "A gateway's new client flows refused, by cause: full (table at its bound), ports (no free gateway port).", "cause"),
 		gwExposures:  d("gateway_exposures", "Exposures a gateway serves."),
@@ -36,7 +38,7 @@ func newCollector(n *Node) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.drops, c.lookups, c.flows, c.flowsRefused, c.sendErrors, c.tableEntries,
+	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.drops, c.lookups, c.flows, c.flowsRefused, c.sendErrors, c.tableEntries, c.pushes, c.tableUpdates,
 		c.gwFlows, c.gwRefused, c.gwExposures} {
 		ch <- d
 	}
@@ -60,6 +62,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.lookups, s.Hits.Load(), "hit")
 	counter(c.lookups, s.Misses.Load(), "miss")
 	counter(c.sendErrors, s.SendErrors.Load())
+	u := &c.n.updates
+	counter(c.pushes, u.pushes.Load())
+	counter(c.tableUpdates, u.applied.Load(), "applied")
+	counter(c.tableUpdates, u.outdated.Load(), "outdated")
+	counter(c.tableUpdates, u.refused.Load(), "refused")
 	counter(c.flowsRefused, c.n.flows.Refused(), "full")
 	counter(c.flowsRefused, c.n.flows.Conflicts(), "conflict")
 	ch <- prometheus.MustNewConstMetric(c.flows, prometheus.GaugeValue, float64(c.n.flows.Len()))

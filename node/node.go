@@ -132,6 +132,8 @@ type Node struct {
 	instances map[instanceKey]*instance
 	following map[string]bool // jobs whose pushes the node follows
 
+	updates struct{ pushes, applied, outdated, refused atomic.Uint64 } // for /metrics
+
 	// followLocks serialise the subscription changes of one job (striped by its name):
 	// an expiry's unfollow and a new follow of the job must not interleave.
 	followLocks [64]sync.Mutex
@@ -411,12 +413,15 @@ func (n *Node) follow(job string) {
 func (n *Node) apply(r *mqttapi.TableQueryResult) {
 	gone, err := n.table.Apply(r, time.Now())
 	if errors.Is(err, table.ErrOutdated) {
+		n.updates.outdated.Add(1)
 		return
 	}
 	if err != nil {
+		n.updates.refused.Add(1)
 		n.log.Warn("table entry refused", "job", r.AppName, "err", err)
 		return
 	}
+	n.updates.applied.Add(1)
 	n.forget(gone)
 }
 
@@ -429,6 +434,7 @@ func (n *Node) forget(gone []netip.Addr) {
 // onUpdate applies a push: a semnet cluster carries the entry, a reference one only
 // says "query again".
 func (n *Node) onUpdate(key string, u mqttapi.UpdatesAvailable) {
+	n.updates.pushes.Add(1)
 	switch {
 	case u.Type == mqttapi.UpdateDeleted:
 		n.forget(n.table.Delete(key))
