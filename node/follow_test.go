@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"hash/maphash"
 	"log/slog"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestExpiryRacingAResolve(t *testing.T) {
 	}
 
 	n := &Node{log: slog.New(slog.DiscardHandler), following: map[string]bool{}, instances: map[instanceKey]*instance{},
-		table: table.New(table.Config{})}
+		table: table.New(table.Config{}), followSeed: maphash.MakeSeed()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	if n.flows, err = conntrack.New(conntrack.Config{}); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"hash/fnv"
+	"hash/maphash"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -137,6 +137,7 @@ type Node struct {
 	// followLocks serialise the subscription changes of one job (striped by its name):
 	// an expiry's unfollow and a new follow of the job must not interleave.
 	followLocks [64]sync.Mutex
+	followSeed  maphash.Seed
 }
 
 type instanceKey struct {
@@ -157,7 +158,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, instances: map[instanceKey]*instance{}, following: map[string]bool{}}
+	n := &Node{cfg: cfg, log: cfg.Logger, instances: map[instanceKey]*instance{}, following: map[string]bool{},
+		followSeed: maphash.MakeSeed()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -493,9 +495,7 @@ func (n *Node) unfollow(e table.Expired) {
 }
 
 func (n *Node) followLock(job string) *sync.Mutex {
-	h := fnv.New32a()
-	h.Write([]byte(job))
-	return &n.followLocks[h.Sum32()%uint32(len(n.followLocks))]
+	return &n.followLocks[maphash.String(n.followSeed, job)%uint64(len(n.followLocks))]
 }
 
 // Deploy attaches an instance (local API).
