@@ -142,14 +142,14 @@ type insertOp struct {
 // well under MongoDB's 16 MiB per message).
 const maxInsertBatch = 500
 
-func newInserter(coll *mongo.Collection) *batcher[insertOp] {
+func newInserter(coll *collection) *batcher[insertOp] {
 	return newBatcher(maxInsertBatch, func(op *insertOp) int { return len(op.docs) },
 		func(ctx context.Context, ops []*insertOp) { insertAll(ctx, coll, ops) })
 }
 
 // insertAll inserts every op's documents with one unordered InsertMany (no document
 // depends on another's) and hands each op the errors of its own documents.
-func insertAll(ctx context.Context, coll *mongo.Collection, ops []*insertOp) {
+func insertAll(ctx context.Context, coll *collection, ops []*insertOp) {
 	if len(ops) == 1 {
 		_, ops[0].err = coll.InsertMany(ctx, ops[0].docs, options.InsertMany().SetOrdered(false))
 		return

@@ -239,7 +239,7 @@ func TestInsertAllSplitsErrors(t *testing.T) {
 	defer c.Disconnect(context.Background())
 	db := c.Database(fmt.Sprintf("semnet_test_%016x", rand.Uint64()))
 	defer db.Drop(context.Background())
-	coll := db.Collection("docs")
+	coll := &collection{Collection: db.Collection("docs")} // no gate (nil reach)
 	doc := func(id string) any { return map[string]string{"_id": id} }
 	if _, err := coll.InsertOne(t.Context(), doc("taken")); err != nil {
 		t.Fatal(err)

@@ -231,7 +231,7 @@ func (s *Store) commit(ctx context.Context, rev uint64, c changeDoc) error {
 // never hearing of the delete) is read as a change of its subject once abandoned.
 // After the delete, release (the addresses it freed, if any) and the log run on a
 // context of their own: the delete happened whatever the caller does now.
-func (s *Store) deleteLogged(ctx context.Context, c *mongo.Collection, id string, change changeDoc, release func(context.Context) error) error {
+func (s *Store) deleteLogged(ctx context.Context, c *collection, id string, change changeDoc, release func(context.Context) error) error {
 	rev, err := s.reserve(ctx, change)
 	if err != nil {
 		return err

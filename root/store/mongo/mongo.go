@@ -69,7 +69,9 @@
 // drops revisions from a write in progress younger than OrphanGrace.
 //
 // Durability follows the write concern in the URI (for a replica set use w=majority).
-// Driver and server failures are returned wrapping store.ErrUnavailable.
+// Driver and server failures are returned wrapping store.ErrUnavailable; while the
+// driver knows of no server that takes writes, operations fail so at once, but for one
+// per Options.ProbeEvery that finds out whether the server is back.
 package mongo
 
 import (
@@ -93,8 +95,9 @@ import (
 var _ store.Store = (*Store)(nil)
 
 // DefaultServerSelectionTimeout bounds how long an operation waits for a reachable
-// server unless the URI sets serverSelectionTimeoutMS: while MongoDB is down, requests
-// fail (503) after it instead of hanging.
+// server unless the URI sets serverSelectionTimeoutMS: an operation caught by MongoDB
+// going down fails (503) after it instead of hanging. Once the driver knows the server
+// gone, operations fail at once (see reach).
 const DefaultServerSelectionTimeout = 2 * time.Second
 
 // Options configure the MongoDB store.
@@ -117,6 +120,10 @@ type Options struct {
 	// Monitor, when set, watches every command the store's client sends: root exports
 	// their durations per collection, the one view of what its database spends time on.
 	Monitor *event.CommandMonitor
+	// ProbeEvery is how often an operation goes to a server the driver knows to be
+	// gone, to find out whether it is back; the others fail at once with
+	// store.ErrUnavailable. Default DefaultProbeEvery.
+	ProbeEvery time.Duration
 }
 
 // Store is the MongoDB-backed store.Store. It is safe for concurrent use.
@@ -124,8 +131,8 @@ type Store struct {
 	client *mongo.Client
 	db     *mongo.Database
 
-	services, instances, leases, subnets, clusters, interests, changes, revisions, meta, locks, tickets *mongo.Collection
-	gateways, exposures, names                                                                          *mongo.Collection
+	services, instances, leases, subnets, clusters, interests, changes, revisions, meta, locks, tickets *collection
+	gateways, exposures, names                                                                          *collection
 
 	now        func() time.Time
 	log        *slog.Logger
@@ -136,6 +143,7 @@ type Store struct {
 
 	local localLocks // per-key queues in front of the shared locks
 	batch batches    // the writes of concurrent creates and updates, combined
+	reach *reach     // fails operations at once while the server is known gone
 
 	mu   sync.Mutex
 	next uint64               // the next revision to try
@@ -160,11 +168,13 @@ func Open(ctx context.Context, uri, dbName string, opt Options) (*Store, error) 
 	if opt.Monitor != nil {
 		co.SetMonitor(opt.Monitor)
 	}
+	r := newReach(opt.ProbeEvery)
+	co.SetServerMonitor(r.monitor())
 	client, err := mongo.Connect(ctx, co)
 	if err != nil {
 		return nil, fmt.Errorf("mongo: connect: %w", dbErr(err))
 	}
-	s, err := newStore(ctx, client, dbName, opt)
+	s, err := newStore(ctx, client, r, dbName, opt)
 	if err != nil {
 		client.Disconnect(context.WithoutCancel(ctx))
 		return nil, err
@@ -172,7 +182,7 @@ func Open(ctx context.Context, uri, dbName string, opt Options) (*Store, error) 
 	return s, nil
 }
 
-func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Options) (*Store, error) {
+func newStore(ctx context.Context, client *mongo.Client, r *reach, dbName string, opt Options) (*Store, error) {
 	if err := client.Ping(ctx, readpref.Primary()); err != nil {
 		return nil, fmt.Errorf("mongo: open %s: %w", dbName, dbErr(err))
 	}
@@ -182,15 +192,17 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 		}
 	}
 	db := client.Database(dbName)
+	coll := func(name string) *collection { return &collection{Collection: db.Collection(name), reach: r} }
 	s := &Store{
 		client: client, db: db,
-		services: db.Collection("services"), instances: db.Collection("instances"),
-		leases: db.Collection("leases"), subnets: db.Collection("subnets"),
-		clusters: db.Collection("clusters"), interests: db.Collection("interests"),
-		changes: db.Collection("changes"), revisions: db.Collection("revisions"), meta: db.Collection("meta"),
-		locks: db.Collection("locks"), tickets: db.Collection("tickets"),
-		gateways: db.Collection("gateways"), exposures: db.Collection("exposures"), names: db.Collection("names"),
-		now: opt.Now, quarantine: opt.Quarantine, grace: opt.OrphanGrace, abandon: opt.AbandonAfter,
+		services: coll("services"), instances: coll("instances"),
+		leases: coll("leases"), subnets: coll("subnets"),
+		clusters: coll("clusters"), interests: coll("interests"),
+		changes: coll("changes"), revisions: coll("revisions"), meta: coll("meta"),
+		locks: coll("locks"), tickets: coll("tickets"),
+		gateways: coll("gateways"), exposures: coll("exposures"), names: coll("names"),
+		reach: r,
+		now:   opt.Now, quarantine: opt.Quarantine, grace: opt.OrphanGrace, abandon: opt.AbandonAfter,
 		gaps: map[uint64]time.Time{},
 	}
 	s.batch = newBatches(s)
@@ -252,6 +264,9 @@ func newStore(ctx context.Context, client *mongo.Client, dbName string, opt Opti
 
 // Ping checks that the server answers.
 func (s *Store) Ping(ctx context.Context) error {
+	if err := s.reach.pass(); err != nil {
+		return fmt.Errorf("mongo: ping: %w", err)
+	}
 	if err := s.client.Ping(ctx, readpref.Primary()); err != nil {
 		return fmt.Errorf("mongo: ping: %w", dbErr(err))
 	}
@@ -407,7 +422,7 @@ func setAll(doc any, optional ...string) (bson.D, error) {
 }
 
 // byID returns the document of c with this _id; store.ErrNotFound if there is none.
-func byID[D any](ctx context.Context, c *mongo.Collection, id string) (D, error) {
+func byID[D any](ctx context.Context, c *collection, id string) (D, error) {
 	var d D
 	err := c.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&d)
 	if errors.Is(err, mongo.ErrNoDocuments) {
@@ -417,7 +432,7 @@ func byID[D any](ctx context.Context, c *mongo.Collection, id string) (D, error)
 }
 
 // getRecord returns the record with this _id in c, decoded from its document.
-func getRecord[D any, T any](ctx context.Context, c *mongo.Collection, id string, record func(D) (T, error)) (T, error) {
+func getRecord[D any, T any](ctx context.Context, c *collection, id string, record func(D) (T, error)) (T, error) {
 	d, err := byID[D](ctx, c, id)
 	if err != nil {
 		var zero T
@@ -427,7 +442,7 @@ func getRecord[D any, T any](ctx context.Context, c *mongo.Collection, id string
 }
 
 // sortedByID returns the documents of c matching filter, by _id.
-func sortedByID[D any](ctx context.Context, c *mongo.Collection, filter bson.D) ([]D, error) {
+func sortedByID[D any](ctx context.Context, c *collection, filter bson.D) ([]D, error) {
 	cur, err := c.Find(ctx, filter, options.Find().SetSort(bson.D{{Key: "_id", Value: 1}}))
 	if err != nil {
 		return nil, dbErr(err)
@@ -440,7 +455,7 @@ func sortedByID[D any](ctx context.Context, c *mongo.Collection, filter bson.D) 
 }
 
 // listRecords returns the records of c matching filter, by _id.
-func listRecords[D any, T any](ctx context.Context, c *mongo.Collection, filter bson.D, record func(D) (T, error)) ([]T, error) {
+func listRecords[D any, T any](ctx context.Context, c *collection, filter bson.D, record func(D) (T, error)) ([]T, error) {
 	docs, err := sortedByID[D](ctx, c, filter)
 	if err != nil {
 		return nil, err

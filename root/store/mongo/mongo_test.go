@@ -1031,3 +1031,50 @@ func openMonitored(t *testing.T) (*mongo.Store, *commandLog) {
 	t.Cleanup(func() { s.Close() })
 	return s, log
 }
+
+// TestUnreachable: once the driver has found the server gone, the store's operations
+// fail at once with ErrUnavailable (but for one per probe interval) rather than each
+// waiting the server selection timeout, and once the server is back the store serves
+// again without a new Open.
+func TestUnreachable(t *testing.T) {
+	db := testservers.StartFerretDB(t)
+	// No probes within the test: the driver's heartbeat, every 500 ms here, finds the
+	// server back.
+	s := open(t, db.URI()+"?heartbeatFrequencyMS=500", "unreachable", mongo.Options{ProbeEvery: time.Hour})
+	defer s.Close()
+	ctx := t.Context()
+	if _, err := s.GetService(ctx, "nothing"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("server up: %v, want ErrNotFound", err)
+	}
+	db.Kill()
+	// These two find the server gone, waiting for it: one before the driver knows, one
+	// as the probe.
+	for range 2 {
+		if _, err := s.GetService(ctx, "nothing"); !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("server killed: %v, want ErrUnavailable", err)
+		}
+	}
+	start := time.Now()
+	for range 20 {
+		if _, err := s.GetService(ctx, "nothing"); !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("server known gone: %v, want ErrUnavailable", err)
+		}
+	}
+	if err := s.Ping(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("ping, server known gone: %v, want ErrUnavailable", err)
+	}
+	// Waiting for the server, 21 operations would take 21 selection timeouts.
+	if took := time.Since(start); took >= mongo.DefaultServerSelectionTimeout {
+		t.Fatalf("21 operations with the server known gone took %v: they waited for it", took)
+	}
+	db.Start()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, err := s.GetService(ctx, "nothing")
+		if errors.Is(err, store.ErrNotFound) {
+			break
+		}
+		if !errors.Is(err, store.ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("after the restart: %v, want ErrNotFound within 30 s", err)
+		}
+	}
+}

@@ -126,7 +126,7 @@ func (s *Store) reconcile(ctx context.Context) error {
 }
 
 // find decodes every document of c matching filter into out.
-func find[T any](ctx context.Context, c *mongo.Collection, filter bson.D, out *[]T) error {
+func find[T any](ctx context.Context, c *collection, filter bson.D, out *[]T) error {
 	cur, err := c.Find(ctx, filter)
 	if err != nil {
 		return fmt.Errorf("find in %s: %w", c.Name(), dbErr(err))
@@ -138,7 +138,7 @@ func find[T any](ctx context.Context, c *mongo.Collection, filter bson.D, out *[
 }
 
 // scan decodes every document of c (with projection proj) into a T and calls fn.
-func scan[T any](ctx context.Context, c *mongo.Collection, proj bson.D, fn func(T)) error {
+func scan[T any](ctx context.Context, c *collection, proj bson.D, fn func(T)) error {
 	cur, err := c.Find(ctx, bson.D{}, options.Find().SetProjection(proj))
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", c.Name(), dbErr(err))
