@@ -396,6 +396,7 @@ func (n *Node) follow(job string) {
 		n.following[job] = true
 		n.mu.Unlock()
 		err := n.link.Follow(n.ctx, job)
+		n.log.Debug("followed a job", "job", job, "err", err)
 		if err != nil {
 			n.mu.Lock()
 			delete(n.following, job)
@@ -437,6 +438,13 @@ func (n *Node) forget(gone []netip.Addr) {
 // says "query again".
 func (n *Node) onUpdate(key string, u mqttapi.UpdatesAvailable) {
 	n.updates.pushes.Add(1)
+	if n.log.Enabled(n.ctx, slog.LevelDebug) {
+		var rev uint64
+		if u.Table != nil {
+			rev = u.Table.Revision
+		}
+		n.log.Debug("push", "key", key, "type", u.Type, "revision", rev)
+	}
 	switch {
 	case u.Type == mqttapi.UpdateDeleted:
 		n.forget(n.table.Delete(key))
@@ -485,8 +493,10 @@ func (n *Node) unfollow(e table.Expired) {
 		n.mu.Lock()
 		n.following[e.Job] = was
 		n.mu.Unlock()
+		n.log.Debug("an expired job is back in the table; still following it", "job", e.Job)
 		return
 	}
+	n.log.Debug("unfollowing an expired job", "job", e.Job, "keys", e.Keys)
 	for _, key := range e.Keys {
 		if err := n.link.Unfollow(n.ctx, key); err != nil {
 			n.log.Debug("interest/remove", "key", key, "err", err)

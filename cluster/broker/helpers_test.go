@@ -269,8 +269,13 @@ func (c *rawClient) send(t *testing.T, pk packets.Packet) {
 	case packets.Subscribe:
 		pk.FixedHeader.Qos = 1 // [MQTT-3.8.1-1]
 		err = pk.SubscribeEncode(&buf)
+	case packets.Unsubscribe:
+		pk.FixedHeader.Qos = 1 // [MQTT-3.10.1-1]
+		err = pk.UnsubscribeEncode(&buf)
 	case packets.Publish:
 		err = pk.PublishEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
 	default:
 		t.Fatalf("rawClient cannot send packet type %d", pk.FixedHeader.Type)
 	}
@@ -315,6 +320,8 @@ func (c *rawClient) read() (packets.Packet, error) {
 		err = pk.PublishDecode(body)
 	case packets.Puback:
 		err = pk.PubackDecode(body)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(body)
 	}
 	return pk, err
 }

@@ -24,7 +24,7 @@ func (h *hook) ID() string { return "semnet-broker" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablish, mqtt.OnACLCheck,
-		mqtt.OnSubscribe, mqtt.OnPublished, mqtt.OnPublishDropped, mqtt.OnPacketEncode, mqtt.OnPacketSent:
+		mqtt.OnSubscribe, mqtt.OnUnsubscribe, mqtt.OnPublished, mqtt.OnPublishDropped, mqtt.OnPacketEncode, mqtt.OnPacketSent:
 		return true
 	}
 	return false
@@ -104,7 +104,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return maySubscribe(s.id, topic)
 }
 
-// OnSubscribe counts and logs the filters the ACL will refuse.
+// OnSubscribe counts and logs the filters the ACL will refuse, and carries out the
+// subscriptions mochi would refuse for a packet identifier collision (see collides).
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	c := connOf(cl)
 	if c == nil {
@@ -114,13 +115,49 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if s == nil {
 		return pk
 	}
+	collision := h.collides(cl, pk, "subscribe")
 	for _, f := range pk.Filters {
 		if !maySubscribe(s.id, f.Filter) {
 			h.b.m.aclDenied.WithLabelValues("subscribe").Inc()
 			h.b.log.Warn("subscription refused by ACL", "client", s.id, "filter", f.Filter)
+			continue
+		}
+		if collision && mqtt.IsValidFilter(f.Filter, false) && h.b.keepsUp(c, cl) {
+			h.b.mqtt.Topics.Subscribe(cl.ID, f)
+			cl.State.Subscriptions.Add(f.Filter, f)
 		}
 	}
 	return pk
+}
+
+// OnUnsubscribe carries out the unsubscriptions mochi would refuse for a packet
+// identifier collision (see collides): an MQTT 3.1.1 UNSUBACK has no codes, so the
+// client could not tell, and would get the pushes of a job it dropped.
+func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if h.collides(cl, pk, "unsubscribe") {
+		for _, f := range pk.Filters {
+			h.b.mqtt.Topics.Unsubscribe(f.Filter, cl.ID)
+			cl.State.Subscriptions.Delete(f.Filter)
+		}
+	}
+	return pk
+}
+
+// collides reports whether a SUBSCRIBE or UNSUBSCRIBE carries the packet identifier of
+// a delivery to the client that it has not acknowledged yet. mochi keeps the client's
+// identifiers and its own in one table (MQTT keeps them apart: each side numbers its
+// own packets) and refuses such a packet: a SUBACK of 0x80, or an UNSUBACK that does
+// nothing. Clients that never read SUBACK codes (the reference node) would wait for
+// pushes that never come, so the hooks carry the packet out themselves; the SUBACK
+// still says 0x80, and a client that subscribes again gets a plain grant.
+func (h *hook) collides(cl *mqtt.Client, pk packets.Packet, what string) bool {
+	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok {
+		return false
+	}
+	h.b.m.idCollisions.WithLabelValues(what).Inc()
+	h.b.log.Debug("packet identifier of an unacknowledged delivery; carrying the packet out despite mochi",
+		"client", cl.ID, "packet", what, "packet_id", pk.PacketID)
+	return true
 }
 
 // OnPublished counts messages nodes published (the cluster's own are not counted).

@@ -292,3 +292,60 @@ func waitAcked(t *testing.T, b *Broker, id string) {
 		}
 	}
 }
+
+// TestPacketIDCollision: a SUBSCRIBE or UNSUBSCRIBE whose packet identifier is that of
+// a delivery the client has not acknowledged yet (legal: each side numbers its own
+// packets) takes effect, though mochi alone would refuse it.
+func TestPacketIDCollision(t *testing.T) {
+	b := startBroker(t, Config{AllowAnonymous: true})
+	c, _ := rawDial(t, b.Addr().String(), 4, "w1", "", 30)
+	c.subscribe(t, mqttapi.UpdatesTopic("a"), 1)
+	next := func(what string) packets.Packet {
+		t.Helper()
+		pk, err := c.read()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return pk
+	}
+	if err := b.Publish(mqttapi.UpdatesTopic("a"), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	held := next("the delivery on a") // not acknowledged for now
+	if held.FixedHeader.Type != packets.Publish || held.PacketID == 0 {
+		t.Fatalf("got %+v, want a QoS 1 PUBLISH", held)
+	}
+
+	c.send(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: held.PacketID,
+		Filters: packets.Subscriptions{{Filter: mqttapi.UpdatesTopic("b"), Qos: 1}}})
+	if ack := next("SUBACK"); ack.FixedHeader.Type != packets.Suback || ack.PacketID != held.PacketID {
+		t.Fatalf("got %+v, want the SUBACK", ack)
+	}
+	if err := b.Publish(mqttapi.UpdatesTopic("b"), []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	if pk := next("the delivery on b"); pk.FixedHeader.Type != packets.Publish || pk.TopicName != mqttapi.UpdatesTopic("b") {
+		t.Fatalf("got %+v, want the PUBLISH on b: the subscription did not take", pk)
+	}
+
+	c.send(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe}, PacketID: held.PacketID,
+		Filters: packets.Subscriptions{{Filter: mqttapi.UpdatesTopic("a")}}})
+	if ack := next("UNSUBACK"); ack.FixedHeader.Type != packets.Unsuback || ack.PacketID != held.PacketID {
+		t.Fatalf("got %+v, want the UNSUBACK", ack)
+	}
+	// Deliveries to one client keep their order: had the unsubscription not taken, a's
+	// would come first.
+	for _, key := range []string{"a", "b"} {
+		if err := b.Publish(mqttapi.UpdatesTopic(key), []byte("3")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pk := next("the next delivery"); pk.TopicName != mqttapi.UpdatesTopic("b") {
+		t.Fatalf("got a delivery on %q, want b's: the unsubscription did not take", pk.TopicName)
+	}
+	for _, p := range []string{"subscribe", "unsubscribe"} {
+		if got := counter(b.m.idCollisions.WithLabelValues(p)); got != 1 {
+			t.Errorf("%s collisions counted: %v, want 1", p, got)
+		}
+	}
+}

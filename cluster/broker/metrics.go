@@ -16,6 +16,7 @@ type metrics struct {
 	dropped         prometheus.Counter
 	received        prometheus.Counter
 	sent            prometheus.Counter
+	idCollisions    *prometheus.CounterVec // packet: subscribe, unsubscribe
 }
 
 func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, error) {
@@ -39,6 +40,8 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 			"Messages published by nodes and accepted by the ACL.")),
 		sent: prometheus.NewCounter(opts("messages_sent_total",
 			"Messages delivered to nodes.")),
+		idCollisions: prometheus.NewCounterVec(opts("packet_id_collisions_total",
+			"SUBSCRIBE and UNSUBSCRIBE packets carrying the packet identifier of a delivery the client has not acknowledged yet, which mochi refuses; the broker carries them out itself."), []string{"packet"}),
 	}
 	// Every known label value exists from the start, so a rate of zero is visible.
 	for r := refusedBadCredentials; r <= lastRefusal; r++ {
@@ -46,6 +49,8 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 	}
 	m.aclDenied.WithLabelValues("publish")
 	m.aclDenied.WithLabelValues("subscribe")
+	m.idCollisions.WithLabelValues("subscribe")
+	m.idCollisions.WithLabelValues("unsubscribe")
 	for _, r := range []dropReason{dropWriteBuffer, dropWriteTimeout, dropInflight, dropQueue} {
 		m.slowDisconnects.WithLabelValues(string(r))
 	}
@@ -54,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, connected func() float64) (*metrics, 
 	}
 	clients := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "semnet", Subsystem: "cluster", Name: "mqtt_clients_connected",
 		Help: "Connected clients (distinct identities)."}, connected)
-	for _, c := range []prometheus.Collector{clients, m.refused, m.aclDenied, m.oversized, m.rateLimited, m.slowDisconnects, m.dropped, m.received, m.sent} {
+	for _, c := range []prometheus.Collector{clients, m.refused, m.aclDenied, m.oversized, m.rateLimited, m.slowDisconnects, m.dropped, m.received, m.sent, m.idCollisions} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

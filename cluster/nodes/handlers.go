@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -75,6 +76,9 @@ func errorResult(q mqttapi.TableQuery, key, code string, err error) mqttapi.Tabl
 
 // answer sends the entry and records the node's interest under the key it used.
 func (s *Server) answer(nodeID, topic, key string, e *cache.Entry) {
+	if s.log.Enabled(s.ctx, slog.LevelDebug) { // the hot path: no arguments boxed unless asked
+		s.log.Debug("table query answered", "node", nodeID, "key", key, "job", e.JobName(), "revision", e.Revision)
+	}
 	if job := e.JobName(); s.in.query(nodeID, key, job) && !s.table.Holding(job) {
 		// The job's hold was released since the lookup (no node needed it): take it
 		// again, or the interest at root may be gone.
@@ -132,6 +136,13 @@ func (s *Server) Changed(job string, e *cache.Entry) {
 	keys := s.in.keys(job)
 	if !slices.Contains(keys, job) {
 		keys = append(keys, job) // nodes running the job listen on its own topic
+	}
+	if s.log.Enabled(s.ctx, slog.LevelDebug) {
+		var rev uint64
+		if e != nil {
+			rev = e.Revision
+		}
+		s.log.Debug("pushing a change", "job", job, "keys", keys, "revision", rev, "deleted", e == nil)
 	}
 	for _, key := range keys {
 		msg := mqttapi.UpdatesAvailable{Type: mqttapi.UpdateDeleted}
@@ -316,7 +327,9 @@ func (s *Server) interestRemove(nodeID string, payload []byte) error {
 	if r.AppName == "" {
 		return invalidf("appname is required")
 	}
-	if job, unused := s.in.remove(nodeID, r.AppName); unused {
+	job, unused := s.in.remove(nodeID, r.AppName)
+	s.log.Debug("interest removed", "node", nodeID, "key", r.AppName, "job", job, "unused", unused)
+	if unused {
 		s.recheck(job)
 	}
 	return nil

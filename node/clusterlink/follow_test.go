@@ -92,3 +92,86 @@ func TestFollowWaitsForTheSubscription(t *testing.T) {
 		t.Errorf("first Follow: %v", err)
 	}
 }
+
+// TestFollowRetriesARefusedSubscription: mochi keeps the packet identifiers of its
+// deliveries and of the client's own packets in one table, so it refuses a SUBSCRIBE
+// that carries the identifier of a delivery the node has not acknowledged yet. Follow
+// must not take that refusal for a subscription: it subscribes again, and the pushes
+// come.
+func TestFollowRetriesARefusedSubscription(t *testing.T) {
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(&slowSubscribe{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+
+	// Pushes for "held" are not acknowledged until release: the node is busy.
+	release := make(chan struct{})
+	held := make(chan struct{}, 64)
+	other := make(chan struct{}, 1)
+	l, err := clusterlink.Dial(t.Context(), clusterlink.Config{Broker: addr, NodeID: "w1",
+		OnUpdate: func(key string, _ mqttapi.UpdatesAvailable) {
+			if key == "held" {
+				held <- struct{}{}
+				<-release
+				return
+			}
+			other <- struct{}{}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	if err := l.Follow(t.Context(), "held"); err != nil {
+		t.Fatal(err)
+	}
+	// The broker's deliveries take identifiers 1..20, the node's packets so far 1 and 2
+	// (its first subscriptions), so its next SUBSCRIBE carries one of the deliveries'.
+	const n = 20
+	for range n {
+		if err := srv.Publish(mqttapi.UpdatesTopic("held"), []byte(`{}`), false, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range n {
+		select {
+		case <-held:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the held pushes did not arrive")
+		}
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond) // the node catches up, acknowledging them
+		close(release)
+	}()
+	if err := l.Follow(t.Context(), "other"); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Publish(mqttapi.UpdatesTopic("other"), []byte(`{}`), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-other:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no push for a key Follow returned for: the broker refused the subscription and Follow took it for done")
+	}
+}

@@ -16,10 +16,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"golang.org/x/sync/singleflight"
 
@@ -201,9 +204,8 @@ func (l *Link) connected() {
 		subs[mqttapi.UpdatesTopic(key)] = 1
 	}
 	l.mu.Unlock()
-	tok := l.client.SubscribeMultiple(subs, l.route)
-	if !tok.WaitTimeout(l.cfg.QueryTimeout) || tok.Error() != nil {
-		l.log.Error("cluster subscriptions failed; queries will time out until the next reconnect", "err", tok.Error())
+	if err := l.subscribe(context.Background(), subs); err != nil {
+		l.log.Error("cluster subscriptions failed; queries will time out until the next reconnect", "err", err)
 		return
 	}
 	l.log.Info("connected to cluster", "broker", l.cfg.Broker, "node", l.cfg.NodeID, "followed", len(subs)-fixed)
@@ -406,27 +408,76 @@ func (l *Link) Follow(ctx context.Context, key string) error {
 	l.mu.Lock()
 	f, ok := l.follow[key]
 	if !ok {
-		f = &following{sent: make(chan struct{})}
+		f = &following{done: make(chan struct{})}
 		l.follow[key] = f
 	}
 	l.mu.Unlock()
 	if !ok {
-		f.tok = l.client.Subscribe(mqttapi.UpdatesTopic(key), 1, l.route)
-		close(f.sent)
+		f.err = l.subscribe(ctx, map[string]byte{mqttapi.UpdatesTopic(key): 1})
+		if f.err != nil {
+			f.err = fmt.Errorf("clusterlink: follow %s: %w", key, f.err)
+			l.mu.Lock()
+			if l.follow[key] == f { // a later Follow tries again
+				delete(l.follow, key)
+			}
+			l.mu.Unlock()
+		}
+		close(f.done)
 	}
 	select {
-	case <-f.sent:
+	case <-f.done:
+		return f.err
 	case <-ctx.Done():
 		return fmt.Errorf("clusterlink: follow %s: %w", key, ctx.Err())
 	}
-	return l.wait(ctx, f.tok, "follow "+key)
 }
 
-// following is a followed key's subscription: tok is set once sent is closed, and done
-// once the broker confirmed it.
+// following is a followed key's subscription: err is set once done is closed.
 type following struct {
-	sent chan struct{}
-	tok  paho.Token
+	done chan struct{}
+	err  error
+}
+
+// subscribe subscribes to filters (topic -> QoS) and waits, for up to QueryTimeout,
+// until the broker granted every one, subscribing again to those it refused. mochi
+// keeps the packet identifiers of its deliveries to a client and of the client's own
+// packets in one table (they are independent in MQTT), so a SUBSCRIBE that happens to
+// carry the identifier of a delivery the node has not acknowledged yet is refused
+// (return code 0x80), though nothing is wrong with it; the next attempt carries another
+// identifier. Taking such a refusal for a subscription left a node without the pushes of
+// a job it served traffic for (TestMultiCluster, in CI).
+func (l *Link) subscribe(ctx context.Context, filters map[string]byte) error {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.QueryTimeout)
+	defer cancel()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 10*time.Millisecond, 500*time.Millisecond, 0
+	pending := maps.Clone(filters)
+	var refused error
+	err := backoff.Retry(func() error {
+		tok := l.client.SubscribeMultiple(pending, l.route)
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			return backoff.Permanent(fmt.Errorf("subscribe to %v: %w", slices.Sorted(maps.Keys(pending)), ctx.Err()))
+		}
+		if err := tok.Error(); err != nil {
+			return backoff.Permanent(fmt.Errorf("subscribe to %v: %w", slices.Sorted(maps.Keys(pending)), err))
+		}
+		for topic, code := range tok.(*paho.SubscribeToken).Result() {
+			if code <= 2 { // the QoS granted; 0x80 is a refusal
+				delete(pending, topic)
+			}
+		}
+		if len(pending) > 0 {
+			refused = fmt.Errorf("the broker refused the subscription to %v", slices.Sorted(maps.Keys(pending)))
+			return refused
+		}
+		return nil
+	}, backoff.WithContext(bo, ctx))
+	if err != nil && refused != nil && !errors.Is(err, refused) {
+		err = fmt.Errorf("%w: %w", refused, err) // the time ran out: say what it ran out on
+	}
+	return err
 }
 
 // Unfollow drops the subscription for key and tells the cluster the node no longer
