@@ -41,12 +41,12 @@ func (h *slowSubscribe) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.P
 	return pk
 }
 
-// TestFollowWaitsForTheSubscription: a second Follow of a key whose subscription is on
-// its way returns only once it holds, so a push sent after it returns is not lost (two
-// concurrent queries of one job on one node raced so in the load run).
-func TestFollowWaitsForTheSubscription(t *testing.T) {
+// serveMochi serves a plain mochi broker with hook on a free loopback port, until the
+// test ends.
+func serveMochi(t *testing.T, hook mqtt.Hook) (*mqtt.Server, string) {
+	t.Helper()
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(&slowSubscribe{delay: 500 * time.Millisecond}, nil); err != nil {
+	if err := srv.AddHook(hook, nil); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -62,6 +62,14 @@ func TestFollowWaitsForTheSubscription(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
+	return srv, addr
+}
+
+// TestFollowWaitsForTheSubscription: a second Follow of a key whose subscription is on
+// its way returns only once it holds, so a push sent after it returns is not lost (two
+// concurrent queries of one job on one node raced so in the load run).
+func TestFollowWaitsForTheSubscription(t *testing.T) {
+	srv, addr := serveMochi(t, &slowSubscribe{delay: 500 * time.Millisecond})
 
 	pushes := make(chan string, 4)
 	l, err := clusterlink.Dial(t.Context(), clusterlink.Config{Broker: addr, NodeID: "w1",
@@ -99,23 +107,7 @@ func TestFollowWaitsForTheSubscription(t *testing.T) {
 // must not take that refusal for a subscription: it subscribes again, and the pushes
 // come.
 func TestFollowRetriesARefusedSubscription(t *testing.T) {
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(&slowSubscribe{}, nil); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv, addr := serveMochi(t, &slowSubscribe{})
 
 	// Pushes for "held" are not acknowledged until release: the node is busy.
 	release := make(chan struct{})
