@@ -222,7 +222,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		log.With("component", "gateways"))
 	s.table = table.New(rc, ch, table.Options{
 		ClusterID: c.ID, StaleAfter: c.StaleAfter, UnknownTTL: c.UnknownTTL, Logger: log.With("component", "table"),
-		OnChange:   func(job string, e *cache.Entry) { nodeSrv.Changed(job, e) },
+		OnChange:   func(job string, e *cache.Entry, at time.Time) { nodeSrv.Changed(job, e, at) },
 		OnGateways: relay.Changed,
 		Replica:    replica, HoldRenew: copt.HoldTTL / 3, Registerer: promReg,
 	})

@@ -366,6 +366,9 @@ func (s *soak) pushed(n *soakNode, job string, u mqttapi.UpdatesAvailable) {
 		go s.query(n, job, time.Now()) // a push without the entry means "ask again"
 		return
 	}
+	if !u.ChangedAt.IsZero() { // root's clock is this machine's
+		s.series.add("root_propagation", u.ChangedAt, time.Since(u.ChangedAt))
+	}
 	s.exp.applied(s, n, job)
 }
 

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/semnet/semnet/cluster/clustertest"
 	"github.com/semnet/semnet/node/clusterlink"
 	"github.com/semnet/semnet/node/conntrack"
@@ -38,7 +40,7 @@ func TestExpiryRacingAResolve(t *testing.T) {
 	}
 
 	n := &Node{log: slog.New(slog.DiscardHandler), following: map[string]bool{}, instances: map[instanceKey]*instance{},
-		table: table.New(table.Config{}), followSeed: maphash.MakeSeed()}
+		table: table.New(table.Config{}), followSeed: maphash.MakeSeed(), changeDelay: newChangeDelay()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	if n.flows, err = conntrack.New(conntrack.Config{}); err != nil {
 		t.Fatal(err)
@@ -115,6 +117,14 @@ func TestExpiryRacingAResolve(t *testing.T) {
 	waitFor("the push of instance 0", func() bool { return running() == 1 })
 	if pushes, applied := n.updates.pushes.Load(), n.updates.applied.Load(); pushes == 0 || applied < 2 {
 		t.Errorf("counted %d pushes and %d entries applied, want a push and the answers and the push applied", pushes, applied)
+	}
+	// The push said when root logged the change: the delay is recorded, and is short.
+	var m dto.Metric
+	if err := n.changeDelay.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if h := m.GetHistogram(); h.GetSampleCount() == 0 || h.GetSampleSum() <= 0 || h.GetSampleSum() > float64(h.GetSampleCount())*10 {
+		t.Errorf("change delay histogram: %d samples summing to %v s, want the push's delay (root's change time carried)", h.GetSampleCount(), h.GetSampleSum())
 	}
 	n.apply(first) // older than the push: counted, not applied
 	if got := n.updates.outdated.Load(); got != 1 || running() != 1 {

@@ -6,6 +6,14 @@ import (
 	"github.com/semnet/semnet/node/datapath"
 )
 
+// newChangeDelay is the histogram of how long root's changes take to reach the table:
+// the PERFORMANCE.md propagation target, as one node sees it.
+func newChangeDelay() prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "semnet", Subsystem: "node", Name: "change_delay_seconds",
+		Help:    "From root logging a change (root's clock) to its push applied in this node's table.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}})
+}
+
 // collector exposes the datapath's counters, read when /metrics is scraped: the packet
 // loops count in plain fields per batch and never touch Prometheus.
 type collector struct {

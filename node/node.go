@@ -133,6 +133,8 @@ type Node struct {
 	following map[string]bool // jobs whose pushes the node follows
 
 	updates struct{ pushes, applied, outdated, refused atomic.Uint64 } // for /metrics
+	// changeDelay: root's change -> its push applied here (root's clock against ours)
+	changeDelay prometheus.Histogram
 
 	// followLocks serialise the subscription changes of one job (striped by its name):
 	// an expiry's unfollow and a new follow of the job must not interleave.
@@ -159,7 +161,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, instances: map[instanceKey]*instance{}, following: map[string]bool{},
-		followSeed: maphash.MakeSeed()}
+		followSeed: maphash.MakeSeed(), changeDelay: newChangeDelay()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -238,7 +240,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 
 	n.reg = prometheus.NewRegistry()
-	n.reg.MustRegister(newCollector(n))
+	n.reg.MustRegister(newCollector(n), n.changeDelay)
 	ln, err := localapi.Listen(cfg.Socket)
 	if err != nil {
 		return nil, err
@@ -413,19 +415,21 @@ func (n *Node) follow(job string) {
 	})
 }
 
-func (n *Node) apply(r *mqttapi.TableQueryResult) {
+// apply installs an entry from the cluster and reports whether the table took it.
+func (n *Node) apply(r *mqttapi.TableQueryResult) bool {
 	gone, err := n.table.Apply(r, time.Now())
 	if errors.Is(err, table.ErrOutdated) {
 		n.updates.outdated.Add(1)
-		return
+		return false
 	}
 	if err != nil {
 		n.updates.refused.Add(1)
 		n.log.Warn("table entry refused", "job", r.AppName, "err", err)
-		return
+		return false
 	}
 	n.updates.applied.Add(1)
 	n.forget(gone)
+	return true
 }
 
 func (n *Node) forget(gone []netip.Addr) {
@@ -448,14 +452,24 @@ func (n *Node) onUpdate(key string, u mqttapi.UpdatesAvailable) {
 	switch {
 	case u.Type == mqttapi.UpdateDeleted:
 		n.forget(n.table.Delete(key))
+		n.changed(u)
 	case u.Table != nil && u.Table.Error == "":
-		n.apply(u.Table)
+		if n.apply(u.Table) {
+			n.changed(u)
+		}
 	default:
 		n.wg.Go(func() {
 			if err := n.reread(key); err != nil {
 				n.log.Debug("re-query after a push failed; keeping the entry", "key", key, "err", err)
 			}
 		})
+	}
+}
+
+// changed records how long the change a push carried took to reach the table.
+func (n *Node) changed(u mqttapi.UpdatesAvailable) {
+	if !u.ChangedAt.IsZero() {
+		n.changeDelay.Observe(time.Since(u.ChangedAt).Seconds())
 	}
 }
 

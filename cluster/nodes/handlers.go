@@ -131,8 +131,12 @@ func (s *Server) render(e *cache.Entry, key string) mqttapi.TableQueryResult {
 
 // Changed pushes a job's change to the nodes interested in it: on the job's own updates
 // topic and on every key (IP) nodes queried it by, each with the fresh entry as a query
-// by that key would answer it. e is nil when the job was deleted.
-func (s *Server) Changed(job string, e *cache.Entry) {
+// by that key would answer it. e is nil when the job was deleted; at is when root logged
+// the change (zero: not known).
+func (s *Server) Changed(job string, e *cache.Entry, at time.Time) {
+	if !at.IsZero() {
+		s.m.pushDelay.Observe(time.Since(at).Seconds())
+	}
 	keys := s.in.keys(job)
 	if !slices.Contains(keys, job) {
 		keys = append(keys, job) // nodes running the job listen on its own topic
@@ -145,10 +149,10 @@ func (s *Server) Changed(job string, e *cache.Entry) {
 		s.log.Debug("pushing a change", "job", job, "keys", keys, "revision", rev, "deleted", e == nil)
 	}
 	for _, key := range keys {
-		msg := mqttapi.UpdatesAvailable{Type: mqttapi.UpdateDeleted}
+		msg := mqttapi.UpdatesAvailable{Type: mqttapi.UpdateDeleted, ChangedAt: at}
 		if e != nil {
 			r := s.render(e, key)
-			msg = mqttapi.UpdatesAvailable{Type: mqttapi.UpdateChanged, Table: &r}
+			msg = mqttapi.UpdatesAvailable{Type: mqttapi.UpdateChanged, Table: &r, ChangedAt: at}
 		}
 		s.publishJSON(mqttapi.UpdatesTopic(key), msg)
 		s.m.pushes.Inc()

@@ -114,9 +114,10 @@ type Server struct {
 }
 
 type serverMetrics struct {
-	messages *prometheus.CounterVec // topic suffix, result
-	pushes   prometheus.Counter
-	queries  *prometheus.CounterVec // hit, miss, unknown, error
+	messages  *prometheus.CounterVec // topic suffix, result
+	pushes    prometheus.Counter
+	pushDelay prometheus.Histogram   // root's change -> this cluster's push
+	queries   *prometheus.CounterVec // hit, miss, unknown, error
 }
 
 // New returns a server. ctx bounds the work it starts in the background (cache misses).
@@ -141,11 +142,14 @@ func New(ctx context.Context, t Table, pub Publisher, r Reporter, s Subnets, opt
 			Help: "Messages from worker nodes by topic suffix and result (ok, malformed, invalid, unknown_topic, error)."}, []string{"topic", "result"}),
 		pushes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "pushes_total",
 			Help: "Update messages published on jobs/<key>/updates_available."}),
+		pushDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "semnet", Subsystem: "cluster", Name: "change_push_delay_seconds",
+			Help:    "From root logging a change (root's clock) to this cluster pushing it to its nodes, per change.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "table_queries_total",
 			Help: "Table queries by outcome (hit, miss, unknown, error)."}, []string{"outcome"}),
 	}
 	if opt.Registerer != nil {
-		opt.Registerer.MustRegister(srv.m.messages, srv.m.pushes, srv.m.queries)
+		opt.Registerer.MustRegister(srv.m.messages, srv.m.pushes, srv.m.pushDelay, srv.m.queries)
 		opt.Registerer.MustRegister(srv.live.collectors()...)
 	}
 	return srv

@@ -84,9 +84,11 @@ type Options struct {
 	// reference node waits for its answer).
 	FetchTimeout time.Duration
 	// OnChange is called by the follower after a job's cached entry changed (e is the new
-	// entry) or the job was deleted (e is nil). It runs in the follower's goroutine, in
-	// revision order; it should not block for long.
-	OnChange func(job string, e *cache.Entry)
+	// entry) or the job was deleted (e is nil). at is when root logged the change that
+	// made it (its clock), zero when the entry was re-read for another reason (a resync,
+	// an interest taken up again, the reference root's push). It runs in the follower's
+	// goroutine, in revision order; it should not block for long.
+	OnChange func(job string, e *cache.Entry, at time.Time)
 	// OnGateways is called by the follower when root reports a change to gateways or
 	// exposures, and after a resync (which may have skipped some).
 	OnGateways func()
@@ -165,7 +167,7 @@ func New(root Root, c Cache, opt Options) *Table {
 		opt.OnGateways = func() {}
 	}
 	if opt.OnChange == nil {
-		opt.OnChange = func(string, *cache.Entry) {}
+		opt.OnChange = func(string, *cache.Entry, time.Time) {}
 	}
 	if opt.Replica == "" {
 		opt.Replica = NewReplicaID("")
@@ -417,17 +419,22 @@ func (t *Table) holdLock(job string) *sync.Mutex {
 // through OnChange; a job root no longer knows is dropped. The reference root's job update
 // push lands here.
 func (t *Table) Refresh(ctx context.Context, key string) error {
+	return t.refresh(ctx, key, time.Time{})
+}
+
+// refresh is Refresh for a change root logged at at.
+func (t *Table) refresh(ctx context.Context, key string, at time.Time) error {
 	e, err := t.fetch(ctx, key, false)
 	if errors.Is(err, ErrUnknown) {
 		if old, gerr := t.cache.Get(ctx, key); gerr == nil {
-			return t.drop(ctx, old.JobName(), old.Revision)
+			return t.drop(ctx, old.JobName(), old.Revision, at)
 		}
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	t.opt.OnChange(e.JobName(), e)
+	t.opt.OnChange(e.JobName(), e, at)
 	return nil
 }
 
@@ -458,7 +465,7 @@ func (t *Table) follow(ctx context.Context, job string) error {
 		return err
 	}
 	t.refollow.Delete(job)
-	t.opt.OnChange(job, e)
+	t.opt.OnChange(job, e, time.Time{})
 	return nil
 }
 
@@ -515,7 +522,7 @@ func (t *Table) Forget(ctx context.Context, job string) error {
 		}
 		return errors.Join(err, fmt.Errorf("take the interest in %s up again: %w", job, ferr))
 	}
-	t.opt.OnChange(job, e)
+	t.opt.OnChange(job, e, time.Time{})
 	return err
 }
 
@@ -620,13 +627,13 @@ func (t *Table) fetch(ctx context.Context, key string, interest bool) (*cache.En
 	return e, nil
 }
 
-// drop removes a deleted job from the cache, reports it and releases this replica's
-// hold (root dropped the interest with the job).
-func (t *Table) drop(ctx context.Context, job string, rev uint64) error {
+// drop removes a deleted job from the cache, reports it (as deleted at at) and releases
+// this replica's hold (root dropped the interest with the job).
+func (t *Table) drop(ctx context.Context, job string, rev uint64, at time.Time) error {
 	if err := t.cache.Delete(ctx, job, rev); err != nil {
 		return fmt.Errorf("drop %s from cache: %w", job, err)
 	}
-	t.opt.OnChange(job, nil)
+	t.opt.OnChange(job, nil, at)
 	if t.Holding(job) {
 		if _, err := t.release(ctx, job); err != nil {
 			t.log.Warn("cache release failed", "job", job, "err", err)
@@ -739,12 +746,12 @@ func (t *Table) apply(ctx context.Context, cs []api.Change) error {
 			continue
 		}
 		if c.Kind == api.KindService && c.Op == "delete" {
-			if err := t.drop(ctx, c.JobName, c.Revision); err != nil {
+			if err := t.drop(ctx, c.JobName, c.Revision, c.Time); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := t.Refresh(ctx, c.ServiceID); err != nil {
+		if err := t.refresh(ctx, c.ServiceID, c.Time); err != nil {
 			return fmt.Errorf("re-read %s after revision %d: %w", c.JobName, c.Revision, err)
 		}
 	}
@@ -771,13 +778,13 @@ func (t *Table) resync(ctx context.Context) error {
 			if gerr != nil {
 				continue
 			}
-			if err := t.drop(ctx, job, old.Revision); err != nil {
+			if err := t.drop(ctx, job, old.Revision, time.Time{}); err != nil {
 				return err
 			}
 		case err != nil:
 			return fmt.Errorf("re-read %s: %w", job, err)
 		default:
-			t.opt.OnChange(job, e)
+			t.opt.OnChange(job, e, time.Time{})
 		}
 	}
 	return nil

@@ -50,16 +50,18 @@ func startJob(t *testing.T) (*root.Server, *client.Client, api.Service) {
 
 type changes struct {
 	mu   sync.Mutex
-	seen []string // "job" or "job:deleted"
+	seen []string    // "job" or "job:deleted"
+	at   []time.Time // when root logged each (zero: not from the change stream)
 	ch   chan struct{}
 }
 
-func (c *changes) record(job string, e *cache.Entry) {
+func (c *changes) record(job string, e *cache.Entry, at time.Time) {
 	c.mu.Lock()
 	if e == nil {
 		job += ":deleted"
 	}
 	c.seen = append(c.seen, job)
+	c.at = append(c.at, at)
 	c.mu.Unlock()
 	select {
 	case c.ch <- struct{}{}:
@@ -121,10 +123,18 @@ func TestLookupFollowAndResync(t *testing.T) {
 	if _, err := rc.PlaceInstance(ctx, svc.ID, in.Number, api.Placement{Status: "running", NamespaceIP: mustAddr("10.18.0.2"), HostIP: mustAddr("127.0.0.1"), HostPort: 50103}); err != nil {
 		t.Fatal(err)
 	}
+	placed := time.Now()
 	ch.waitFor(t, "the placed instance in the cache", func() bool {
 		e, ok := tb.Cached(ctx, in.InstanceIP.String())
 		return ok && len(e.Table.Instances) == 1 && e.Table.Instances[0].Status == "running"
 	})
+	// The change came with root's time of it (same clock here; root keeps milliseconds).
+	ch.mu.Lock()
+	at := ch.at[len(ch.at)-1]
+	ch.mu.Unlock()
+	if at.Before(placed.Add(-time.Second)) || at.After(time.Now()) {
+		t.Errorf("the placement reported as changed at %v, want about %v", at, placed)
+	}
 	// Deleting the service drops it and reports the deletion.
 	if err := rc.DeleteService(ctx, svc.ID, true); err != nil {
 		t.Fatal(err)

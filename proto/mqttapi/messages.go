@@ -2,6 +2,7 @@ package mqttapi
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/semnet/semnet/proto/refapi"
 )
@@ -149,6 +150,10 @@ const (
 type UpdatesAvailable struct {
 	Type  string            `json:"type"`
 	Table *TableQueryResult `json:"table,omitempty"`
+	// ChangedAt is when root logged the change this push is about (root's clock), unset
+	// when the cluster re-read the entry for another reason: a node can tell how long a
+	// change took to reach it.
+	ChangedAt time.Time `json:"changed_at,omitzero"`
 }
 
 // GatewayRegister is published by a gateway node (semnet node --gateway) on
