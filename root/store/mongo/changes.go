@@ -33,25 +33,39 @@ func (s *Store) Revision(ctx context.Context) (uint64, error) {
 }
 
 func (s *Store) newestRevision(ctx context.Context) (uint64, error) {
-	mark, err := s.metaN(ctx, metaCompacted)
-	if err != nil {
-		return 0, err
-	}
-	return s.newestAbove(ctx, mark)
+	_, newest, err := s.marks(ctx)
+	return newest, err
 }
 
-// newestAbove is newestRevision for a caller that has read the compaction mark.
-func (s *Store) newestAbove(ctx context.Context, mark uint64) (uint64, error) {
-	newest, err := s.metaN(ctx, metaNewest)
+// marks reads the compaction mark and the newest revision handed out (the higher of
+// the newest-revision counter and the mark), in one command: the change stream's
+// readers and root's store watcher read them many times a second.
+func (s *Store) marks(ctx context.Context) (compacted, newest uint64, err error) {
+	cur, err := s.meta.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{metaCompacted, metaNewest}}}}})
 	if err != nil {
-		return 0, err
+		return 0, 0, dbErr(err)
+	}
+	var docs []struct {
+		ID string `bson:"_id"`
+		N  int64  `bson:"n"`
+	}
+	if err := cur.All(ctx, &docs); err != nil {
+		return 0, 0, dbErr(err)
+	}
+	for _, d := range docs {
+		switch d.ID {
+		case metaCompacted:
+			compacted = uint64(d.N)
+		case metaNewest:
+			newest = uint64(d.N)
+		}
 	}
 	if newest == 0 { // a database no reservation has raised it in yet
 		if newest, err = s.scanNewestRevision(ctx); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
-	return max(newest, mark), nil
+	return compacted, max(newest, compacted), nil
 }
 
 // raiseNewest raises the newest-revision counter to rev (never lowers it), in one
@@ -311,16 +325,12 @@ func (s *Store) Changes(ctx context.Context, since uint64, limit int) ([]store.C
 const keyedReads = 8
 
 func (s *Store) readChanges(ctx context.Context, since uint64, limit int) ([]store.Change, error) {
-	mark, err := s.metaN(ctx, metaCompacted)
+	mark, newest, err := s.marks(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if since < mark {
 		return nil, store.ErrCompacted
-	}
-	newest, err := s.newestAbove(ctx, mark)
-	if err != nil {
-		return nil, err
 	}
 	if newest <= since { // nothing reserved after since: no change can follow it yet
 		return nil, nil
