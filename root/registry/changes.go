@@ -61,7 +61,7 @@ func (r *Registry) Changes(ctx context.Context, clusterID string, since uint64, 
 	if limit <= 0 || limit > 10000 {
 		return ChangeBatch{}, invalidf("limit %d must be between 1 and 10000", limit)
 	}
-	if _, err := r.Cluster(ctx, clusterID); err != nil {
+	if err := r.knownCluster(ctx, clusterID); err != nil {
 		return ChangeBatch{}, err
 	}
 	deadline := time.NewTimer(wait)
@@ -100,7 +100,7 @@ func (r *Registry) Changes(ctx context.Context, clusterID string, since uint64, 
 // Revision returns the current revision of the change stream, for a cluster that starts
 // following it with nothing cached.
 func (r *Registry) Revision(ctx context.Context, clusterID string) (uint64, error) {
-	if _, err := r.Cluster(ctx, clusterID); err != nil {
+	if err := r.knownCluster(ctx, clusterID); err != nil {
 		return 0, err
 	}
 	rev, err := r.store.Revision(ctx)

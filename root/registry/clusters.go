@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/root/store"
@@ -72,6 +73,25 @@ func (r *Registry) Cluster(ctx context.Context, id string) (store.Cluster, error
 	return c, nil
 }
 
+// clusterTTL is how long a read of a cluster's registration stands for knownCluster:
+// every change-stream poll, interest and placement checks that its cluster is
+// registered, many times a second per cluster, and clusters come and go rarely. A
+// cluster deleted through another root process may pass for registered here that long.
+const clusterTTL = 5 * time.Second
+
+// knownCluster checks that a cluster is registered, reading the store at most once per
+// clusterTTL for one that is.
+func (r *Registry) knownCluster(ctx context.Context, id string) error {
+	if at, ok := r.clustersSeen.Load(id); ok && r.now().Sub(at.(time.Time)) < clusterTTL {
+		return nil
+	}
+	if _, err := r.Cluster(ctx, id); err != nil {
+		return err
+	}
+	r.clustersSeen.Store(id, r.now())
+	return nil
+}
+
 // Clusters lists clusters.
 func (r *Registry) Clusters(ctx context.Context) ([]store.Cluster, error) {
 	return r.store.ListClusters(ctx)
@@ -82,16 +102,18 @@ func (r *Registry) DeleteCluster(ctx context.Context, id string) error {
 	if _, err := r.Cluster(ctx, id); err != nil {
 		return err
 	}
+	r.clustersSeen.Delete(id)
 	if err := r.store.DeleteCluster(ctx, id); err != nil {
 		return fmt.Errorf("delete cluster %s: %w", id, err)
 	}
+	r.clustersSeen.Delete(id) // a check racing the deletion may have stored it again
 	r.log.Info("cluster deleted", "cluster", id)
 	return nil
 }
 
 // AddInterest registers that a cluster wants the changes of the service named by key.
 func (r *Registry) AddInterest(ctx context.Context, clusterID, key string) (store.Service, error) {
-	if _, err := r.Cluster(ctx, clusterID); err != nil {
+	if err := r.knownCluster(ctx, clusterID); err != nil {
 		return store.Service{}, err
 	}
 	s, err := r.Service(ctx, key)

@@ -159,7 +159,7 @@ func (r *Registry) Place(ctx context.Context, key string, number int, p api.Plac
 		return store.Instance{}, s, err
 	}
 	if p.ClusterID != "" {
-		if _, err := r.Cluster(ctx, p.ClusterID); err != nil {
+		if err := r.knownCluster(ctx, p.ClusterID); err != nil {
 			return store.Instance{}, s, err
 		}
 	}

@@ -86,6 +86,8 @@ type Registry struct {
 	waiting      atomic.Int32  // long-polls waiting now
 	watchEvery   atomic.Int64  // WatchStore's period (ns); 0 when it does not run
 	storeRev     atomic.Uint64 // the newest revision WatchStore read from the store
+
+	clustersSeen sync.Map // cluster ID -> time.Time its registration was last read (see knownCluster)
 }
 
 // Observer hears about mutations (metrics, reference notifications). Calls are made after

@@ -968,3 +968,38 @@ func TestFailureAfterMigration(t *testing.T) {
 		t.Errorf("the standby node's death left the instance back there %s, want failed", in.Status)
 	}
 }
+
+// TestClusterChecksCached: the existence checks of change polls and placements read a
+// cluster's registration once per few seconds; a deletion through this registry counts
+// at once, one behind its back (another root process) once the check runs out.
+func TestClusterChecksCached(t *testing.T) {
+	e := newEnv(t, addrplan.Default())
+	ctx := context.Background()
+	if _, err := e.reg.Changes(ctx, "c1", 0, 10, 0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("changes of an unregistered cluster: %v, want ErrNotFound", err)
+	}
+	for _, id := range []string{"c1", "c2"} {
+		if _, err := e.reg.RegisterCluster(ctx, api.ClusterRequest{ID: id, Address: "127.0.0.1", Port: 10110}, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.reg.Changes(ctx, id, 0, 10, 0); err != nil {
+			t.Fatalf("changes of %s: %v", id, err)
+		}
+	}
+	if err := e.reg.DeleteCluster(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.Changes(ctx, "c1", 0, 10, 0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("changes of a cluster deleted here: %v, want ErrNotFound at once", err)
+	}
+	if err := e.st.DeleteCluster(ctx, "c2"); err != nil { // as another root process would
+		t.Fatal(err)
+	}
+	if _, err := e.reg.Changes(ctx, "c2", 0, 10, 0); err != nil {
+		t.Fatalf("changes of a cluster deleted elsewhere, within the check's life: %v, want it still taken for registered", err)
+	}
+	e.clock.Advance(10 * time.Second)
+	if _, err := e.reg.Changes(ctx, "c2", 0, 10, 0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("changes of a cluster deleted elsewhere, 10 s later: %v, want ErrNotFound", err)
+	}
+}
