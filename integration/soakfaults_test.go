@@ -235,7 +235,11 @@ const soakDeathWait = 3 * time.Minute
 
 // pendingReports returns the status reports waiting for root at each cluster, from their
 // metrics ("c1 12, c2 40").
-func (s *soak) pendingReports() string {
+func (s *soak) pendingReports() string { return s.clusterMetric("semnet_cluster_reports_pending") }
+
+// clusterMetric returns the value of one series (name and labels, as /metrics prints
+// them) at each cluster ("c1 12, c2 40"; counters count since each one's last start).
+func (s *soak) clusterMetric(series string) string {
 	var out []string
 	for i, c := range s.cls {
 		v := "?"
@@ -243,7 +247,7 @@ func (s *soak) pendingReports() string {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			for _, l := range strings.Split(string(b), "\n") {
-				if f, ok := strings.CutPrefix(l, "semnet_cluster_reports_pending "); ok {
+				if f, ok := strings.CutPrefix(l, series+" "); ok {
 					v = f
 				}
 			}

@@ -147,6 +147,8 @@ func (s *soak) report(dir string, end time.Duration) error {
 	}
 	fmt.Fprintf(&b, "| propagations superseded by a later change before arriving | %d |\n", s.exp.superseded)
 	fmt.Fprintf(&b, "| propagations never seen (node still waiting at the end) | %d |\n", s.exp.missing())
+	fmt.Fprintf(&b, "| SUBSCRIBEs carrying the packet identifier of an unacknowledged delivery, carried out by the broker (since each cluster's last start) | %s |\n",
+		s.clusterMetric(`semnet_cluster_mqtt_packet_id_collisions_total{packet="subscribe"}`))
 	b.WriteString("\n| # | fault | at | lasted | observed |\n|---|---|---|---|---|\n")
 	for i, e := range s.events {
 		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", i+1, e.name, e.start.Round(time.Second), (e.end - e.start).Round(time.Second), e.note)
