@@ -19,6 +19,7 @@
 package table
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -31,6 +32,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/semnet/semnet/cluster/cache"
@@ -86,8 +88,9 @@ type Options struct {
 	// OnChange is called by the follower after a job's cached entry changed (e is the new
 	// entry) or the job was deleted (e is nil). at is when root logged the change that
 	// made it (its clock), zero when the entry was re-read for another reason (a resync,
-	// an interest taken up again, the reference root's push). It runs in the follower's
-	// goroutine, in revision order; it should not block for long.
+	// an interest taken up again, the reference root's push). It is called for several
+	// jobs at once (one job's calls come in revision order); it should not block for
+	// long.
 	OnChange func(job string, e *cache.Entry, at time.Time)
 	// OnGateways is called by the follower when root reports a change to gateways or
 	// exposures, and after a resync (which may have skipped some).
@@ -727,7 +730,15 @@ func (t *Table) step(ctx context.Context, cursor uint64) (uint64, error) {
 	return b.Revision, nil
 }
 
-// apply re-reads each service the changes touch, once, in the order of its last change.
+// refreshParallel bounds the re-reads of one batch of changes in flight at once: a
+// batch after a partition or a busy second holds many jobs, and re-read one at a time,
+// the push of each waited for every re-read before it.
+const refreshParallel = 8
+
+// apply re-reads each service the changes touch, once, after its last change in the
+// batch. Different jobs are re-read at once; one job's services (a job deleted and
+// created again under a new ID) in the order of their changes, so its last push is its
+// latest state.
 func (t *Table) apply(ctx context.Context, cs []api.Change) error {
 	last := map[string]int{}
 	gateways := false
@@ -741,21 +752,40 @@ func (t *Table) apply(ctx context.Context, cs []api.Change) error {
 	if gateways {
 		t.opt.OnGateways()
 	}
+	var jobs [][]api.Change
+	byJob := map[string]int{}
 	for i, c := range cs {
 		if c.Kind == api.KindGateway || c.Kind == api.KindExposure || last[c.ServiceID] != i {
 			continue
 		}
-		if c.Kind == api.KindService && c.Op == "delete" {
-			if err := t.drop(ctx, c.JobName, c.Revision, c.Time); err != nil {
-				return err
-			}
-			continue
+		key := cmp.Or(c.JobName, "id:"+c.ServiceID)
+		k, ok := byJob[key]
+		if !ok {
+			k = len(jobs)
+			byJob[key] = k
+			jobs = append(jobs, nil)
 		}
-		if err := t.refresh(ctx, c.ServiceID, c.Time); err != nil {
-			return fmt.Errorf("re-read %s after revision %d: %w", c.JobName, c.Revision, err)
-		}
+		jobs[k] = append(jobs[k], c)
 	}
-	return nil
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(refreshParallel)
+	for _, job := range jobs {
+		g.Go(func() error {
+			for _, c := range job {
+				if c.Kind == api.KindService && c.Op == "delete" {
+					if err := t.drop(gctx, c.JobName, c.Revision, c.Time); err != nil {
+						return err
+					}
+					continue
+				}
+				if err := t.refresh(gctx, c.ServiceID, c.Time); err != nil {
+					return fmt.Errorf("re-read %s after revision %d: %w", c.JobName, c.Revision, err)
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // resync re-reads every cached job this replica holds, re-registering the cluster's

@@ -3,6 +3,7 @@ package table_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"sync"
@@ -123,19 +124,13 @@ func TestLookupFollowAndResync(t *testing.T) {
 	if _, err := rc.PlaceInstance(ctx, svc.ID, in.Number, api.Placement{Status: "running", NamespaceIP: mustAddr("10.18.0.2"), HostIP: mustAddr("127.0.0.1"), HostPort: 50103}); err != nil {
 		t.Fatal(err)
 	}
-	placed := time.Now()
 	ch.waitFor(t, "the placed instance in the cache", func() bool {
 		e, ok := tb.Cached(ctx, in.InstanceIP.String())
 		return ok && len(e.Table.Instances) == 1 && e.Table.Instances[0].Status == "running"
 	})
-	// The change came with root's time of it (same clock here; root keeps milliseconds).
-	ch.mu.Lock()
-	at := ch.at[len(ch.at)-1]
-	ch.mu.Unlock()
-	if at.Before(placed.Add(-time.Second)) || at.After(time.Now()) {
-		t.Errorf("the placement reported as changed at %v, want about %v", at, placed)
-	}
-	// Deleting the service drops it and reports the deletion.
+	// Deleting the service drops it and reports the deletion, with root's time of it
+	// (same clock here; root keeps milliseconds).
+	deleted := time.Now()
 	if err := rc.DeleteService(ctx, svc.ID, true); err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +140,12 @@ func TestLookupFollowAndResync(t *testing.T) {
 		defer ch.mu.Unlock()
 		return !ok && len(ch.seen) > 0 && ch.seen[len(ch.seen)-1] == svc.JobName+":deleted"
 	})
+	ch.mu.Lock()
+	at := ch.at[len(ch.at)-1]
+	ch.mu.Unlock()
+	if at.Before(deleted.Add(-time.Millisecond)) || at.After(time.Now()) {
+		t.Errorf("the deletion reported as made at %v, want between %v and now", at, deleted)
+	}
 	stop()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run returned %v, want context.Canceled", err)
@@ -570,5 +571,93 @@ func TestPollGivenUpAfterPartition(t *testing.T) {
 	}
 	if pr.timedOut.Load() == 0 {
 		t.Error("no poll was given up at its deadline: the partition caught none")
+	}
+}
+
+// barrierRoot is a real root client whose re-reads after changes (Resolve without
+// interest) are answered only once n of them wait at the same time; one that waited
+// 5 s alone fails.
+type barrierRoot struct {
+	*client.Client
+	n       int
+	mu      sync.Mutex
+	waiting int
+	all     chan struct{}
+}
+
+func (b *barrierRoot) Resolve(ctx context.Context, key, clusterID string) (api.TableEntry, error) {
+	if clusterID == "" {
+		b.mu.Lock()
+		if b.waiting++; b.waiting == b.n {
+			close(b.all)
+		}
+		b.mu.Unlock()
+		select {
+		case <-b.all:
+		case <-time.After(5 * time.Second):
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.waiting < b.n { // (else it closed just now)
+				b.waiting--
+				return api.TableEntry{}, fmt.Errorf("barrier: only %d of %d re-reads came together", b.waiting+1, b.n)
+			}
+		}
+	}
+	return b.Client.Resolve(ctx, key, clusterID)
+}
+
+// TestBatchRefreshedAtOnce: the jobs of one batch of changes are re-read at once, not
+// one after another (each push waited for every re-read before it). The fake root
+// answers the re-reads only once all four wait together.
+func TestBatchRefreshedAtOnce(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, first := startJob(t)
+	defer srv.Close()
+	svcs := []api.Service{first}
+	for _, name := range []string{"api", "db", "cache"} {
+		s, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: name, ServiceNS: "eu"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svcs = append(svcs, s)
+	}
+	c := cache.NewMemory(cache.Options{})
+	ch := &changes{ch: make(chan struct{}, 1)}
+	b := &barrierRoot{Client: rc, n: len(svcs), all: make(chan struct{})}
+	tb := table.New(b, c, table.Options{ClusterID: "c1", Wait: 200 * time.Millisecond, OnChange: ch.record})
+	for _, s := range svcs {
+		if _, err := tb.Lookup(ctx, s.JobName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The follower starts behind four changes, so it reads them in one batch.
+	rev, err := rc.CurrentRevision(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetCursor(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range svcs {
+		if _, err := rc.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := rc.CurrentRevision(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go tb.Run(runCtx)
+	ch.waitFor(t, "the four jobs re-read and reported", func() bool {
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		return len(ch.seen) >= len(svcs)
+	})
+	for _, s := range svcs {
+		if e, ok := tb.Cached(ctx, s.JobName); !ok || e.Revision < after {
+			t.Errorf("%s after the batch: revision %d (%v), want at least %d", s.JobName, e.Revision, ok, after)
+		}
 	}
 }
