@@ -122,7 +122,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			h.b.log.Warn("subscription refused by ACL", "client", s.id, "filter", f.Filter)
 			continue
 		}
-		if collision && mqtt.IsValidFilter(f.Filter, false) && h.b.keepsUp(c, cl) {
+		if collision && mqtt.IsValidFilter(f.Filter, false) && h.OnACLCheck(cl, f.Filter, false) { // as mochi checks a filter it grants
 			h.b.mqtt.Topics.Subscribe(cl.ID, f)
 			cl.State.Subscriptions.Add(f.Filter, f)
 		}
