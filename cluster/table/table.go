@@ -3,7 +3,8 @@
 // interest) when it does not, and kept fresh by following root's change stream.
 //
 // The follower is the only writer of fresh state: a change at root (an instance placed,
-// deleted, moved) reaches the cache as a re-read entry tagged with the revision it
+// deleted, moved) reaches the cache as the entry read after it (root sends it with the
+// change; the follower re-reads one root did not send) tagged with the revision it
 // reflects, and OnChange tells the cluster so it can push it to interested nodes. The
 // cursor of the stream is kept in the cache, so a restarted cluster (or another replica
 // sharing a Redis cache) resumes where it left off; when root says the log no longer
@@ -621,13 +622,18 @@ func (t *Table) fetch(ctx context.Context, key string, interest bool) (*cache.En
 		return nil, err
 	}
 	t.contact()
+	return t.store(ctx, te, key), nil
+}
+
+// store caches an entry root answered for key.
+func (t *Table) store(ctx context.Context, te api.TableEntry, key string) *cache.Entry {
 	te.MatchedInstance = nil // the cached entry is shared by all its keys
 	e := &cache.Entry{Table: te, Revision: te.Revision, Fetched: t.opt.Now()}
 	t.forgetUnknown(key, e.JobName())
 	if _, err := t.cache.Put(ctx, e); err != nil {
 		t.log.Warn("cache write failed", "job", e.JobName(), "err", err)
 	}
-	return e, nil
+	return e
 }
 
 // drop removes a deleted job from the cache, reports it (as deleted at at) and releases
@@ -721,7 +727,7 @@ func (t *Table) step(ctx context.Context, cursor uint64) (uint64, error) {
 		if err := t.resync(ctx); err != nil {
 			return cursor, err
 		}
-	} else if err := t.apply(ctx, b.Changes); err != nil {
+	} else if err := t.apply(ctx, b.Changes, b.Entries); err != nil {
 		return cursor, err
 	}
 	if err := t.cache.SetCursor(ctx, b.Revision); err != nil {
@@ -735,11 +741,16 @@ func (t *Table) step(ctx context.Context, cursor uint64) (uint64, error) {
 // the push of each waited for every re-read before it.
 const refreshParallel = 8
 
-// apply re-reads each service the changes touch, once, after its last change in the
-// batch. Different jobs are re-read at once; one job's services (a job deleted and
-// created again under a new ID) in the order of their changes, so its last push is its
-// latest state.
-func (t *Table) apply(ctx context.Context, cs []api.Change) error {
+// apply brings each service the changes touch up to date, once, after its last change
+// in the batch: from the entry root sent with the batch, or, for a service it sent none
+// for, by re-reading it. Different jobs are re-read at once; one job's services (a job
+// deleted and created again under a new ID) in the order of their changes, so its last
+// push is its latest state.
+func (t *Table) apply(ctx context.Context, cs []api.Change, entries []api.TableEntry) error {
+	sent := make(map[string]*api.TableEntry, len(entries))
+	for i := range entries {
+		sent[entries[i].Service.ID] = &entries[i]
+	}
 	last := map[string]int{}
 	gateways := false
 	for i, c := range cs {
@@ -776,6 +787,11 @@ func (t *Table) apply(ctx context.Context, cs []api.Change) error {
 					if err := t.drop(gctx, c.JobName, c.Revision, c.Time); err != nil {
 						return err
 					}
+					continue
+				}
+				if te, ok := sent[c.ServiceID]; ok {
+					e := t.store(gctx, *te, c.ServiceID)
+					t.opt.OnChange(e.JobName(), e, c.Time)
 					continue
 				}
 				if err := t.refresh(gctx, c.ServiceID, c.Time); err != nil {

@@ -576,13 +576,20 @@ func TestPollGivenUpAfterPartition(t *testing.T) {
 
 // barrierRoot is a real root client whose re-reads after changes (Resolve without
 // interest) are answered only once n of them wait at the same time; one that waited
-// 5 s alone fails.
+// 5 s alone fails. It sends its batches of changes without entries, as a root from
+// before them did, so the follower re-reads every changed service.
 type barrierRoot struct {
 	*client.Client
 	n       int
 	mu      sync.Mutex
 	waiting int
 	all     chan struct{}
+}
+
+func (b *barrierRoot) Changes(ctx context.Context, clusterID string, since uint64, wait time.Duration) (api.ChangeBatch, error) {
+	batch, err := b.Client.Changes(ctx, clusterID, since, wait)
+	batch.Entries = nil
+	return batch, err
 }
 
 func (b *barrierRoot) Resolve(ctx context.Context, key, clusterID string) (api.TableEntry, error) {
@@ -658,6 +665,70 @@ func TestBatchRefreshedAtOnce(t *testing.T) {
 	for _, s := range svcs {
 		if e, ok := tb.Cached(ctx, s.JobName); !ok || e.Revision < after {
 			t.Errorf("%s after the batch: revision %d (%v), want at least %d", s.JobName, e.Revision, ok, after)
+		}
+	}
+}
+
+// TestChangesCarryEntries: root sends the entries of the services a batch of changes
+// touches with it, so the follower brings them up to date without reading anything
+// itself, and reports each with the time root logged its change.
+func TestChangesCarryEntries(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, first := startJob(t)
+	defer srv.Close()
+	svcs := []api.Service{first}
+	for _, name := range []string{"api", "db"} {
+		s, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: name, ServiceNS: "eu"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svcs = append(svcs, s)
+	}
+	cr := &countingRoot{Client: rc}
+	ch := &changes{ch: make(chan struct{}, 1)}
+	c := cache.NewMemory(cache.Options{})
+	tb := table.New(cr, c, table.Options{ClusterID: "c1", Wait: 200 * time.Millisecond, OnChange: ch.record})
+	for _, s := range svcs {
+		if _, err := tb.Lookup(ctx, s.JobName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The follower starts from here (with no cursor it would re-read everything first).
+	rev, err := rc.CurrentRevision(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetCursor(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	looked := cr.resolves.Load()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go tb.Run(runCtx)
+	var want []uint64
+	for _, s := range svcs {
+		in, err := rc.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, in.Revision)
+	}
+	ch.waitFor(t, "the three jobs brought up to date", func() bool {
+		for i, s := range svcs {
+			if e, ok := tb.Cached(ctx, s.JobName); !ok || e.Revision < want[i] {
+				return false
+			}
+		}
+		return true
+	})
+	if n := cr.resolves.Load() - looked; n != 0 {
+		t.Errorf("the follower read %d entries from root itself, want none (root sent them with the changes)", n)
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	for i, at := range ch.at {
+		if at.IsZero() {
+			t.Errorf("%s reported without root's change time", ch.seen[i])
 		}
 	}
 }

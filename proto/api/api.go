@@ -203,10 +203,16 @@ type Change struct {
 // ChangeBatch answers GET /api/v1/clusters/{id}/changes?since=R. Continue with
 // since=Revision. Resync is set when the log no longer reaches back to R: the reader must
 // re-read every table entry it caches, then continue from Revision.
+//
+// Asked with entries=true, Entries holds the table entry of each service the changes
+// touch, read after them (as GET /resolve/{service ID} answers it), so the reader needs
+// no round trip per change. A service deleted or gone by then has none, and root may
+// leave out one it could not read: the reader re-reads those itself.
 type ChangeBatch struct {
-	Changes  []Change `json:"changes"`
-	Revision uint64   `json:"revision"`
-	Resync   bool     `json:"resync,omitempty"`
+	Changes  []Change     `json:"changes"`
+	Revision uint64       `json:"revision"`
+	Resync   bool         `json:"resync,omitempty"`
+	Entries  []TableEntry `json:"entries,omitempty"`
 }
 
 // PoolUsage is the fill level of one address pool.

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/semnet/semnet/root/store"
 )
@@ -95,6 +98,70 @@ func (r *Registry) Changes(ctx context.Context, clusterID string, since uint64, 
 		}
 		poll.Stop()
 	}
+}
+
+// entriesParallel bounds the entries of one batch read at once: a batch after a
+// partition holds many services.
+const entriesParallel = 8
+
+// ChangeEntries returns the table entry of each service b's changes touch, read after
+// them, so that a cluster following the stream needs no round trip of its own per
+// change. Each entry is read once for all the clusters a change wakes together (they
+// poll at the same time); one whose last change in b deleted it, one gone by now, and
+// one whose read failed get none: the reader re-reads those itself. The entries carry
+// the store's revision read before them, as Resolve's do.
+func (r *Registry) ChangeEntries(ctx context.Context, b ChangeBatch) []Entry {
+	var touched []store.Change // the last change of each service, in b's order
+	at := map[string]int{}
+	for _, c := range b.Changes {
+		if forEveryCluster(c) || c.ServiceID == "" {
+			continue
+		}
+		if i, ok := at[c.ServiceID]; ok {
+			touched[i] = c
+			continue
+		}
+		at[c.ServiceID] = len(touched)
+		touched = append(touched, c)
+	}
+	touched = slices.DeleteFunc(touched, func(c store.Change) bool {
+		return c.Kind == store.KindService && c.Op == store.OpDelete
+	})
+	if len(touched) == 0 {
+		return nil
+	}
+	rev, err := r.store.Revision(ctx)
+	if err != nil {
+		return nil
+	}
+	out := make([]Entry, len(touched))
+	found := make([]bool, len(touched))
+	var g errgroup.Group
+	g.SetLimit(entriesParallel)
+	for i, c := range touched {
+		g.Go(func() error {
+			// The key holds the change: a cluster whose batch reaches a later change of
+			// the service must not get an entry read before that change.
+			v, err, _ := r.changeEntries.Do(c.ServiceID+"@"+strconv.FormatUint(c.Revision, 10), func() (any, error) {
+				return r.resolveAt(ctx, c.ServiceID, nil, rev)
+			})
+			if err == nil {
+				out[i], found[i] = v.(Entry), true
+			} else if !errors.Is(err, store.ErrNotFound) {
+				r.log.Debug("reading a changed entry for the change stream failed; the reader re-reads it", "service", c.ServiceID, "err", err)
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	n := 0
+	for i := range out {
+		if found[i] {
+			out[n] = out[i]
+			n++
+		}
+	}
+	return out[:n]
 }
 
 // Revision returns the current revision of the change stream, for a cluster that starts

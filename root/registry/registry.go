@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/shared/addrplan"
@@ -88,6 +90,10 @@ type Registry struct {
 	storeRev     atomic.Uint64 // the newest revision WatchStore read from the store
 
 	clustersSeen sync.Map // cluster ID -> time.Time its registration was last read (see knownCluster)
+
+	// changeEntries shares the entries built for change batches (ChangeEntries) among
+	// the clusters a change wakes together: keyed by service and change revision.
+	changeEntries singleflight.Group
 }
 
 // Observer hears about mutations (metrics, reference notifications). Calls are made after

@@ -1003,3 +1003,83 @@ func TestClusterChecksCached(t *testing.T) {
 		t.Fatalf("changes of a cluster deleted elsewhere, 10 s later: %v, want ErrNotFound", err)
 	}
 }
+
+// TestChangeEntries: a batch of changes comes with the entry of each service it touches,
+// read after them (one instance listing per service, however many of its changes the
+// batch holds); a service deleted since, or whose last change deleted it, has none.
+func TestChangeEntries(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t, addrplan.Default())
+	sc := &scanCounter{Store: e.st}
+	reg, err := registry.New(ctx, e.plan, sc, registry.Options{Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.reg = reg
+	if _, err := reg.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
+		t.Fatal(err)
+	}
+	a, b, gone := e.service("a"), e.service("b"), e.service("gone")
+	for _, s := range []store.Service{a, b, gone} {
+		if _, err := reg.AddInterest(ctx, "c1", s.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []store.Service{a, b} {
+		if _, _, err := reg.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rev, err := reg.Revision(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	place(t, e, a, 0, "10.18.0.5", 48.1, 11.6, "running")
+	place(t, e, a, 0, "10.18.0.6", 48.1, 11.6, "running") // a second change of a
+	if _, err := reg.DeleteInstance(ctx, b.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := reg.CreateInstance(ctx, gone.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	batch, err := reg.Changes(ctx, "c1", rev, 100, 0)
+	if err != nil || len(batch.Changes) != 4 {
+		t.Fatalf("changes: %+v, %v; want 4", batch.Changes, err)
+	}
+	if err := reg.DeleteService(ctx, gone.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	_, listed := sc.counts()
+	entries := reg.ChangeEntries(ctx, batch)
+	if _, l := sc.counts(); l-listed != 2 {
+		t.Errorf("building the entries listed instances %d times, want 2 (once for a, once for b; gone is found missing first)", l-listed)
+	}
+	got := map[string]registry.Entry{}
+	for _, en := range entries {
+		got[en.Service.ID] = en
+		if en.Revision < batch.Revision {
+			t.Errorf("entry of %s at revision %d, before the batch's changes (%d)", en.Service.JobName(), en.Revision, batch.Revision)
+		}
+	}
+	if len(entries) != 2 || len(got) != 2 {
+		t.Fatalf("entries of %v, want a and b only (gone was deleted after the batch)", entries)
+	}
+	if in := got[a.ID].Instances; len(in) != 1 || in[0].NamespaceIP.V4 != netip.MustParseAddr("10.18.0.6") {
+		t.Errorf("entry of a lists %+v, want instance 0 at its last place, 10.18.0.6", in)
+	}
+	if in := got[b.ID].Instances; len(in) != 0 {
+		t.Errorf("entry of b lists %+v, want none (its only instance was deleted)", in)
+	}
+	// The deletion's batch: gone's last change deletes it, so no entry, and no read.
+	batch, err = reg.Changes(ctx, "c1", batch.Revision, 100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, listed = sc.counts()
+	if entries := reg.ChangeEntries(ctx, batch); len(entries) != 0 {
+		t.Errorf("entries %v for a batch that deletes its only service", entries)
+	}
+	if _, l := sc.counts(); l != listed {
+		t.Errorf("a batch with no entry to build listed instances %d times", l-listed)
+	}
+}

@@ -33,6 +33,12 @@ func (r *Registry) Resolve(ctx context.Context, key string, from *geo.Point) (En
 	if err != nil {
 		return Entry{}, fmt.Errorf("revision: %w", err)
 	}
+	return r.resolveAt(ctx, key, from, rev)
+}
+
+// resolveAt is Resolve with the store's revision already read (before any of the
+// entry's reads).
+func (r *Registry) resolveAt(ctx context.Context, key string, from *geo.Point, rev uint64) (Entry, error) {
 	s, matched, err := r.lookup(ctx, key)
 	if err != nil {
 		return Entry{}, err

@@ -176,6 +176,21 @@ func TestServiceLifecycleOverREST(t *testing.T) {
 	if st, _ := c.do("GET", fmt.Sprintf("/clusters/munich/changes?since=%d", now+100), "", &b); st != 200 || !b.Resync || b.Revision != now {
 		t.Errorf("changes since a revision ahead of root: %d %+v, want resync at %d", st, b, now)
 	}
+	// A batch asked with entries=true carries the entry of the service it touches, read
+	// after the change; without, none.
+	if st, _ := c.do("PUT", "/services/shop.prod.web.eu/instances/0/placement",
+		`{"status":"running","namespace_ip":"10.18.0.67","namespace_ip_v6":"fc00::43","host_ip":"127.0.0.2","host_port":50103}`, &in); st != 200 {
+		t.Fatalf("move: %d %+v", st, in)
+	}
+	var plain, full api.ChangeBatch
+	if st, _ := c.do("GET", fmt.Sprintf("/clusters/munich/changes?since=%d", now), "", &plain); st != 200 || len(plain.Changes) != 1 || plain.Entries != nil {
+		t.Errorf("changes without entries: %d %+v, want the move and no entries", st, plain)
+	}
+	if st, _ := c.do("GET", fmt.Sprintf("/clusters/munich/changes?since=%d&entries=true", now), "", &full); st != 200 || len(full.Changes) != 1 || len(full.Entries) != 1 ||
+		full.Entries[0].Service.ID != s.ID || len(full.Entries[0].Instances) != 1 || full.Entries[0].Instances[0].NamespaceIP.String() != "10.18.0.67" ||
+		full.Entries[0].Revision < full.Changes[0].Revision {
+		t.Errorf("changes with entries: %d %+v, want the move and the entry of %s after it", st, full, s.JobName)
+	}
 	c.expectProblem("DELETE", "/services/"+s.ID, "", 409, "still has 1 instance(s); delete them first or pass force=true")
 	// Details are the operator's words, not a chain of internal wrappers.
 	var p problem
@@ -209,6 +224,7 @@ func TestBadInputGetsPreciseProblems(t *testing.T) {
 	c.expectProblem("GET", "/resolve/10.30.0.1?lat=abc&lon=1", "", 400, "decimal degrees")
 	c.expectProblem("GET", "/resolve/nothing.here.at.all", "", 404, "nothing.here.at.all")
 	c.expectProblem("GET", "/clusters/nope/changes?since=x", "", 400, "since")
+	c.expectProblem("GET", "/clusters/nope/changes?entries=maybe", "", 400, "entries")
 	c.expectProblem("POST", "/clusters", `{"id":"c","address":"a b","port":1}`, 400, "address")
 	c.expectProblem("POST", "/clusters", `{"id":"c","address":"h","port":0}`, 400, "port 0")
 	c.expectProblem("POST", "/subnets", `{"cluster_id":"c"}`, 400, "node_id")

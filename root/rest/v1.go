@@ -173,6 +173,12 @@ func (s *server) changes(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	entries := false
+	if v := q.Get("entries"); v != "" {
+		if entries, err = strconv.ParseBool(v); err != nil {
+			return httpapi.Errorf(http.StatusBadRequest, "query parameter entries=%q must be true or false", v)
+		}
+	}
 	var wait time.Duration
 	if v := q.Get("wait"); v != "" {
 		if wait, err = time.ParseDuration(v); err != nil || wait < 0 {
@@ -195,6 +201,11 @@ func (s *server) changes(w http.ResponseWriter, r *http.Request) error {
 	out := api.ChangeBatch{Changes: make([]api.Change, len(b.Changes)), Revision: b.Revision, Resync: b.Resync}
 	for i, c := range b.Changes {
 		out.Changes[i] = toChange(c)
+	}
+	if entries && !b.Resync {
+		for _, e := range s.reg.ChangeEntries(ctx, b) {
+			out.Entries = append(out.Entries, toEntry(e))
+		}
 	}
 	httpapi.WriteJSON(w, http.StatusOK, out)
 	return nil

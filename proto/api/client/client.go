@@ -186,10 +186,11 @@ func (c *Client) Heartbeat(ctx context.Context, clusterID, status string) (api.C
 }
 
 // Changes reads the cluster's change stream after revision since, long-polling up to
-// wait when there is nothing yet.
+// wait when there is nothing yet. The batch carries the entries of the services it
+// touches (api.ChangeBatch.Entries; a root from before them sends none).
 func (c *Client) Changes(ctx context.Context, clusterID string, since uint64, wait time.Duration) (api.ChangeBatch, error) {
 	var out api.ChangeBatch
-	q := url.Values{"since": {strconv.FormatUint(since, 10)}}
+	q := url.Values{"since": {strconv.FormatUint(since, 10)}, "entries": {"true"}}
 	if wait > 0 {
 		q.Set("wait", wait.String())
 	}
