@@ -7,12 +7,13 @@
 //   - propagation: an instance change at root until every interested node got the push;
 //   - memory: the cluster's RSS holding -fill cached instances.
 //
-// Root runs in this process (embedded store in a temp dir); the cluster and the echo
+// Root runs in this process (embedded store in a temp dir, or MongoDB with -mongo-uri); the cluster and the echo
 // broker each run in a child process (this binary re-executed), so their RSS and CPU are
 // their own. Everything listens on 127.0.0.1.
 //
 //	go run ./integration/cmd/clusterload -nodes 1000 -rate 5000 -duration 10s
 //	go run ./integration/cmd/clusterload -nodes 20 -fill 100000
+//	go run ./integration/cmd/clusterload -nodes 100 -rounds 200 -mongo-uri mongodb://127.0.0.1:27017/
 package main
 
 import (
@@ -57,7 +58,7 @@ type options struct {
 	nodes, services, instances, misses, rounds, fill, closedClients int
 	rate                                                            float64
 	duration                                                        time.Duration
-	profile                                                         string
+	profile, mongoURI                                               string
 }
 
 func main() {
@@ -72,6 +73,7 @@ func main() {
 	flag.IntVar(&o.misses, "misses", 300, "cache-miss queries (one per fresh service)")
 	flag.IntVar(&o.rounds, "rounds", 20, "propagation rounds (each changes one instance at root)")
 	flag.IntVar(&o.fill, "fill", 0, "also cache this many instances (10 per service) and report the cluster's RSS")
+	flag.StringVar(&o.mongoURI, "mongo-uri", "", "start root on this MongoDB (a fresh database) instead of the embedded store: cache misses and propagation then include root's reads from it")
 	flag.StringVar(&o.profile, "profile", "", "write the cluster's CPU and allocation profiles of the whole run (cluster.cpu.prof, cluster.allocs.prof; `go tool pprof` reads them) to this directory")
 	flag.Parse()
 	var err error
@@ -464,7 +466,8 @@ func run(o options) error {
 		plan.ReservedV4 = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/32"), netip.MustParsePrefix("10.15.255.0/24")}
 		plan.GatewayV4 = netip.MustParseAddr("10.15.255.253")
 	}
-	rsrv, err := root.Start(ctx, root.Config{Listen: "127.0.0.1:0", DataDir: dir, Insecure: true, Plan: plan})
+	rsrv, err := root.Start(ctx, root.Config{Listen: "127.0.0.1:0", DataDir: dir, Insecure: true, Plan: plan,
+		MongoURI: o.mongoURI, MongoDB: fmt.Sprintf("clusterload_%d", time.Now().UnixNano())})
 	if err != nil {
 		return err
 	}
