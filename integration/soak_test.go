@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -128,6 +129,17 @@ func (d *daemon) launch() (int, error) {
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// metrics returns the lines of the daemon's /metrics (none when it does not answer).
+func (d *daemon) metrics() []string {
+	resp, err := http.Get("http://" + d.addr + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.Split(string(b), "\n")
 }
 
 func (d *daemon) kill() {

@@ -3,8 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -243,16 +242,43 @@ func (s *soak) clusterMetric(series string) string {
 	var out []string
 	for i, c := range s.cls {
 		v := "?"
-		if resp, err := http.Get("http://" + c.addr + "/metrics"); err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			for _, l := range strings.Split(string(b), "\n") {
-				if f, ok := strings.CutPrefix(l, series+" "); ok {
-					v = f
-				}
+		for _, l := range c.metrics() {
+			if f, ok := strings.CutPrefix(l, series+" "); ok {
+				v = f
 			}
 		}
 		out = append(out, fmt.Sprintf("c%d %s", i+1, v))
+	}
+	return strings.Join(out, ", ")
+}
+
+// pushDelays returns, for each cluster, the share of its pushes made within 50, 100 and
+// 250 ms of root's change (semnet_cluster_change_push_delay_seconds, since its last
+// start, faults included): how much of the propagation is root's and the cluster's.
+func (s *soak) pushDelays() string {
+	const name = "semnet_cluster_change_push_delay_seconds_"
+	var out []string
+	for i, c := range s.cls {
+		buckets := map[string]float64{}
+		var n float64
+		for _, l := range c.metrics() {
+			rest, ok := strings.CutPrefix(l, name)
+			if !ok {
+				continue
+			}
+			if v, ok := strings.CutPrefix(rest, "count "); ok {
+				n, _ = strconv.ParseFloat(v, 64)
+			} else if le, ok := strings.CutPrefix(rest, `bucket{le="`); ok {
+				bound, v, _ := strings.Cut(le, `"} `)
+				buckets[bound], _ = strconv.ParseFloat(v, 64)
+			}
+		}
+		if n == 0 {
+			out = append(out, fmt.Sprintf("c%d no pushes", i+1))
+			continue
+		}
+		out = append(out, fmt.Sprintf("c%d %.1f%% / %.1f%% / %.1f%% (n=%.0f)", i+1,
+			100*buckets["0.05"]/n, 100*buckets["0.1"]/n, 100*buckets["0.25"]/n, n))
 	}
 	return strings.Join(out, ", ")
 }

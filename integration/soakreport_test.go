@@ -4,10 +4,8 @@ import (
 	"cmp"
 	"fmt"
 	"html"
-	"io"
 	"maps"
 	"math"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -147,6 +145,7 @@ func (s *soak) report(dir string, end time.Duration) error {
 	}
 	fmt.Fprintf(&b, "| propagations superseded by a later change before arriving | %d |\n", s.exp.superseded)
 	fmt.Fprintf(&b, "| propagations never seen (node still waiting at the end) | %d |\n", s.exp.missing())
+	fmt.Fprintf(&b, "| cluster: pushes made within 50 / 100 / 250 ms of root's change (since each cluster's last start, faults included) | %s |\n", s.pushDelays())
 	fmt.Fprintf(&b, "| SUBSCRIBEs carrying the packet identifier of an unacknowledged delivery, carried out by the broker (since each cluster's last start) | %s |\n",
 		s.clusterMetric(`semnet_cluster_mqtt_packet_id_collisions_total{packet="subscribe"}`))
 	b.WriteString("\n| # | fault | at | lasted | observed |\n|---|---|---|---|---|\n")
@@ -286,13 +285,7 @@ func (s *soak) storeTable() string {
 	}
 	sums := map[string]*total{}
 	for _, r := range s.roots {
-		resp, err := http.Get("http://" + r.addr + "/metrics")
-		if err != nil {
-			continue
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for _, l := range strings.Split(string(body), "\n") {
+		for _, l := range r.metrics() {
 			// semnet_root_store_command_seconds_sum{labels} v, and _count.
 			rest, ok := strings.CutPrefix(l, "semnet_root_store_command_seconds_")
 			kind, rest, _ := strings.Cut(rest, "{")

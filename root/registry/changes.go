@@ -143,7 +143,7 @@ func (r *Registry) ChangeEntries(ctx context.Context, b ChangeBatch) []Entry {
 			// The key holds the change: a cluster whose batch reaches a later change of
 			// the service must not get an entry read before that change.
 			v, err, _ := r.changeEntries.Do(c.ServiceID+"@"+strconv.FormatUint(c.Revision, 10), func() (any, error) {
-				return r.resolveAt(ctx, c.ServiceID, nil, rev)
+				return r.serviceEntry(ctx, c.ServiceID, rev)
 			})
 			if err == nil {
 				out[i], found[i] = v.(Entry), true

@@ -1051,8 +1051,8 @@ func TestChangeEntries(t *testing.T) {
 	}
 	_, listed := sc.counts()
 	entries := reg.ChangeEntries(ctx, batch)
-	if _, l := sc.counts(); l-listed != 2 {
-		t.Errorf("building the entries listed instances %d times, want 2 (once for a, once for b; gone is found missing first)", l-listed)
+	if _, l := sc.counts(); l-listed != 3 {
+		t.Errorf("building the entries listed instances %d times, want 3 (once per service, though a had two changes)", l-listed)
 	}
 	got := map[string]registry.Entry{}
 	for _, en := range entries {

@@ -3,10 +3,12 @@ package registry
 import (
 	"context"
 	"fmt"
+	"strconv"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/semnet/semnet/root/store"
 	"github.com/semnet/semnet/shared/geo"
-	"strconv"
 )
 
 // Entry is a resolved table entry: a service and its live instances.
@@ -33,12 +35,6 @@ func (r *Registry) Resolve(ctx context.Context, key string, from *geo.Point) (En
 	if err != nil {
 		return Entry{}, fmt.Errorf("revision: %w", err)
 	}
-	return r.resolveAt(ctx, key, from, rev)
-}
-
-// resolveAt is Resolve with the store's revision already read (before any of the
-// entry's reads).
-func (r *Registry) resolveAt(ctx context.Context, key string, from *geo.Point, rev uint64) (Entry, error) {
 	s, matched, err := r.lookup(ctx, key)
 	if err != nil {
 		return Entry{}, err
@@ -47,12 +43,7 @@ func (r *Registry) resolveAt(ctx context.Context, key string, from *geo.Point, r
 	if err != nil {
 		return Entry{}, err
 	}
-	e := Entry{Service: s, Matched: matched, Instances: all[:0:0], Revision: rev}
-	for _, in := range all {
-		if isLive(in) {
-			e.Instances = append(e.Instances, in)
-		}
-	}
+	e := liveEntry(s, matched, all, rev)
 	if from == nil {
 		return e, nil
 	}
@@ -78,4 +69,41 @@ func (r *Registry) resolveAt(ctx context.Context, key string, from *geo.Point, r
 		}
 	}
 	return e, nil
+}
+
+// serviceEntry is Resolve for a service ID, without a caller location and with the
+// store's revision read before (rev): the service and its instances are read at once
+// (listing them needs only the ID), which takes a database round trip off the way of
+// every change to the clusters (ChangeEntries).
+func (r *Registry) serviceEntry(ctx context.Context, id string, rev uint64) (Entry, error) {
+	var (
+		s   store.Service
+		all []store.Instance
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		if s, err = r.store.GetService(gctx, id); err != nil {
+			return fmt.Errorf("service %q: %w", id, err)
+		}
+		return nil
+	})
+	g.Go(func() (err error) {
+		all, err = r.Instances(gctx, id)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return Entry{}, err
+	}
+	return liveEntry(s, -1, all, rev), nil
+}
+
+// liveEntry is the entry of s listing its live instances of all.
+func liveEntry(s store.Service, matched int, all []store.Instance, rev uint64) Entry {
+	e := Entry{Service: s, Matched: matched, Instances: all[:0:0], Revision: rev}
+	for _, in := range all {
+		if isLive(in) {
+			e.Instances = append(e.Instances, in)
+		}
+	}
+	return e
 }
