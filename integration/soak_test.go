@@ -287,15 +287,14 @@ func (s *soak) startPlatform(bin string) {
 	s.ferret = testservers.StartFerretDB(t)
 	s.redis = testservers.StartRedis(t)
 	db := fmt.Sprintf("soak_%d", time.Now().UnixNano())
-	var rootAddrs []string
-	for k := range 2 {
-		addr := testservers.FreeAddr(t)
-		rootAddrs = append(rootAddrs, addr)
+	rootAddrs := []string{testservers.FreeAddr(t), testservers.FreeAddr(t)}
+	for k, addr := range rootAddrs {
 		s.roots = append(s.roots, startDaemon(t, fmt.Sprintf("root %c", 'A'+k), bin, addr,
 			// A short change log: FerretDB v1 compacts it, and reads it when a poll is
 			// far behind, by decoding all of it (README, Stores); longer than the
-			// partition, so no cluster resyncs.
-			"root", "--listen", addr, "--mongo-uri", s.ferret.URI(), "--mongo-db", db, "--change-retention", "2m", "--log-level", *soakLog, "--rate-limit", "0"))
+			// partition, so no cluster resyncs. Each root tells the other of its changes.
+			"root", "--listen", addr, "--mongo-uri", s.ferret.URI(), "--mongo-db", db, "--change-retention", "2m", "--log-level", *soakLog, "--rate-limit", "0",
+			"--peer", "http://"+rootAddrs[1-k]))
 		rc, err := client.New("http://"+addr, token, nil)
 		if err != nil {
 			t.Fatal(err)

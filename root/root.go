@@ -80,8 +80,13 @@ type Config struct {
 	// DefaultStoreWatch. Not a flag: it trades two small reads per period for up to
 	// that much delay in propagating another root's changes.
 	StoreWatch time.Duration
-	Plan       addrplan.Plan
-	Logger     *slog.Logger
+	// Peers are the base URLs of the other root processes on the same MongoDB
+	// (http://host:port): this one tells them of each change it logs, so that clusters
+	// following any of them hear of it at once rather than at their store watch's next
+	// read. They must accept this process's first token (replicas share their tokens).
+	Peers  []string
+	Plan   addrplan.Plan
+	Logger *slog.Logger
 }
 
 // DefaultReconcileInterval is how often root repairs its store unless told otherwise.
@@ -119,6 +124,14 @@ func (c Config) Validate() error {
 	}
 	if err := c.TLS.Validate(); err != nil {
 		return err
+	}
+	if len(c.Peers) > 0 && c.MongoURI == "" {
+		return errors.New("--peer names other root processes on the same MongoDB; it needs --mongo-uri (the embedded store has no other writers)")
+	}
+	for _, p := range c.Peers {
+		if err := validPeer(p); err != nil {
+			return err
+		}
 	}
 	if err := c.rateLimit().Validate(); err != nil {
 		return err
@@ -230,7 +243,13 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 	notif := notify.New(notify.Options{Logger: log.With("component", "notify"), Registerer: promReg})
 	metrics := newMetrics(promReg)
-	reg, err := registry.New(ctx, c.Plan, st, registry.Options{Logger: log.With("component", "registry"), Observer: observers{metrics, notif},
+	obs := observers{metrics, notif}
+	var ps *peers
+	if len(c.Peers) > 0 {
+		ps = newPeers(c.Peers, firstOr(c.Tokens, ""), log.With("component", "peers"), promReg)
+		obs = append(obs, ps)
+	}
+	reg, err := registry.New(ctx, c.Plan, st, registry.Options{Logger: log.With("component", "registry"), Observer: obs,
 		Shared: c.MongoURI != ""})
 	if err != nil {
 		st.Close()
@@ -257,6 +276,9 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		}
 		cp := &compactor{log: st, retention: retention, now: time.Now}
 		go every(closing, max(retention/10, 10*time.Millisecond), "compacting the change log", log, cp.tick)
+	}
+	if ps != nil {
+		ps.run(closing)
 	}
 	if c.MongoURI != "" { // only a shared store has other writers
 		every := c.StoreWatch
@@ -351,4 +373,12 @@ func (o observers) Changed(c store.Change) {
 	for _, x := range o {
 		x.Changed(c)
 	}
+}
+
+// firstOr returns the first of xs, or def when there is none.
+func firstOr(xs []string, def string) string {
+	if len(xs) == 0 {
+		return def
+	}
+	return xs[0]
 }

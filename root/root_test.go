@@ -2,8 +2,6 @@ package root_test
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -36,14 +34,9 @@ func TestMetricsReportPools(t *testing.T) {
 // wantMetrics fails t unless root's /metrics holds every line given.
 func wantMetrics(t *testing.T, srv *root.Server, lines ...string) {
 	t.Helper()
-	resp, err := http.Get("http://" + srv.Addr.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	b := metricsOf(t, srv)
 	for _, want := range lines {
-		if !strings.Contains(string(b), want) {
+		if !strings.Contains(b, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}

@@ -16,7 +16,7 @@ import (
 // rootFlags are the flags of `semnet root`; `semnet up` reuses them.
 type rootFlags struct {
 	listen, dataDir, mongoURI, mongoDB, token, planFile string
-	readTokens                                          []string
+	readTokens, peers                                   []string
 	insecure, noMigrate                                 bool
 	quarantine, storeWait, changeRetention              time.Duration
 	tls                                                 tlsServerFlags // root's only, not up's
@@ -34,6 +34,7 @@ func (f *rootFlags) register(fs *pflag.FlagSet, listenDefault string, rateDefaul
 	fs.DurationVar(&f.changeRetention, "change-retention", root.DefaultChangeRetention, "how long the change log keeps a change for clusters to catch up; a cluster further behind re-reads everything (negative: keep every change)")
 	fs.BoolVar(&f.noMigrate, "no-migrate", false, "do not apply MongoDB schema migrations at start (run `semnet root migrate` instead)")
 	fs.StringVar(&f.token, "token", "", "bearer token every /api request must carry (Authorization: Bearer TOKEN)")
+	fs.StringSliceVar(&f.peers, "peer", nil, "base URL of another root process on the same MongoDB, e.g. http://root-b:10099 (repeat or comma-separate): this one tells them of each change it logs, so clusters following any of them hear of it at once instead of at the next 50 ms store watch; peers must accept this one's --token")
 	fs.StringSliceVar(&f.readTokens, "read-token", nil, "bearer token that may only read (GET) the API, e.g. for the status page or monitoring (repeat or comma-separate for several)")
 	fs.BoolVar(&f.insecure, "insecure", false, "serve /api without a token; allowed only on a loopback listen address")
 	fs.StringVar(&f.planFile, "address-plan", "", "JSON file overriding address plan fields (defaults: ADDRESSING.md)")
@@ -57,7 +58,7 @@ func (f *rootFlags) config() (root.Config, error) {
 	}
 	c := root.Config{Listen: f.listen, DataDir: f.dataDir, MongoURI: f.mongoURI, MongoDB: f.mongoDB,
 		NoMigrate: f.noMigrate, StoreWait: f.storeWait, ChangeRetention: f.changeRetention, Insecure: f.insecure, Plan: plan, Logger: log,
-		TLS: f.tls.files, RateLimit: f.rate.limit, RateBurst: f.rate.burst}
+		TLS: f.tls.files, RateLimit: f.rate.limit, RateBurst: f.rate.burst, Peers: f.peers}
 	if f.token != "" {
 		c.Tokens = []string{f.token}
 	}
@@ -82,6 +83,10 @@ certificate when its files change; --tls-client-ca also requires a client certif
 signed by that CA of every client. Each client (token scope + source address) may make
 --rate-limit requests/s of /api in bursts of --rate-burst; beyond, root answers 429 with
 Retry-After. /healthz, /readyz and /metrics are never limited.
+
+Several root processes may share one MongoDB (--mongo-uri, same --mongo-db and --token);
+give each the others' URLs with --peer, so that a cluster following one of them hears at
+once of a change made through another.
 
 It answers /readyz with 200 once it serves.`,
 		Args:    cobra.NoArgs,

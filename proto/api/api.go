@@ -215,6 +215,13 @@ type ChangeBatch struct {
 	Entries  []TableEntry `json:"entries,omitempty"`
 }
 
+// PeerChange tells a root process that another one on the same MongoDB logged a change
+// (POST /api/v1/peer/changes, root's --peer): its change-stream long polls re-read the
+// store at once.
+type PeerChange struct {
+	Revision uint64 `json:"revision"`
+}
+
 // PoolUsage is the fill level of one address pool.
 type PoolUsage struct {
 	Name        string       `json:"name"`

@@ -48,6 +48,19 @@ func (r *Registry) WatchStore(ctx context.Context, every time.Duration) {
 	}
 }
 
+// PeerChanged tells the registry that another root process on the same store logged a
+// change at revision rev (root's --peer): the long polls waiting here re-read the store
+// at once, where WatchStore would find the change only at its next read.
+func (r *Registry) PeerChanged(rev uint64) {
+	for {
+		old := r.storeRev.Load()
+		if rev <= old || r.storeRev.CompareAndSwap(old, rev) {
+			break
+		}
+	}
+	r.wake()
+}
+
 // ChangeBatch is what a cluster reads from the change stream.
 type ChangeBatch struct {
 	Changes  []store.Change

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,5 +116,78 @@ func TestWatchStoreWakesLongPolls(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatalf("round %d: a change made through the other root process did not wake the long-poll", round)
 		}
+	}
+}
+
+// peerOf is the Observer of a root process that tells another one (root's --peer) of
+// its changes: here by calling the other registry directly.
+type peerOf struct {
+	reg atomic.Pointer[registry.Registry]
+}
+
+func (p *peerOf) Allocated(string) {}
+
+func (p *peerOf) Changed(c store.Change) {
+	if r := p.reg.Load(); r != nil {
+		r.PeerChanged(c.Revision)
+	}
+}
+
+// TestPeerChangedWakesLongPolls: a long poll waiting at one root process returns at once
+// with a change another process on the same store logged and told it of (root's --peer),
+// with neither the store watch nor the poll's own re-read (an hour here) to find it.
+func TestPeerChangedWakesLongPolls(t *testing.T) {
+	uri := testservers.MongoURI(t)
+	ctx := t.Context()
+	db := fmt.Sprintf("semnet_registry_peer_%d", time.Now().UnixNano())
+	peer := &peerOf{}
+	var regs []*registry.Registry
+	for _, obs := range []registry.Observer{peer, nil} {
+		st, err := mongo.Open(ctx, uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		reg, err := registry.New(ctx, addrplan.Default(), st, registry.Options{Shared: true, PollInterval: time.Hour, Observer: obs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs = append(regs, reg)
+	}
+	writer, follower := regs[0], regs[1]
+	peer.reg.Store(follower)
+	if _, err := writer.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := writer.CreateService(ctx, svcReq("told"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.AddInterest(ctx, "c1", svc.JobName()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := follower.Changes(ctx, "c1", 0, 100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan registry.ChangeBatch, 1)
+	go func() {
+		b, err := follower.Changes(ctx, "c1", b.Revision, 100, 30*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- b
+	}()
+	time.Sleep(50 * time.Millisecond) // the poll waits
+	if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-done:
+		if len(b.Changes) != 1 || b.Changes[0].Instance != 0 {
+			t.Fatalf("the long poll returned %+v, want instance 0's creation", b.Changes)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a change another root process told of did not wake the long poll")
 	}
 }

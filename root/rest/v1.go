@@ -57,6 +57,22 @@ func (s *server) routesV1(r chi.Router) {
 		r.Delete("/{addr}", s.handle(s.releaseSubnet))
 	})
 	r.Get("/pools", s.handle(s.pools))
+	r.Post("/peer/changes", s.handle(s.peerChanged))
+}
+
+// peerChanged hears from another root process on the same store that it logged a change
+// (its --peer names this one): the long polls waiting here re-read the store at once.
+func (s *server) peerChanged(w http.ResponseWriter, r *http.Request) error {
+	var pc api.PeerChange
+	if err := httpapi.DecodeJSON(w, r, &pc); err != nil {
+		return err
+	}
+	if pc.Revision == 0 {
+		return httpapi.Errorf(http.StatusBadRequest, "field revision is required: the revision of the change the peer logged")
+	}
+	s.reg.PeerChanged(pc.Revision)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // param returns a path parameter, unescaped (job names and IPv6 addresses arrive escaped

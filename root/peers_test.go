@@ -1,0 +1,98 @@
+package root_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/api/client"
+	"github.com/semnet/semnet/root"
+	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/testservers"
+)
+
+// TestPeersNotified: a root started with --peer tells the other root on its MongoDB of
+// each change it logs, authenticated with its token, and the other one accepts it; a
+// malformed notification is refused.
+func TestPeersNotified(t *testing.T) {
+	const token = "peer-test-token-0123456789"
+	uri := testservers.MongoURI(t)
+	db := fmt.Sprintf("semnet_root_peers_%d", time.Now().UnixNano())
+	// The store watch would find the changes too: slowed down, so what B learns it
+	// learns from A.
+	cfg := root.Config{Listen: "127.0.0.1:0", MongoURI: uri, MongoDB: db, Tokens: []string{token}, Plan: addrplan.Default(), StoreWatch: time.Hour}
+	b, err := root.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	cfg.Peers = []string{"http://" + b.Addr.String()}
+	a, err := root.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	rc, _ := client.New("http://"+a.Addr.String(), token, nil)
+	if _, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "a", AppNS: "b", Service: "c", ServiceNS: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf(`semnet_root_peer_notifications_total{peer=%q,result="ok"}`, cfg.Peers[0])
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(metricsOf(t, a), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("root A's /metrics lacks %s after a change:\n%s", want, metricsOf(t, a))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range []struct {
+		body, auth string
+		status     int
+	}{
+		{`{"revision":0}`, token, http.StatusBadRequest},
+		{`{"revision":"x"}`, token, http.StatusBadRequest},
+		{`{"revision":7}`, "", http.StatusUnauthorized},
+		{`{"revision":7}`, token, http.StatusNoContent},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, cfg.Peers[0]+"/api/v1/peer/changes", strings.NewReader(c.body))
+		req.Header.Set("Content-Type", "application/json")
+		if c.auth != "" {
+			req.Header.Set("Authorization", "Bearer "+c.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.status {
+			t.Errorf("POST %s (token %v): %s, want %d", c.body, c.auth != "", resp.Status, c.status)
+		}
+	}
+	// --peer needs a shared store and a URL.
+	for _, c := range []struct {
+		mongo, peer, want string
+	}{
+		{"", "http://127.0.0.1:10099", "needs --mongo-uri"},
+		{uri, "127.0.0.1:10099", "must be an http:// or https:// URL"},
+	} {
+		bad := cfg
+		bad.MongoURI, bad.Peers = c.mongo, []string{c.peer}
+		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("peer %q with mongo %q: %v, want %q", c.peer, c.mongo, err, c.want)
+		}
+	}
+}
+
+func metricsOf(t *testing.T, srv *root.Server) string {
+	t.Helper()
+	resp, err := http.Get("http://" + srv.Addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
