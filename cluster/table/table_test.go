@@ -620,31 +620,10 @@ func TestBatchRefreshedAtOnce(t *testing.T) {
 	ctx := t.Context()
 	srv, rc, first := startJob(t)
 	defer srv.Close()
-	svcs := []api.Service{first}
-	for _, name := range []string{"api", "db", "cache"} {
-		s, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: name, ServiceNS: "eu"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		svcs = append(svcs, s)
-	}
-	c := cache.NewMemory(cache.Options{})
-	ch := &changes{ch: make(chan struct{}, 1)}
+	svcs := withServices(t, rc, first, "api", "db", "cache")
 	b := &barrierRoot{Client: rc, n: len(svcs), all: make(chan struct{})}
-	tb := table.New(b, c, table.Options{ClusterID: "c1", Wait: 200 * time.Millisecond, OnChange: ch.record})
-	for _, s := range svcs {
-		if _, err := tb.Lookup(ctx, s.JobName); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// The follower starts behind four changes, so it reads them in one batch.
-	rev, err := rc.CurrentRevision(ctx, "c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetCursor(ctx, rev); err != nil {
-		t.Fatal(err)
-	}
+	tb, ch := following(t, b, rc, svcs)
 	for _, s := range svcs {
 		if _, err := rc.CreateInstance(ctx, s.ID, api.InstanceRequest{ClusterID: "c1"}); err != nil {
 			t.Fatal(err)
@@ -676,31 +655,9 @@ func TestChangesCarryEntries(t *testing.T) {
 	ctx := t.Context()
 	srv, rc, first := startJob(t)
 	defer srv.Close()
-	svcs := []api.Service{first}
-	for _, name := range []string{"api", "db"} {
-		s, err := rc.CreateService(ctx, api.ServiceRequest{App: "shop", AppNS: "prod", Service: name, ServiceNS: "eu"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		svcs = append(svcs, s)
-	}
+	svcs := withServices(t, rc, first, "api", "db")
 	cr := &countingRoot{Client: rc}
-	ch := &changes{ch: make(chan struct{}, 1)}
-	c := cache.NewMemory(cache.Options{})
-	tb := table.New(cr, c, table.Options{ClusterID: "c1", Wait: 200 * time.Millisecond, OnChange: ch.record})
-	for _, s := range svcs {
-		if _, err := tb.Lookup(ctx, s.JobName); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The follower starts from here (with no cursor it would re-read everything first).
-	rev, err := rc.CurrentRevision(ctx, "c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetCursor(ctx, rev); err != nil {
-		t.Fatal(err)
-	}
+	tb, ch := following(t, cr, rc, svcs)
 	looked := cr.resolves.Load()
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -731,4 +688,42 @@ func TestChangesCarryEntries(t *testing.T) {
 			t.Errorf("%s reported without root's change time", ch.seen[i])
 		}
 	}
+}
+
+// withServices returns first and services of the given names, created at root.
+func withServices(t *testing.T, rc *client.Client, first api.Service, names ...string) []api.Service {
+	t.Helper()
+	svcs := []api.Service{first}
+	for _, name := range names {
+		s, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "shop", AppNS: "prod", Service: name, ServiceNS: "eu"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svcs = append(svcs, s)
+	}
+	return svcs
+}
+
+// following returns a table over r (cluster c1, a memory cache) holding svcs, whose
+// follower, once run, starts at root's current revision (with no cursor it would
+// re-read everything first), and the record of its changes.
+func following(t *testing.T, r table.Root, rc *client.Client, svcs []api.Service) (*table.Table, *changes) {
+	t.Helper()
+	ctx := t.Context()
+	c := cache.NewMemory(cache.Options{})
+	ch := &changes{ch: make(chan struct{}, 1)}
+	tb := table.New(r, c, table.Options{ClusterID: "c1", Wait: 200 * time.Millisecond, OnChange: ch.record})
+	for _, s := range svcs {
+		if _, err := tb.Lookup(ctx, s.JobName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rev, err := rc.CurrentRevision(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetCursor(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	return tb, ch
 }

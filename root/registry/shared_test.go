@@ -61,61 +61,24 @@ func TestSharedSpreadsAllocations(t *testing.T) {
 // it must also see the change through when woken before the writer logged it (the
 // newest revision is raised at the reservation, before the change is written).
 func TestWatchStoreWakesLongPolls(t *testing.T) {
-	uri := testservers.MongoURI(t)
 	ctx := t.Context()
-	db := fmt.Sprintf("semnet_registry_watch_%d", time.Now().UnixNano())
-	var regs []*registry.Registry
-	for _, poll := range []time.Duration{0, time.Hour} {
-		st, err := mongo.Open(ctx, uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		reg, err := registry.New(ctx, addrplan.Default(), st, registry.Options{Shared: true, PollInterval: poll})
-		if err != nil {
-			t.Fatal(err)
-		}
-		regs = append(regs, reg)
-	}
-	writer, follower := regs[0], regs[1]
+	writer, follower, svc := twoProcesses(t, "watched", nil)
 	go follower.WatchStore(ctx, 10*time.Millisecond)
-	if _, err := writer.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
-		t.Fatal(err)
-	}
-	svc, err := writer.CreateService(ctx, svcReq("watched"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := writer.AddInterest(ctx, "c1", svc.JobName()); err != nil {
-		t.Fatal(err)
-	}
 	since := uint64(0)
 	for round := range 5 {
 		b, err := follower.Changes(ctx, "c1", since, 100, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
+		b = pollCatches(t, follower, b.Revision, func() {
+			if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
+				t.Fatal(err)
+			}
+		}, "a change made through the other root process")
+		if len(b.Changes) != 1 || b.Changes[0].Instance != round {
+			t.Fatalf("round %d: the long-poll returned %+v, want instance %d's creation", round, b.Changes, round)
+		}
 		since = b.Revision
-		done := make(chan registry.ChangeBatch, 1)
-		go func() {
-			b, err := follower.Changes(ctx, "c1", since, 100, 30*time.Second)
-			if err != nil {
-				t.Error(err)
-			}
-			done <- b
-		}()
-		time.Sleep(50 * time.Millisecond) // the poll waits
-		if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case b := <-done:
-			if len(b.Changes) != 1 || b.Changes[0].Instance != round {
-				t.Fatalf("round %d: the long-poll returned %+v, want instance %d's creation", round, b.Changes, round)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatalf("round %d: a change made through the other root process did not wake the long-poll", round)
-		}
 	}
 }
 
@@ -137,57 +100,80 @@ func (p *peerOf) Changed(c store.Change) {
 // with a change another process on the same store logged and told it of (root's --peer),
 // with neither the store watch nor the poll's own re-read (an hour here) to find it.
 func TestPeerChangedWakesLongPolls(t *testing.T) {
+	ctx := t.Context()
+	peer := &peerOf{}
+	writer, follower, svc := twoProcesses(t, "told", peer)
+	peer.reg.Store(follower)
+	b, err := follower.Changes(ctx, "c1", 0, 100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = pollCatches(t, follower, b.Revision, func() {
+		if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}, "a change another root process told of")
+	if len(b.Changes) != 1 || b.Changes[0].Instance != 0 {
+		t.Fatalf("the long poll returned %+v, want instance 0's creation", b.Changes)
+	}
+}
+
+// twoProcesses starts two registries on one fresh MongoDB database, as two root
+// processes: the writer (with observer obs) registers cluster c1 and creates service
+// name, which c1 is interested in; the follower's long polls re-read the store only
+// every hour on their own.
+func twoProcesses(t *testing.T, name string, obs registry.Observer) (writer, follower *registry.Registry, svc store.Service) {
+	t.Helper()
 	uri := testservers.MongoURI(t)
 	ctx := t.Context()
-	db := fmt.Sprintf("semnet_registry_peer_%d", time.Now().UnixNano())
-	peer := &peerOf{}
+	db := fmt.Sprintf("semnet_registry_%s_%d", name, time.Now().UnixNano())
 	var regs []*registry.Registry
-	for _, obs := range []registry.Observer{peer, nil} {
+	for _, opt := range []registry.Options{{Shared: true, Observer: obs}, {Shared: true, PollInterval: time.Hour}} {
 		st, err := mongo.Open(ctx, uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		reg, err := registry.New(ctx, addrplan.Default(), st, registry.Options{Shared: true, PollInterval: time.Hour, Observer: obs})
+		reg, err := registry.New(ctx, addrplan.Default(), st, opt)
 		if err != nil {
 			t.Fatal(err)
 		}
 		regs = append(regs, reg)
 	}
-	writer, follower := regs[0], regs[1]
-	peer.reg.Store(follower)
+	writer, follower = regs[0], regs[1]
 	if _, err := writer.RegisterCluster(ctx, api.ClusterRequest{ID: "c1", Address: "127.0.0.1", Port: 10110}, false); err != nil {
 		t.Fatal(err)
 	}
-	svc, err := writer.CreateService(ctx, svcReq("told"))
+	svc, err := writer.CreateService(ctx, svcReq(name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := writer.AddInterest(ctx, "c1", svc.JobName()); err != nil {
 		t.Fatal(err)
 	}
-	b, err := follower.Changes(ctx, "c1", 0, 100, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	return writer, follower, svc
+}
+
+// pollCatches starts a long poll of c1's changes after since at reg, lets it wait, calls
+// write and returns what the poll returned; it fails t if nothing woke the poll (what
+// names the change) within 20 s.
+func pollCatches(t *testing.T, reg *registry.Registry, since uint64, write func(), what string) registry.ChangeBatch {
+	t.Helper()
 	done := make(chan registry.ChangeBatch, 1)
 	go func() {
-		b, err := follower.Changes(ctx, "c1", b.Revision, 100, 30*time.Second)
+		b, err := reg.Changes(t.Context(), "c1", since, 100, 30*time.Second)
 		if err != nil {
 			t.Error(err)
 		}
 		done <- b
 	}()
 	time.Sleep(50 * time.Millisecond) // the poll waits
-	if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
-		t.Fatal(err)
-	}
+	write()
 	select {
 	case b := <-done:
-		if len(b.Changes) != 1 || b.Changes[0].Instance != 0 {
-			t.Fatalf("the long poll returned %+v, want instance 0's creation", b.Changes)
-		}
+		return b
 	case <-time.After(20 * time.Second):
-		t.Fatal("a change another root process told of did not wake the long poll")
+		t.Fatalf("%s did not wake the long poll", what)
+		return registry.ChangeBatch{}
 	}
 }
