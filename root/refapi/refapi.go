@@ -26,13 +26,11 @@
 package refapi
 
 import (
-	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/semnet/semnet/root/registry"
 	"github.com/semnet/semnet/root/rest"
@@ -83,11 +81,7 @@ func Mount(r chi.Router, reg *registry.Registry, opt Options) {
 func (s *server) handle(h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := h(w, r); err != nil {
-			var p *httpapi.Problem
-			if !errors.As(err, &p) && rest.Classify(err) == nil {
-				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err,
-					"request_id", middleware.GetReqID(r.Context()))
-			}
+			rest.LogFailure(s.log, r, err)
 			httpapi.WriteProblem(w, r, err, rest.Classify)
 		}
 	}

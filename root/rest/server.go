@@ -108,12 +108,26 @@ func finishWrites(next http.Handler) http.Handler {
 func (s *server) handle(h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := h(w, r); err != nil {
-			var p *httpapi.Problem
-			if !errors.As(err, &p) && Classify(err) == nil {
-				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err,
-					"request_id", middleware.GetReqID(r.Context()))
-			}
+			LogFailure(s.log, r, err)
 			httpapi.WriteProblem(w, r, err, Classify)
 		}
 	}
+}
+
+// LogFailure logs the server-side failure of a request (not a problem it answered, nor
+// an error Classify maps to a status): at error level, unless the request's client had
+// gone by then (a read the caller cancelled or hung up on, whose store read was
+// cancelled with it: not the server's failure), which is logged at debug level. A
+// cluster that dies with reads in flight made root log one error per read.
+func LogFailure(log *slog.Logger, r *http.Request, err error) {
+	var p *httpapi.Problem
+	if errors.As(err, &p) || Classify(err) != nil {
+		return
+	}
+	level, msg := slog.LevelError, "request failed"
+	if r.Context().Err() != nil {
+		level, msg = slog.LevelDebug, "request abandoned by its client"
+	}
+	log.Log(context.WithoutCancel(r.Context()), level, msg, "method", r.Method, "path", r.URL.Path, "err", err,
+		"request_id", middleware.GetReqID(r.Context()))
 }
