@@ -3,6 +3,7 @@ package root
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -39,8 +40,10 @@ type peers struct {
 	sent   *prometheus.CounterVec
 }
 
-func newPeers(urls []string, token string, log *slog.Logger, reg prometheus.Registerer) *peers {
-	p := &peers{log: log, client: &http.Client{Timeout: peerTimeout}, token: token, urls: urls,
+func newPeers(urls []string, token string, tc *tls.Config, log *slog.Logger, reg prometheus.Registerer) *peers {
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = tc
+	p := &peers{log: log, client: &http.Client{Timeout: peerTimeout, Transport: transport}, token: token, urls: urls,
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet_root", Name: "peer_notifications_total",
 			Help: "Notifications of this root's changes sent to the other root processes (--peer), by peer and result (ok, error)."}, []string{"peer", "result"})}
 	for range urls {

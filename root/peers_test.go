@@ -12,7 +12,9 @@ import (
 	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/root"
 	"github.com/semnet/semnet/shared/addrplan"
+	"github.com/semnet/semnet/shared/testpki"
 	"github.com/semnet/semnet/shared/testservers"
+	"github.com/semnet/semnet/shared/tlsfiles"
 )
 
 // TestPeersNotified: a root started with --peer tells the other root on its MongoDB of
@@ -95,4 +97,58 @@ func metricsOf(t *testing.T, srv *root.Server) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestPeersOverMutualTLS: a peer serving HTTPS and requiring client certificates takes
+// the notifications of a root given the peer's CA and a client certificate
+// (--peer-ca, --peer-cert, --peer-key), and refuses those of a root without them.
+func TestPeersOverMutualTLS(t *testing.T) {
+	const token = "peer-test-token-0123456789"
+	ca := testpki.NewCA(t, "peers-ca")
+	cert, good := ca.Server(t, "root-b.example"), ca.Client(t, "root-a")
+	base := root.Config{Listen: "127.0.0.1:0", MongoURI: testservers.MongoURI(t), MongoDB: fmt.Sprintf("semnet_root_peers_tls_%d", time.Now().UnixNano()),
+		Tokens: []string{token}, Plan: addrplan.Default(), StoreWatch: time.Hour}
+	cfg := base
+	cfg.TLS = tlsfiles.Server{CertFile: cert.CertFile, KeyFile: cert.KeyFile, ClientCAFile: ca.File}
+	b, err := root.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	peer := "https://" + b.Addr.String()
+	for _, c := range []struct {
+		name   string
+		tls    tlsfiles.Client
+		result string
+	}{
+		{"with a client certificate", tlsfiles.Client{CAFile: ca.File, CertFile: good.CertFile, KeyFile: good.KeyFile}, "ok"},
+		{"without", tlsfiles.Client{CAFile: ca.File}, "error"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := base
+			cfg.Peers, cfg.PeerTLS = []string{peer}, c.tls
+			a, err := root.Start(t.Context(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			rc, _ := client.New("http://"+a.Addr.String(), token, nil)
+			if _, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "a", AppNS: "b", Service: strings.ReplaceAll(c.name, " ", ""), ServiceNS: "d"}); err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf(`semnet_root_peer_notifications_total{peer=%q,result=%q}`, peer, c.result)
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(metricsOf(t, a), want) {
+				if time.Now().After(deadline) {
+					t.Fatalf("root A's /metrics lacks %s after a change:\n%s", want, metricsOf(t, a))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	bad := base
+	bad.PeerTLS = tlsfiles.Client{CAFile: ca.File}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "--peer") {
+		t.Errorf("--peer-ca without --peer: %v, want an error naming --peer", err)
+	}
 }

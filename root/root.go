@@ -84,9 +84,13 @@ type Config struct {
 	// (http://host:port): this one tells them of each change it logs, so that clusters
 	// following any of them hear of it at once rather than at their store watch's next
 	// read. They must accept this process's first token (replicas share their tokens).
-	Peers  []string
-	Plan   addrplan.Plan
-	Logger *slog.Logger
+	Peers []string
+	// PeerTLS verifies https peers (the CA that signed their certificates; the system's
+	// roots when empty) and gives the client certificate peers that require one
+	// (--tls-client-ca) check: --peer-ca, --peer-cert, --peer-key.
+	PeerTLS tlsfiles.Client
+	Plan    addrplan.Plan
+	Logger  *slog.Logger
 }
 
 // DefaultReconcileInterval is how often root repairs its store unless told otherwise.
@@ -132,6 +136,9 @@ func (c Config) Validate() error {
 		if err := validPeer(p); err != nil {
 			return err
 		}
+	}
+	if c.PeerTLS.Enabled() && len(c.Peers) == 0 {
+		return errors.New("--peer-ca, --peer-cert and --peer-key are for notifying peers; name them with --peer")
 	}
 	if err := c.rateLimit().Validate(); err != nil {
 		return err
@@ -246,7 +253,12 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	obs := observers{metrics, notif}
 	var ps *peers
 	if len(c.Peers) > 0 {
-		ps = newPeers(c.Peers, firstOr(c.Tokens, ""), log.With("component", "peers"), promReg)
+		ptc, err := c.PeerTLS.Config("peer-")
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		ps = newPeers(c.Peers, firstOr(c.Tokens, ""), ptc, log.With("component", "peers"), promReg)
 		obs = append(obs, ps)
 	}
 	reg, err := registry.New(ctx, c.Plan, st, registry.Options{Logger: log.With("component", "registry"), Observer: obs,

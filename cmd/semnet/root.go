@@ -20,6 +20,7 @@ type rootFlags struct {
 	insecure, noMigrate                                 bool
 	quarantine, storeWait, changeRetention              time.Duration
 	tls                                                 tlsServerFlags // root's only, not up's
+	peerTLS                                             tlsClientFlags // root's only, not up's
 	rate                                                rateLimitFlags
 	log                                                 logFlags
 }
@@ -58,7 +59,7 @@ func (f *rootFlags) config() (root.Config, error) {
 	}
 	c := root.Config{Listen: f.listen, DataDir: f.dataDir, MongoURI: f.mongoURI, MongoDB: f.mongoDB,
 		NoMigrate: f.noMigrate, StoreWait: f.storeWait, ChangeRetention: f.changeRetention, Insecure: f.insecure, Plan: plan, Logger: log,
-		TLS: f.tls.files, RateLimit: f.rate.limit, RateBurst: f.rate.burst, Peers: f.peers}
+		TLS: f.tls.files, RateLimit: f.rate.limit, RateBurst: f.rate.burst, Peers: f.peers, PeerTLS: f.peerTLS.files}
 	if f.token != "" {
 		c.Tokens = []string{f.token}
 	}
@@ -86,7 +87,8 @@ Retry-After. /healthz, /readyz and /metrics are never limited.
 
 Several root processes may share one MongoDB (--mongo-uri, same --mongo-db and --token);
 give each the others' URLs with --peer, so that a cluster following one of them hears at
-once of a change made through another.
+once of a change made through another; --peer-ca verifies https peers, and --peer-cert
+with --peer-key is the client certificate for peers that require one (--tls-client-ca).
 
 It answers /readyz with 200 once it serves.`,
 		Args:    cobra.NoArgs,
@@ -102,6 +104,7 @@ It answers /readyz with 200 once it serves.`,
 	}
 	f.register(cmd.Flags(), ":10099", defaultRateLimit)
 	f.tls.register(cmd.Flags()) // not up's: it serves plain HTTP on loopback
+	f.peerTLS.register(cmd.Flags(), "peer-", "a --peer root")
 	bindEnv(cmd)
 	cmd.AddCommand(newMigrateCommand())
 	return cmd
