@@ -1,22 +1,16 @@
 package root
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/url"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/semnet/semnet/proto/api"
+	"github.com/semnet/semnet/proto/api/client"
 	"github.com/semnet/semnet/root/store"
 )
 
@@ -31,26 +25,29 @@ const peerTimeout = 2 * time.Second
 // Each peer gets at most one request at a time, carrying the newest revision logged
 // when it is sent, so a burst of changes costs a few requests, not one per change.
 type peers struct {
-	log    *slog.Logger
-	client *http.Client
-	token  string
-	urls   []string
-	latest atomic.Uint64
-	kick   []chan struct{} // one per peer: a change to tell it about
-	sent   *prometheus.CounterVec
+	log     *slog.Logger
+	urls    []string
+	clients []*client.Client // one per peer, as urls
+	latest  atomic.Uint64
+	kick    []chan struct{} // one per peer: a change to tell it about
+	sent    *prometheus.CounterVec
 }
 
-func newPeers(urls []string, token string, tc *tls.Config, log *slog.Logger, reg prometheus.Registerer) *peers {
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.TLSClientConfig = tc
-	p := &peers{log: log, client: &http.Client{Timeout: peerTimeout, Transport: transport}, token: token, urls: urls,
+func newPeers(urls []string, token string, tc *tls.Config, log *slog.Logger, reg prometheus.Registerer) (*peers, error) {
+	p := &peers{log: log, urls: urls,
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet_root", Name: "peer_notifications_total",
 			Help: "Notifications of this root's changes sent to the other root processes (--peer), by peer and result (ok, error)."}, []string{"peer", "result"})}
-	for range urls {
+	hc := client.HTTPClient(tc)
+	for _, u := range urls {
+		c, err := client.New(u, token, hc)
+		if err != nil {
+			return nil, fmt.Errorf("--peer: %w", err)
+		}
+		p.clients = append(p.clients, c)
 		p.kick = append(p.kick, make(chan struct{}, 1))
 	}
 	reg.MustRegister(p.sent)
-	return p
+	return p, nil
 }
 
 // run notifies the peers until ctx ends.
@@ -88,7 +85,10 @@ func (p *peers) notify(ctx context.Context, i int) {
 		}
 		rev := p.latest.Load()
 		result := "ok"
-		if err := p.post(ctx, p.urls[i], rev); err != nil {
+		pctx, cancel := context.WithTimeout(ctx, peerTimeout)
+		err := p.clients[i].PeerChanged(pctx, rev)
+		cancel()
+		if err != nil {
 			result = "error"
 			if ctx.Err() == nil {
 				p.log.Debug("notifying a peer of a change failed; it finds the change through its store watch", "peer", p.urls[i], "revision", rev, "err", err)
@@ -98,32 +98,9 @@ func (p *peers) notify(ctx context.Context, i int) {
 	}
 }
 
-func (p *peers) post(ctx context.Context, base string, rev uint64) error {
-	body, _ := json.Marshal(api.PeerChange{Revision: rev})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(base, "/")+"/api/v1/peer/changes", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if p.token != "" {
-		req.Header.Set("Authorization", "Bearer "+p.token)
-	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("peer answered %s", resp.Status)
-	}
-	return nil
-}
-
-// validPeer checks a --peer URL.
+// validPeer checks a --peer URL as the client that notifies it will.
 func validPeer(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if _, err := client.New(s, "", nil); err != nil {
 		return fmt.Errorf("peer %q must be an http:// or https:// URL of another root process", s)
 	}
 	return nil

@@ -42,14 +42,7 @@ func TestPeersNotified(t *testing.T) {
 	if _, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "a", AppNS: "b", Service: "c", ServiceNS: "d"}); err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf(`semnet_root_peer_notifications_total{peer=%q,result="ok"}`, cfg.Peers[0])
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(metricsOf(t, a), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("root A's /metrics lacks %s after a change:\n%s", want, metricsOf(t, a))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitMetric(t, a, fmt.Sprintf(`semnet_root_peer_notifications_total{peer=%q,result="ok"}`, cfg.Peers[0]))
 	for _, c := range []struct {
 		body, auth string
 		status     int
@@ -85,6 +78,19 @@ func TestPeersNotified(t *testing.T) {
 		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("peer %q with mongo %q: %v, want %q", c.peer, c.mongo, err, c.want)
 		}
+	}
+}
+
+// waitMetric waits up to 10 s for root's /metrics to show series (name and labels),
+// failing t if it does not.
+func waitMetric(t *testing.T, srv *root.Server, series string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(metricsOf(t, srv), series) {
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %s:\n%s", series, metricsOf(t, srv))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -136,14 +142,7 @@ func TestPeersOverMutualTLS(t *testing.T) {
 			if _, err := rc.CreateService(t.Context(), api.ServiceRequest{App: "a", AppNS: "b", Service: strings.ReplaceAll(c.name, " ", ""), ServiceNS: "d"}); err != nil {
 				t.Fatal(err)
 			}
-			want := fmt.Sprintf(`semnet_root_peer_notifications_total{peer=%q,result=%q}`, peer, c.result)
-			deadline := time.Now().Add(10 * time.Second)
-			for !strings.Contains(metricsOf(t, a), want) {
-				if time.Now().After(deadline) {
-					t.Fatalf("root A's /metrics lacks %s after a change:\n%s", want, metricsOf(t, a))
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			waitMetric(t, a, fmt.Sprintf(`semnet_root_peer_notifications_total{peer=%q,result=%q}`, peer, c.result))
 		})
 	}
 	bad := base

@@ -258,7 +258,10 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 			st.Close()
 			return nil, err
 		}
-		ps = newPeers(c.Peers, firstOr(c.Tokens, ""), ptc, log.With("component", "peers"), promReg)
+		if ps, err = newPeers(c.Peers, firstOr(c.Tokens, ""), ptc, log.With("component", "peers"), promReg); err != nil {
+			st.Close()
+			return nil, err
+		}
 		obs = append(obs, ps)
 	}
 	reg, err := registry.New(ctx, c.Plan, st, registry.Options{Logger: log.With("component", "registry"), Observer: obs,

@@ -197,6 +197,12 @@ func (c *Client) Changes(ctx context.Context, clusterID string, since uint64, wa
 	return out, c.do(ctx, http.MethodGet, "/clusters/"+esc(clusterID)+"/changes?"+q.Encode(), nil, &out)
 }
 
+// PeerChanged tells a root process that another one on the same MongoDB logged a change
+// at revision rev (root's --peer): its waiting change polls re-read the store at once.
+func (c *Client) PeerChanged(ctx context.Context, rev uint64) error {
+	return c.do(ctx, http.MethodPost, "/peer/changes", api.PeerChange{Revision: rev}, nil)
+}
+
 // Interests lists the service IDs the cluster is interested in.
 func (c *Client) Interests(ctx context.Context, clusterID string) ([]string, error) {
 	var out []string
