@@ -302,9 +302,17 @@ func (b *Broker) Close() error {
 	return b.mqtt.Close()
 }
 
-// Publish publishes a message from the cluster to the nodes subscribed to topic, at QoS 1
+// Publish publishes a message from the cluster to the nodes subscribed to topic, at QoS 0
 // (not retained). It never waits for a client: messages for a client that does not keep
 // up are dropped and the client disconnected. Only the cluster can publish under "jobs/".
+//
+// QoS 0 because QoS 1 would buy nothing here and costs a round trip per message: sessions
+// end with their connection, so a message not acknowledged when the connection drops is
+// discarded either way, and while the connection lasts TCP delivers every message in
+// order. What covers a lost connection is the node's re-reading of its tables when it
+// reconnects. Without the acknowledgements a push to 1,000 nodes takes a quarter less time
+// (clusterload, propagation p50 and p99), and no delivery takes a packet identifier a node's
+// SUBSCRIBE could collide with (see hook.collides).
 func (b *Broker) Publish(topic string, payload []byte) error {
 	if topic == "" || strings.ContainsAny(topic, "+#") || strings.HasPrefix(topic, "$") || !utf8.ValidString(topic) {
 		return fmt.Errorf("broker: publish to %q: not a valid topic name", topic)
@@ -315,15 +323,15 @@ func (b *Broker) Publish(topic string, payload []byte) error {
 	if b.isClosing() {
 		return fmt.Errorf("broker: publish to %q: broker closed", topic)
 	}
-	if err := b.mqtt.Publish(topic, payload, false, 1); err != nil {
+	if err := b.mqtt.Publish(topic, payload, false, 0); err != nil {
 		return fmt.Errorf("broker: publish to %q: %w", topic, err)
 	}
 	return nil
 }
 
-// publishSize is the size of a QoS 1 PUBLISH (MQTT 5: with an empty property list).
+// publishSize is the size of a QoS 0 PUBLISH (MQTT 5: with an empty property list).
 func publishSize(topic string, payload []byte) int {
-	rem := 2 + len(topic) + 2 + 1 + len(payload)
+	rem := 2 + len(topic) + 1 + len(payload)
 	n := 1 + 1
 	for x := rem; x >= 128; x >>= 7 {
 		n++

@@ -59,7 +59,8 @@
 //     Here mochi writes into a per-connection buffer (never blocking) that a goroutine of
 //     the connection drains into the socket. A client is disconnected, and counted by
 //     reason, when its unsent bytes exceed MaxPendingBytes, its socket takes no 32 KiB in
-//     WriteTimeout, it leaves MaxInflight QoS 1/2 messages unacknowledged, or mochi's
+//     WriteTimeout, it leaves MaxInflight QoS 1/2 messages unacknowledged (the
+//     cluster's messages go out at QoS 0: these are its own, delivered back), or mochi's
 //     queue for it (MaxQueuedMessages) is full; messages for it meanwhile are dropped
 //     and counted.
 //   - Oversized packets. mochi closes such a connection silently. Here the connection

@@ -149,7 +149,9 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 // own packets) and refuses such a packet: a SUBACK of 0x80, or an UNSUBACK that does
 // nothing. Clients that never read SUBACK codes (the reference node) would wait for
 // pushes that never come, so the hooks carry the packet out themselves; the SUBACK
-// still says 0x80, and a client that subscribes again gets a plain grant.
+// still says 0x80, and a client that subscribes again gets a plain grant. (The
+// cluster's own messages go out at QoS 0 and take no identifier; a node meets this
+// only with QoS 1 messages of its own topics delivered back to it.)
 func (h *hook) collides(cl *mqtt.Client, pk packets.Packet, what string) bool {
 	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok {
 		return false

@@ -116,26 +116,55 @@ func TestSlowClientDoesNotStallOthers(t *testing.T) {
 	}
 }
 
+// TestPublishSize: the cluster's messages go out at QoS 0 (whatever QoS the node
+// subscribed at), and Publish takes one of exactly MaxPacketSize bytes (as an MQTT 5
+// PUBLISH, the larger form) and refuses one byte more.
+func TestPublishSize(t *testing.T) {
+	const max = 1024
+	b := startBroker(t, Config{AllowAnonymous: true, MaxPacketSize: max})
+	c := mustDial(t, b, clientOpts{id: "w1"})
+	topic := mqttapi.NodeTopic("w1", mqttapi.SuffixTableQueryResult)
+	results := mustSubscribe(t, c, topic) // at QoS 1
+	// Header byte, 2 remaining-length bytes, topic length and topic, property length.
+	payload := strings.Repeat("x", max-3-2-len(topic)-1)
+	if err := b.Publish(topic, []byte(payload)); err != nil {
+		t.Fatalf("publish of exactly the maximum size: %v", err)
+	}
+	if m := receive(t, results, "the largest message"); len(m.Payload()) != len(payload) || m.Qos() != 0 {
+		t.Errorf("got %d bytes at QoS %d, want %d at QoS 0", len(m.Payload()), m.Qos(), len(payload))
+	}
+	if err := b.Publish(topic, []byte(payload+"x")); err == nil || !strings.Contains(err.Error(), "maximum packet size") {
+		t.Errorf("publish of one byte more: %v, want refused for its size", err)
+	}
+}
+
 // TestUnacknowledgingClientDisconnected: a client that reads but never acknowledges its
-// QoS 1 messages is disconnected when MaxInflight of them are outstanding.
+// QoS 1 messages is disconnected when MaxInflight of them are outstanding. The cluster
+// publishes at QoS 0, so the QoS 1 deliveries here are of the client's own messages on
+// its own topic (what the ACL lets a node receive at QoS 1).
 func TestUnacknowledgingClientDisconnected(t *testing.T) {
 	b := startBroker(t, Config{AllowAnonymous: true, MaxInflight: 8})
 	lost := make(chan error, 1)
 	lazy := mustDial(t, b, clientOpts{id: "lazy", noAutoAck: true, lost: lost})
-	mustSubscribe(t, lazy, mqttapi.UpdatesFilter)
+	lazyTopic := mqttapi.NodeTopic("lazy", "loop")
+	mustSubscribe(t, lazy, lazyTopic)
 	healthy := mustDial(t, b, clientOpts{id: "healthy"})
-	updates := mustSubscribe(t, healthy, mqttapi.UpdatesFilter)
+	healthyTopic := mqttapi.NodeTopic("healthy", "loop")
+	echoes := mustSubscribe(t, healthy, healthyTopic)
 	for i := 0; b.Connected("lazy"); i++ {
 		if i == 100 {
 			t.Fatal("client not acknowledging still connected after 100 messages")
 		}
-		if err := b.Publish(mqttapi.UpdatesTopic("job"), []byte("update")); err != nil {
-			t.Fatal(err)
-		}
-		receive(t, updates, "the update at the healthy client")
+		lazy.Publish(lazyTopic, 1, false, "unacknowledged") // its PUBACK may never come: the client is cut
+		publish(t, healthy, 1, healthyTopic, "acknowledged")
+		receive(t, echoes, "the healthy client's own message")
 		// paho acknowledges from a queue of its own: on a loaded machine the healthy
 		// client too could lag MaxInflight acknowledgements behind and be cut.
 		waitAcked(t, b, "healthy")
+		eventually(t, "the lazy client's message to be delivered back to it", func() bool {
+			cl, ok := b.mqtt.Clients.Get("lazy")
+			return !ok || cl.State.Inflight.Len() > i || !b.Connected("lazy")
+		})
 	}
 	receive(t, lost, "the lazy client to lose its connection")
 	if got := counter(b.m.slowDisconnects.WithLabelValues(string(dropInflight))); got != 1 {
@@ -308,11 +337,19 @@ func TestPacketIDCollision(t *testing.T) {
 		}
 		return pk
 	}
-	if err := b.Publish(mqttapi.UpdatesTopic("a"), []byte("1")); err != nil {
-		t.Fatal(err)
+	// The cluster publishes at QoS 0: a QoS 1 delivery, holding a packet identifier, is
+	// one of the client's own messages delivered back to it.
+	own := mqttapi.NodeTopic("w1", "loop")
+	c.subscribe(t, own, 1)
+	c.send(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1,
+		TopicName: own, Payload: []byte("1")})
+	var held packets.Packet
+	for range 2 { // its PUBACK and its delivery, in either order
+		if pk := next("the PUBACK and the delivery"); pk.FixedHeader.Type == packets.Publish {
+			held = pk // not acknowledged for now
+		}
 	}
-	held := next("the delivery on a") // not acknowledged for now
-	if held.FixedHeader.Type != packets.Publish || held.PacketID == 0 {
+	if held.FixedHeader.Qos != 1 || held.PacketID == 0 {
 		t.Fatalf("got %+v, want a QoS 1 PUBLISH", held)
 	}
 

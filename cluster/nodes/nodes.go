@@ -30,7 +30,7 @@ import (
 	"github.com/semnet/semnet/shared/geo"
 )
 
-// Publisher publishes a message to the nodes (the broker's inline client, QoS 1).
+// Publisher publishes a message to the nodes (the broker's inline client, QoS 0).
 type Publisher interface {
 	Publish(topic string, payload []byte) error
 }

@@ -523,7 +523,7 @@ func run(o options) error {
 	lat.take()
 	hitRate := closedLoop(qn[:o.closedClients], jobs, 5*time.Second)
 	hitLat := summary(lat.take())
-	fmt.Printf("closed loop, %d clients, QoS 1:\n  broker echo (600 B reply): %8.0f round trips/s  %s\n  table query, cache hit:    %8.0f queries/s      %s\n  ratio hit/echo: %.2f\n",
+	fmt.Printf("closed loop, %d clients (requests at QoS 1, answers at QoS 0):\n  broker echo (600 B reply): %8.0f round trips/s  %s\n  table query, cache hit:    %8.0f queries/s      %s\n  ratio hit/echo: %.2f\n",
 		o.closedClients, echoRate, echoLat, hitRate, hitLat, hitRate/echoRate)
 
 	// 2. Open loop at the offered rate over every connected node.
