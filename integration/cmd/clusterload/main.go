@@ -250,6 +250,23 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// cpuMeter measures the CPU a child and this process use from its start.
+type cpuMeter struct {
+	c         *child
+	from, gen time.Duration
+	t0        time.Time
+}
+
+func meterCPU(c *child) cpuMeter { return cpuMeter{c: c, from: c.cpu(), gen: selfCPU(), t0: time.Now()} }
+
+// report says, for n queries answered since the start, how many cores the child (named
+// what) and this process used, and the child's CPU per query.
+func (m cpuMeter) report(what string, n int) string {
+	c, g, wall := m.c.cpu()-m.from, selfCPU()-m.gen, time.Since(m.t0).Seconds()
+	return fmt.Sprintf("%s %.2f cores (%.0f µs per query), load generator with root %.2f cores, of 2",
+		what, c.Seconds()/wall, float64(c.Microseconds())/float64(max(1, n)), g.Seconds()/wall)
+}
+
 func (c *child) rss() string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
 	if err != nil {
@@ -503,9 +520,11 @@ func run(o options) error {
 	echoLat := summary(lat.take())
 	// The same open loop as the cluster's below, against the bare echo: what the broker,
 	// the clients and the machine cost before the cluster does anything.
+	echoMeter := meterCPU(echo)
 	openLoop(en[:o.nodes], jobs, o.rate, o.duration)
 	echoLost := waitAnswers(en, 30*time.Second)
-	echoOpen := summary(lat.take())
+	ed := lat.take()
+	echoCPU, echoOpen := echoMeter.report("echo broker", len(ed)), summary(ed)
 	disconnectAll(en)
 	echo.stop()
 
@@ -527,15 +546,13 @@ func run(o options) error {
 		o.closedClients, echoRate, echoLat, hitRate, hitLat, hitRate/echoRate)
 
 	// 2. Open loop at the offered rate over every connected node.
-	clCPU, genCPU, t0 := cl.cpu(), selfCPU(), time.Now()
+	clMeter := meterCPU(cl)
 	openLoop(qn[:o.nodes], jobs, o.rate, o.duration)
 	lost := waitAnswers(qn, 30*time.Second)
 	d := lat.take()
-	clCPU, genCPU, wall := cl.cpu()-clCPU, selfCPU()-genCPU, time.Since(t0).Seconds()
 	fmt.Printf("open loop, %d connected nodes, %.0f queries/s offered for %s:\n  broker echo: %s; unanswered %d\n  cache hits:  %s; unanswered %d, error answers %d\n",
 		o.nodes, o.rate, o.duration, echoOpen, echoLost, summary(d), lost, lat.bad.Swap(0))
-	fmt.Printf("  CPU meanwhile: cluster %.2f cores (%.0f µs per query), load generator with root %.2f cores, of 2\n",
-		clCPU.Seconds()/wall, float64(clCPU.Microseconds())/float64(max(1, len(d))), genCPU.Seconds()/wall)
+	fmt.Printf("  CPU meanwhile: %s\n                 %s\n", echoCPU, clMeter.report("cluster", len(d)))
 
 	// 3. Misses: fresh services, each queried once (the cluster asks root).
 	fresh, err := deploy(ctx, rc, "m", o.misses, o.instances)
