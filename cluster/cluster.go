@@ -38,7 +38,6 @@ import (
 	"github.com/semnet/semnet/cluster/table"
 	"github.com/semnet/semnet/proto/api"
 	"github.com/semnet/semnet/proto/api/client"
-	"github.com/semnet/semnet/proto/mqttapi"
 	"github.com/semnet/semnet/shared/geo"
 	"github.com/semnet/semnet/shared/httpapi"
 	"github.com/semnet/semnet/shared/listenaddr"
@@ -233,7 +232,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		NodeGrace: c.NodeGrace, Presence: s.broker,
 	})
 	s.broker.OnDisconnect(nodeSrv.NodeGone)
-	if err := s.broker.Subscribe(mqttapi.ClusterSubscription, nodeSrv.Handle); err != nil {
+	if err := s.broker.Handle(nodeSrv.Handle); err != nil {
 		return fail(err)
 	}
 	if err := s.broker.Start(); err != nil {

@@ -31,7 +31,7 @@ func TestPasswordAuthentication(t *testing.T) {
   - {username: worker-4, password: pw-4, allow: false}
 `)
 	b := startBroker(t, Config{CredentialsFile: file})
-	msgs := collect(t, b, mqttapi.ClusterSubscription)
+	msgs := collect(t, b)
 
 	c := mustDial(t, b, clientOpts{id: "worker-1", user: "worker-1", pass: "pw-1"})
 	publish(t, c, 1, mqttapi.NodeTopic("worker-1", mqttapi.SuffixSubnet), `{"METHOD":"GET"}`)
@@ -84,7 +84,7 @@ func TestMQTT5RefusalCodes(t *testing.T) {
 
 func TestAnonymous(t *testing.T) {
 	b := startBroker(t, Config{AllowAnonymous: true})
-	msgs := collect(t, b, mqttapi.ClusterSubscription)
+	msgs := collect(t, b)
 	c := mustDial(t, b, clientOpts{id: "worker-7"})
 	publish(t, c, 1, mqttapi.NodeTopic("worker-7", mqttapi.SuffixTableQuery), `{"sname":"a.b.c.d","sip":""}`)
 	if m := receive(t, msgs, "the node's message"); m.client != "worker-7" {
@@ -118,7 +118,7 @@ func TestWillMustBeOwnTopic(t *testing.T) {
 	refused(t, b, clientOpts{id: "a", will: mqttapi.UpdatesTopic("x")}, codeNotAuthorized)
 
 	// A will on its own topic is accepted, and reaches the cluster when the client dies.
-	msgs := collect(t, b, mqttapi.ClusterSubscription)
+	msgs := collect(t, b)
 	mustDial(t, b, clientOpts{id: "a", will: mqttapi.NodeTopic("a", "gone")})
 	for _, c := range b.mqtt.Clients.GetAll() {
 		if c.ID == "a" {
@@ -135,7 +135,7 @@ func TestMutualTLS(t *testing.T) {
 	srv := ca.Server(t, "broker")
 	creds := credentialsFile(t, t.TempDir(), "pw-node", "pw")
 	b := startBroker(t, Config{CertFile: srv.CertFile, KeyFile: srv.KeyFile, ClientCAFile: ca.File, CredentialsFile: creds})
-	msgs := collect(t, b, mqttapi.ClusterSubscription)
+	msgs := collect(t, b)
 
 	w1 := ca.Client(t, "worker-1")
 	san := ca.Client(t, "some-host", "worker-3")

@@ -16,7 +16,7 @@ import (
 // packets are processed in order, and each client's messages are delivered in order).
 func TestACLEnforced(t *testing.T) {
 	b := startBroker(t, Config{AllowAnonymous: true})
-	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	cluster := collect(t, b)
 	a := mustDial(t, b, clientOpts{id: "A"})
 	bb := mustDial(t, b, clientOpts{id: "B"})
 	c := mustDial(t, b, clientOpts{id: "C"})
@@ -42,12 +42,13 @@ func TestACLEnforced(t *testing.T) {
 	if m := receive(t, bOwn, "B's result"); string(m.Payload()) != "b-result" {
 		t.Errorf("B got %q", m.Payload())
 	}
-	// The cluster's own publishes are not handed back to it (its handler runs inside
-	// Publish, so it would have been by now).
-	select {
-	case m := <-cluster:
-		t.Errorf("cluster got its own message back: %+v", m)
-	default:
+	// Neither the cluster's own publishes nor a node's messages outside its "net/"
+	// topics reach the cluster: its next message is C's request.
+	publish(t, c, 1, "nodes/C/private", "c-private")
+	publish(t, c, 1, "nodes/C/network", "c-not-net")
+	publish(t, c, 1, mqttapi.NodeTopic("C", mqttapi.SuffixSubnet), "c-request")
+	if m := receive(t, cluster, "C's request"); m.client != "C" || m.payload != "c-request" {
+		t.Errorf("cluster got %+v, want C's request (not its own result for B, nor C's other messages)", m)
 	}
 
 	// A received none of B's messages: its next message is the one for it.
@@ -88,15 +89,15 @@ func TestACLEnforced(t *testing.T) {
 	if got := counter(b.m.aclDenied.WithLabelValues("publish")); got != 3 {
 		t.Errorf("acl denied publish = %v, want 3", got)
 	}
-	if got := counter(b.m.received); got != 2 {
-		t.Errorf("messages received = %v, want 2 (B's and A's requests)", got)
+	if got := counter(b.m.received); got != 5 {
+		t.Errorf("messages received = %v, want 5 (B's request, C's three messages, A's request)", got)
 	}
 }
 
 func TestDisconnectCallback(t *testing.T) {
 	b := startBroker(t, Config{AllowAnonymous: true})
 	events := make(chan string, 16)
-	if err := b.Subscribe(mqttapi.ClusterSubscription, func(id, _ string, payload []byte) { events <- id + ":" + string(payload) }); err != nil {
+	if err := b.Handle(func(id, _ string, payload []byte) { events <- id + ":" + string(payload) }); err != nil {
 		t.Fatal(err)
 	}
 	b.OnDisconnect(func(id string) { events <- id + ":gone" })
@@ -168,7 +169,7 @@ func TestCloseWithoutStart(t *testing.T) {
 	if b.Addr() != nil {
 		t.Error("Addr before Start is not nil")
 	}
-	if err := b.Subscribe(mqttapi.ClusterSubscription, func(string, string, []byte) {}); err != nil {
+	if err := b.Handle(func(string, string, []byte) {}); err != nil {
 		t.Fatal(err) // the cluster subscribes before it starts the broker
 	}
 	if err := b.Close(); err != nil {

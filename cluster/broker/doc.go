@@ -82,7 +82,7 @@
 //
 // # Goroutines
 //
-// A Handler given to Subscribe runs in the goroutine that reads the sending node's
+// The Handler given to Handle runs in the goroutine that reads the sending node's
 // connection: each node's messages are handled one at a time and in order, and a slow
 // handler delays only that node. Publish never waits for a client and may be called from
 // any goroutine, handlers included. OnDisconnect callbacks run in the disconnected

@@ -26,10 +26,14 @@ const waitTimeout = 10 * time.Second
 
 // startBroker starts a broker on a free loopback port with cfg; it is closed at the end
 // of the test.
-func startBroker(t *testing.T, cfg Config) *Broker {
+func startBroker(t testing.TB, cfg Config) *Broker {
 	t.Helper()
 	cfg.Listen = "127.0.0.1:0"
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	level := slog.LevelInfo
+	if _, ok := t.(*testing.B); ok {
+		level = slog.LevelWarn // a benchmark's output is its figures
+	}
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: level}))
 	b, err := New(cfg, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -100,11 +104,11 @@ func receive[T any](t *testing.T, ch <-chan T, what string) T {
 // message is what a Handler got.
 type message struct{ client, topic, payload string }
 
-// collect subscribes the cluster to filter and returns the messages it gets.
-func collect(t *testing.T, b *Broker, filter string) <-chan message {
+// collect returns the messages the cluster gets (Broker.Handle).
+func collect(t *testing.T, b *Broker) <-chan message {
 	t.Helper()
 	ch := make(chan message, 1024)
-	if err := b.Subscribe(filter, func(client, topic string, payload []byte) {
+	if err := b.Handle(func(client, topic string, payload []byte) {
 		ch <- message{client, topic, string(payload)}
 	}); err != nil {
 		t.Fatal(err)
@@ -233,7 +237,7 @@ type rawClient struct {
 
 // rawDial connects with MQTT version (4 or 5) as id, with a password if pass != "", and
 // returns the CONNACK.
-func rawDial(t *testing.T, addr string, version byte, id, pass string, keepalive uint16) (*rawClient, packets.Packet) {
+func rawDial(t testing.TB, addr string, version byte, id, pass string, keepalive uint16) (*rawClient, packets.Packet) {
 	t.Helper()
 	nc, err := net.DialTimeout("tcp", addr, waitTimeout)
 	if err != nil {
@@ -258,7 +262,7 @@ func rawDial(t *testing.T, addr string, version byte, id, pass string, keepalive
 	return c, ack
 }
 
-func (c *rawClient) send(t *testing.T, pk packets.Packet) {
+func (c *rawClient) send(t testing.TB, pk packets.Packet) {
 	t.Helper()
 	pk.ProtocolVersion = c.version
 	var buf bytes.Buffer
@@ -327,7 +331,7 @@ func (c *rawClient) read() (packets.Packet, error) {
 }
 
 // subscribe subscribes at qos and checks the SUBACK.
-func (c *rawClient) subscribe(t *testing.T, filter string, qos byte) {
+func (c *rawClient) subscribe(t testing.TB, filter string, qos byte) {
 	t.Helper()
 	c.send(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
 		Filters: packets.Subscriptions{{Filter: filter, Qos: qos}}})

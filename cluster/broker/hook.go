@@ -24,7 +24,7 @@ func (h *hook) ID() string { return "semnet-broker" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnSessionEstablish, mqtt.OnACLCheck,
-		mqtt.OnSubscribe, mqtt.OnUnsubscribe, mqtt.OnPublished, mqtt.OnPublishDropped, mqtt.OnPacketEncode, mqtt.OnPacketSent:
+		mqtt.OnSubscribe, mqtt.OnUnsubscribe, mqtt.OnPublished, mqtt.OnWillSent, mqtt.OnPublishDropped, mqtt.OnPacketEncode, mqtt.OnPacketSent:
 		return true
 	}
 	return false
@@ -162,11 +162,23 @@ func (h *hook) collides(cl *mqtt.Client, pk packets.Packet, what string) bool {
 	return true
 }
 
-// OnPublished counts messages nodes published (the cluster's own are not counted).
-func (h *hook) OnPublished(cl *mqtt.Client, _ packets.Packet) {
-	if !cl.Net.Inline {
-		h.b.m.received.Inc()
+// OnPublished counts the messages nodes published (the cluster's own are not counted)
+// and hands them to the cluster (Broker.Handle). mochi calls it in the sender's reader
+// goroutine once it took the message: after the ACL and rate checks, the QoS 1
+// acknowledgement and the deliveries to subscribers.
+func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline {
+		return
 	}
+	h.b.m.received.Inc()
+	h.b.received(cl.ID, pk)
+}
+
+// OnWillSent hands a node's will, which mochi published for it when its connection
+// broke, to the cluster like its other messages (the ACL checked its topic at CONNECT;
+// wills are never delayed here, see limitSession).
+func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	h.b.received(cl.ID, pk)
 }
 
 // OnPublishDropped: mochi's queue of messages for cl is full. mochi drops the message

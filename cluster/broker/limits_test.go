@@ -16,7 +16,7 @@ import (
 func TestOversizedPacket(t *testing.T) {
 	const max = 1024
 	b := startBroker(t, Config{AllowAnonymous: true, MaxPacketSize: max})
-	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	cluster := collect(t, b)
 	other := mustDial(t, b, clientOpts{id: "other"})
 	otherOwn := mustSubscribe(t, other, "nodes/other/net/+/result")
 
@@ -78,7 +78,7 @@ func TestOversizedPacket(t *testing.T) {
 func TestSlowClientDoesNotStallOthers(t *testing.T) {
 	b := startBroker(t, Config{AllowAnonymous: true, MaxPendingBytes: 512 << 10, WriteTimeout: time.Minute})
 	// The cluster answers every request, as its table query handler does.
-	if err := b.Subscribe(mqttapi.ClusterSubscription, func(id, topic string, payload []byte) {
+	if err := b.Handle(func(id, topic string, payload []byte) {
 		if err := b.Publish(mqttapi.NodeTopic(id, mqttapi.SuffixTableQueryResult), payload); err != nil {
 			t.Error(err)
 		}
@@ -219,7 +219,7 @@ func isTimeout(err error) bool {
 func TestPublishFlood(t *testing.T) {
 	const rate, burst, flood = 20, 40, 400
 	b := startBroker(t, Config{AllowAnonymous: true, PublishRate: rate, PublishBurst: burst})
-	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	cluster := collect(t, b)
 	other := mustDial(t, b, clientOpts{id: "other"})
 
 	// MQTT 5, QoS 1: every publish is answered; those beyond the bucket with 0x87.
@@ -285,7 +285,7 @@ func TestPublishFlood(t *testing.T) {
 // TestPublishRateOff: a negative PublishRate turns the bound off.
 func TestPublishRateOff(t *testing.T) {
 	b := startBroker(t, Config{AllowAnonymous: true, PublishRate: -1})
-	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	cluster := collect(t, b)
 	got := make(chan int)
 	go func() { // drain as they come: the handler blocks on a full channel
 		n := 0

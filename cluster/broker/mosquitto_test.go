@@ -66,7 +66,7 @@ func TestMosquittoPassword(t *testing.T) {
 	pub, sub := mosquittoClients(t)
 	file := credentialsFile(t, t.TempDir(), "worker-1", "pw-1", "worker-2", "pw-2")
 	b := startBroker(t, Config{CredentialsFile: file})
-	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	cluster := collect(t, b)
 
 	// A node publishes a request: the cluster gets it with the node's identity.
 	out, err := mosquitto(t, b, pub, "-i", "worker-2", "-u", "worker-2", "-P", "pw-2", "-q", "1",
@@ -113,7 +113,7 @@ func TestMosquittoMutualTLS(t *testing.T) {
 	ca := testpki.NewCA(t, "semnet-test-ca")
 	srv := ca.Server(t, "broker")
 	b := startBroker(t, Config{CertFile: srv.CertFile, KeyFile: srv.KeyFile, ClientCAFile: ca.File})
-	cluster := collect(t, b, mqttapi.ClusterSubscription)
+	cluster := collect(t, b)
 	w3 := ca.Client(t, "worker-3")
 	cert, key := w3.CertFile, w3.KeyFile
 	tlsArgs := []string{"--cafile", ca.File, "--cert", cert, "--key", key, "-i", "worker-3", "-q", "1"}

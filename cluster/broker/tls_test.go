@@ -23,7 +23,7 @@ func TestTLSReload(t *testing.T) {
 	oldCert.Install(t, certFile, keyFile)
 	old.Install(t, caFile)
 	b := startBroker(t, Config{CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile})
-	msgs := collect(t, b, mqttapi.ClusterSubscription)
+	msgs := collect(t, b)
 
 	// served hears the serial number of the certificate each verified handshake saw.
 	served := make(chan string, 8)

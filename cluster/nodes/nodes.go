@@ -183,7 +183,7 @@ func (s *Server) Handle(nodeID, topic string, payload []byte) {
 	case mqttapi.SuffixGatewayRegister:
 		err = s.gatewayRegister(nodeID, payload)
 	case mqttapi.SuffixTableQueryResult, mqttapi.SuffixSubnetResult, mqttapi.SuffixGatewayConfig:
-		return // our own answers, echoed by the subscription
+		return // answers, which a node may publish to itself: not requests
 	default:
 		s.bad(nodeID, topic, "unknown_topic", errors.New("no such request"))
 		return

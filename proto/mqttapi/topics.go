@@ -31,9 +31,6 @@ const (
 	SuffixGatewayConfig = "gateway/config"
 )
 
-// ClusterSubscription is the filter the cluster subscribes to for every node request.
-const ClusterSubscription = "nodes/+/net/#"
-
 // UpdatesFilter is the filter matching every job's update topic; nodes may subscribe to
 // it (or to single jobs' topics), only the cluster may publish there.
 const UpdatesFilter = "jobs/+/updates_available"

@@ -134,7 +134,7 @@ func serveChild(arg string) error {
 		}
 		reply := []byte(strings.Repeat("x", 600))
 		// The same path a hit takes: the handler answers inline with a 600-byte result.
-		err = b.Subscribe(mqttapi.ClusterSubscription, func(id, _ string, _ []byte) {
+		err = b.Handle(func(id, _ string, _ []byte) {
 			_ = b.Publish(mqttapi.NodeTopic(id, mqttapi.SuffixTableQueryResult), reply)
 		})
 		if err != nil {
@@ -257,7 +257,9 @@ type cpuMeter struct {
 	t0        time.Time
 }
 
-func meterCPU(c *child) cpuMeter { return cpuMeter{c: c, from: c.cpu(), gen: selfCPU(), t0: time.Now()} }
+func meterCPU(c *child) cpuMeter {
+	return cpuMeter{c: c, from: c.cpu(), gen: selfCPU(), t0: time.Now()}
+}
 
 // report says, for n queries answered since the start, how many cores the child (named
 // what) and this process used, and the child's CPU per query.
