@@ -376,7 +376,7 @@ func (b *Broker) received(id string, pk packets.Packet) {
 	if h == nil {
 		return
 	}
-	if rest, ok := strings.CutPrefix(pk.TopicName, mqttapi.NodePrefix(id)+"net"); ok && (rest == "" || rest[0] == '/') {
+	if mqttapi.ToCluster(pk.TopicName, id) {
 		(*h)(id, pk.TopicName, pk.Payload)
 	}
 }

@@ -46,6 +46,20 @@ func NodeTopic(nodeID, suffix string) string { return "nodes/" + nodeID + "/net/
 // that queried by address, a Service or Instance IP.
 func UpdatesTopic(key string) string { return "jobs/" + key + "/updates_available" }
 
+// ToCluster reports whether topic is one on which node nodeID talks to the cluster:
+// "nodes/<id>/net" or below it (what the reference cluster subscribes to as
+// "nodes/+/net/#"). It builds no string: the broker asks it for every message.
+func ToCluster(topic, nodeID string) bool {
+	rest, ok := strings.CutPrefix(topic, "nodes/")
+	if ok {
+		rest, ok = strings.CutPrefix(rest, nodeID)
+	}
+	if ok {
+		rest, ok = strings.CutPrefix(rest, "/net")
+	}
+	return ok && (rest == "" || rest[0] == '/')
+}
+
 // ParseNodeTopic splits "nodes/<id>/net/<suffix>" into its node id and suffix; ok is false
 // for any other shape (including an empty id or suffix).
 func ParseNodeTopic(topic string) (nodeID, suffix string, ok bool) {

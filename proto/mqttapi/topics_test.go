@@ -39,3 +39,28 @@ func TestParseUpdatesTopic(t *testing.T) {
 		}
 	}
 }
+
+func TestToCluster(t *testing.T) {
+	for _, c := range []struct {
+		topic string
+		want  bool
+	}{
+		{NodeTopic("w1", SuffixTableQuery), true},
+		{NodeTopic("w1", SuffixTableQueryResult), true}, // the handler tells requests from answers
+		{"nodes/w1/net", true},
+		{"nodes/w1/net/", true},
+		{"nodes/w1/network/x", false},
+		{"nodes/w1/other", false},
+		{"nodes/w10/net/subnet", false}, // another node's
+		{"nodes/w/net/subnet", false},
+		{"jobs/w1/net/x", false},
+		{"nodes/w1", false},
+	} {
+		if got := ToCluster(c.topic, "w1"); got != c.want {
+			t.Errorf("ToCluster(%q, w1) = %v, want %v", c.topic, got, c.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { ToCluster("nodes/w1/net/subnet", "w1") }); n != 0 {
+		t.Errorf("ToCluster allocates %v times per call", n)
+	}
+}
