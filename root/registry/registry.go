@@ -87,7 +87,7 @@ type Registry struct {
 	pollInterval time.Duration // a waiting long-poll's re-read when nothing woke it
 	waiting      atomic.Int32  // long-polls waiting now
 	watchEvery   atomic.Int64  // WatchStore's period (ns); 0 when it does not run
-	storeRev     atomic.Uint64 // the newest revision WatchStore read from the store
+	storeRev     atomic.Uint64 // the newest revision known in the store: WatchStore's reads, peers' notifications
 
 	clustersSeen sync.Map // cluster ID -> time.Time its registration was last read (see knownCluster)
 

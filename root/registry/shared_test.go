@@ -66,15 +66,7 @@ func TestWatchStoreWakesLongPolls(t *testing.T) {
 	go follower.WatchStore(ctx, 10*time.Millisecond)
 	since := uint64(0)
 	for round := range 5 {
-		b, err := follower.Changes(ctx, "c1", since, 100, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b = pollCatches(t, follower, b.Revision, func() {
-			if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
-				t.Fatal(err)
-			}
-		}, "a change made through the other root process")
+		b := createCaught(t, writer, follower, svc, since, "a change made through the other root process")
 		if len(b.Changes) != 1 || b.Changes[0].Instance != round {
 			t.Fatalf("round %d: the long-poll returned %+v, want instance %d's creation", round, b.Changes, round)
 		}
@@ -100,19 +92,10 @@ func (p *peerOf) Changed(c store.Change) {
 // with a change another process on the same store logged and told it of (root's --peer),
 // with neither the store watch nor the poll's own re-read (an hour here) to find it.
 func TestPeerChangedWakesLongPolls(t *testing.T) {
-	ctx := t.Context()
 	peer := &peerOf{}
 	writer, follower, svc := twoProcesses(t, "told", peer)
 	peer.reg.Store(follower)
-	b, err := follower.Changes(ctx, "c1", 0, 100, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = pollCatches(t, follower, b.Revision, func() {
-		if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
-			t.Fatal(err)
-		}
-	}, "a change another root process told of")
+	b := createCaught(t, writer, follower, svc, 0, "a change another root process told of")
 	if len(b.Changes) != 1 || b.Changes[0].Instance != 0 {
 		t.Fatalf("the long poll returned %+v, want instance 0's creation", b.Changes)
 	}
@@ -154,21 +137,29 @@ func twoProcesses(t *testing.T, name string, obs registry.Observer) (writer, fol
 	return writer, follower, svc
 }
 
-// pollCatches starts a long poll of c1's changes after since at reg, lets it wait, calls
-// write and returns what the poll returned; it fails t if nothing woke the poll (what
-// names the change) within 20 s.
-func pollCatches(t *testing.T, reg *registry.Registry, since uint64, write func(), what string) registry.ChangeBatch {
+// createCaught starts a long poll of c1's changes at follower, from where a poll after
+// since has got to, lets it wait, creates an instance of svc through writer and returns
+// what the poll returned; it fails t if nothing woke the poll (what names the change)
+// within 20 s.
+func createCaught(t *testing.T, writer, follower *registry.Registry, svc store.Service, since uint64, what string) registry.ChangeBatch {
 	t.Helper()
+	ctx := t.Context()
+	b, err := follower.Changes(ctx, "c1", since, 100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan registry.ChangeBatch, 1)
 	go func() {
-		b, err := reg.Changes(t.Context(), "c1", since, 100, 30*time.Second)
+		b, err := follower.Changes(ctx, "c1", b.Revision, 100, 30*time.Second)
 		if err != nil {
 			t.Error(err)
 		}
 		done <- b
 	}()
 	time.Sleep(50 * time.Millisecond) // the poll waits
-	write()
+	if _, _, err := writer.CreateInstance(ctx, svc.ID, api.InstanceRequest{}); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case b := <-done:
 		return b
