@@ -75,6 +75,11 @@ func TestACL(t *testing.T) {
 			t.Errorf("maySubscribe(a, %q) = %v, want %v", c.filter, got, c.ok)
 		}
 	}
+	// Asked for every message and every delivery: no allocation.
+	id, own := string([]byte("a")), mqttapi.NodeTopic("a", mqttapi.SuffixTableQueryResult)
+	if n := testing.AllocsPerRun(100, func() { _, _ = mayPublish(id, own), maySubscribe(id, own) }); n != 0 {
+		t.Errorf("ACL checks allocate %v times, want 0", n)
+	}
 }
 
 // TestACLNeverReachesOtherNodes checks the ACL's promise as a property: no filter a node
