@@ -44,6 +44,12 @@ func BenchmarkDatapath(b *testing.B) {
 		time.Sleep(200 * time.Millisecond)
 	}
 
+	// The idle agent's memory (PERFORMANCE.md: 40 MiB), before any load: its table warm,
+	// an instance attached on each node.
+	idle := max(rssMiB(b, p.nodes[0]), rssMiB(b, p.nodes[1]))
+	b.ReportMetric(idle, "node-idle-RSS-MiB")
+	b.Logf("idle node agent RSS: %.1f MiB (the larger of the two)", idle)
+
 	for b.Loop() {
 		const seconds = 5
 		cpu0 := cpuSeconds(b, p.nodes[0], p.nodes[1])
@@ -146,6 +152,26 @@ func udpRTT(b *testing.B, ns *netnstest.NS, dst netip.Addr, n int) [2]time.Durat
 }
 
 // cpuSeconds is the CPU time (user + system) the node agents used so far.
+// rssMiB returns a node agent's resident memory (VmRSS) in MiB.
+func rssMiB(b *testing.B, n *dpNode) float64 {
+	b.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.proc.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for l := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			if err != nil {
+				b.Fatalf("VmRSS %q: %v", v, err)
+			}
+			return kb / 1024
+		}
+	}
+	b.Fatal("no VmRSS in /proc/<pid>/status")
+	return 0
+}
+
 func cpuSeconds(b *testing.B, nodes ...*dpNode) float64 {
 	b.Helper()
 	var ticks float64
