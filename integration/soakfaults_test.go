@@ -252,6 +252,32 @@ func (s *soak) clusterMetric(series string) string {
 	return strings.Join(out, ", ")
 }
 
+// queryOutcomes returns, for each cluster, the shares of the table queries it answered
+// from its cache, from root (misses), with "unknown service" (most from its short memory
+// of names root did not know) and with an error (semnet_cluster_table_queries_total,
+// since its last start): the answers' latency is a cache hit's only for the first.
+func (s *soak) queryOutcomes() string {
+	const name = `semnet_cluster_table_queries_total{outcome="`
+	var out []string
+	for i, c := range s.cls {
+		n, by := 0.0, map[string]float64{}
+		for _, l := range c.metrics() {
+			if rest, ok := strings.CutPrefix(l, name); ok {
+				outcome, v, _ := strings.Cut(rest, `"} `)
+				by[outcome], _ = strconv.ParseFloat(v, 64)
+				n += by[outcome]
+			}
+		}
+		if n == 0 {
+			out = append(out, fmt.Sprintf("c%d no queries", i+1))
+			continue
+		}
+		out = append(out, fmt.Sprintf("c%d %.1f%% / %.1f%% / %.1f%% / %.1f%% (n=%.0f)", i+1,
+			100*by["hit"]/n, 100*by["miss"]/n, 100*by["unknown"]/n, 100*by["error"]/n, n))
+	}
+	return strings.Join(out, ", ")
+}
+
 // pushDelays returns, for each cluster, the share of its pushes made within 50, 100 and
 // 250 ms of root's change (semnet_cluster_change_push_delay_seconds, since its last
 // start, faults included): how much of the propagation is root's and the cluster's.
