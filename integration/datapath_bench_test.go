@@ -151,7 +151,6 @@ func udpRTT(b *testing.B, ns *netnstest.NS, dst netip.Addr, n int) [2]time.Durat
 	return [2]time.Duration{rtts[n/2], rtts[n*99/100]}
 }
 
-// cpuSeconds is the CPU time (user + system) the node agents used so far.
 // rssMiB returns a node agent's resident memory (VmRSS) in MiB.
 func rssMiB(b *testing.B, n *dpNode) float64 {
 	b.Helper()
@@ -172,6 +171,7 @@ func rssMiB(b *testing.B, n *dpNode) float64 {
 	return 0
 }
 
+// cpuSeconds is the CPU time (user + system) the node agents used so far.
 func cpuSeconds(b *testing.B, nodes ...*dpNode) float64 {
 	b.Helper()
 	var ticks float64

@@ -79,10 +79,10 @@ type Store struct {
 // grows only as data is written). bbolt maps the file again each time it outgrows the
 // mapping (doubling from 32 KiB), and a commit that remaps waits for every read
 // transaction in flight, while new ones wait behind it: under `rootload -rate 5000`
-// those stalls made the create p99 6-150 ms (max up to 182 ms) from run to run, and
+// those stalls made the create p99 4.7-150 ms (max up to 182 ms) from run to run, and
 // 5-10 ms (max 14-22 ms) with the mapping large from the start. 1 GiB holds far more
 // than a root's records on 64-bit machines; a 32-bit one keeps bbolt's default.
-const mmapSize = 1 << 30 * (strconv.IntSize / 64)
+const mmapSize = (1 << 30) * (strconv.IntSize / 64)
 
 // Open opens (creating if needed) the store file at path. It fails after a second if
 // another process holds the file.
