@@ -85,6 +85,9 @@
 // The Handler given to Handle runs in the goroutine that reads the sending node's
 // connection: each node's messages are handled one at a time and in order, and a slow
 // handler delays only that node. Publish never waits for a client and may be called from
-// any goroutine, handlers included. OnDisconnect callbacks run in the disconnected
+// any goroutine, handlers included. It writes a message into its subscribers' connection
+// buffers itself, encoded once, when they all speak MQTT 3.1.1, and hands it to mochi
+// otherwise (see Broker.deliver): called from a handler, as a cache hit's answer is, the
+// answer leaves from the goroutine that read the query. OnDisconnect callbacks run in the disconnected
 // connection's goroutine, after its last handler call. Close waits for all of them.
 package broker
