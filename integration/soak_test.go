@@ -396,7 +396,8 @@ func (s *soak) refresh(n *soakNode) {
 // query asks the node's cluster for job (following it first, so no push between the
 // answer and the subscription is lost) and applies the answer; latency counts from due.
 func (s *soak) query(n *soakNode, job string, due time.Time) {
-	if !n.follows(job) {
+	followed := n.follows(job)
+	if !followed {
 		n.subs.Lock()
 		if err := s.follow(n, job); err != nil {
 			n.subs.Unlock()
@@ -417,6 +418,9 @@ func (s *soak) query(n *soakNode, job string, due time.Time) {
 		return
 	}
 	s.series.add("query", due, done.Sub(due))
+	if followed {
+		s.series.add("query_followed", due, done.Sub(due))
+	}
 	if r.Stale {
 		s.series.count("query_stale", due)
 	}

@@ -127,6 +127,7 @@ func (s *soak) report(dir string, end time.Duration) error {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", what, dist(se.pooled(name, all)), dist(se.pooled(name, calm)), target)
 	}
 	row("table query over MQTT (answered)", "query", "p99 <= 10 ms (hit, 5,000/s at 1,000 nodes)")
+	row("of which for a job the node already followed (no SUBSCRIBE first)", "query_followed", "")
 	row("tooling REST call at root (with retries)", "rest", "p99 <= 20 ms (deploy on MongoDB)")
 	row("propagation: root's change -> each pushed node's table", "root_propagation", "p99 <= 100 ms (root change -> 1,000 nodes)")
 	row("end to end: tooling change or node report -> each following node's table", "propagation", "(includes the report's way to root and root's write)")
