@@ -43,7 +43,7 @@ func checkIdentity(id string) error {
 // "nodes/<id>/". Nobody but the cluster (mochi's inline client, which bypasses the ACL)
 // publishes under "jobs/".
 func mayPublish(id, topic string) bool {
-	return below(topic, id) && !strings.ContainsAny(topic, "+#")
+	return ownTopic(topic, id) && !strings.ContainsAny(topic, "+#")
 }
 
 // maySubscribe reports whether worker id may subscribe to filter: filters below its own
@@ -52,19 +52,16 @@ func mayPublish(id, topic string) bool {
 // subscriptions) is refused. It also decides whether a message on a topic may be
 // delivered to id, since a topic is a filter without wildcards.
 func maySubscribe(id, filter string) bool {
-	if below(filter, id) {
+	if ownTopic(filter, id) {
 		return true
 	}
 	key, ok := mqttapi.ParseUpdatesTopic(filter)
 	return ok && (key == "+" || !strings.ContainsAny(key, "+#"))
 }
 
-// below reports whether topic (or filter) is below mqttapi.NodePrefix(id). It builds
-// no string: the broker asks it for every message and every delivery.
-func below(topic, id string) bool {
-	rest, ok := strings.CutPrefix(topic, "nodes/")
-	if ok {
-		rest, ok = strings.CutPrefix(rest, id)
-	}
-	return ok && strings.HasPrefix(rest, "/")
+// ownTopic reports whether topic (or filter) is below mqttapi.NodePrefix(id), without
+// building a string.
+func ownTopic(topic, id string) bool {
+	_, ok := mqttapi.UnderNode(topic, id)
+	return ok
 }

@@ -50,14 +50,25 @@ func UpdatesTopic(key string) string { return "jobs/" + key + "/updates_availabl
 // "nodes/<id>/net" or below it (what the reference cluster subscribes to as
 // "nodes/+/net/#"). It builds no string: the broker asks it for every message.
 func ToCluster(topic, nodeID string) bool {
-	rest, ok := strings.CutPrefix(topic, "nodes/")
+	rest, ok := UnderNode(topic, nodeID)
+	if ok {
+		rest, ok = strings.CutPrefix(rest, "net")
+	}
+	return ok && (rest == "" || rest[0] == '/')
+}
+
+// UnderNode returns what follows NodePrefix(nodeID) in topic (or filter); ok is false
+// when topic is not below it. It builds no string: the broker asks it for every message
+// and every delivery.
+func UnderNode(topic, nodeID string) (rest string, ok bool) {
+	rest, ok = strings.CutPrefix(topic, "nodes/")
 	if ok {
 		rest, ok = strings.CutPrefix(rest, nodeID)
 	}
 	if ok {
-		rest, ok = strings.CutPrefix(rest, "/net")
+		rest, ok = strings.CutPrefix(rest, "/")
 	}
-	return ok && (rest == "" || rest[0] == '/')
+	return rest, ok
 }
 
 // ParseNodeTopic splits "nodes/<id>/net/<suffix>" into its node id and suffix; ok is false
