@@ -366,13 +366,25 @@ func wrap(err error, format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, err)...)
 }
 
-// release returns committed addresses to their pools' quarantine.
+// release returns committed addresses to their pools' quarantine. An address this
+// process's pool does not hold was allocated by another root process sharing the store
+// (or before this one's pools were restored): its lease was released all the same, so
+// the pool learns of the quarantine rather than proposing the address at its next
+// allocation, which the store would refuse.
 func (r *Registry) release(addrs ...netip.Addr) {
 	for _, a := range addrs {
-		if p := r.poolOf(a); p != nil {
-			if err := p.Release(a); err != nil {
-				r.log.Warn("release address", "addr", a, "err", err)
-			}
+		p := r.poolOf(a)
+		if p == nil {
+			continue
+		}
+		err := p.Release(a)
+		switch {
+		case err == nil:
+		case errors.Is(err, ippool.ErrNotInUse):
+			p.MarkQuarantined(a, r.now())
+			r.log.Debug("released an address this process had not allocated", "addr", a)
+		default:
+			r.log.Warn("release address", "addr", a, "err", err)
 		}
 	}
 }

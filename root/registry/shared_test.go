@@ -27,19 +27,7 @@ func TestSharedSpreadsAllocations(t *testing.T) {
 		db := fmt.Sprintf("semnet_registry_shared_%d", time.Now().UnixNano())
 		var logs syncbuf.Buffer
 		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		var regs []*registry.Registry
-		for range 2 {
-			st, err := mongo.Open(t.Context(), uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			reg, err := registry.New(t.Context(), addrplan.Default(), st, registry.Options{Logger: log, Shared: shared})
-			if err != nil {
-				t.Fatal(err)
-			}
-			regs = append(regs, reg)
-		}
+		regs := sharedProcesses(t, uri, db, registry.Options{Logger: log, Shared: shared})
 		for i := range 20 {
 			if _, err := regs[i%2].CreateService(t.Context(), svcReq(fmt.Sprintf("s%d", i))); err != nil {
 				t.Fatalf("create %d: %v", i, err)
@@ -52,6 +40,55 @@ func TestSharedSpreadsAllocations(t *testing.T) {
 	}
 	if n := collisions(true); n > 2 {
 		t.Errorf("spread pools collided %d times in 20 alternating creates", n)
+	}
+}
+
+// sharedProcesses opens two registries on database db of one MongoDB, as two root
+// processes sharing it.
+func sharedProcesses(t *testing.T, uri, db string, opt registry.Options) []*registry.Registry {
+	t.Helper()
+	var regs []*registry.Registry
+	for range 2 {
+		st, err := mongo.Open(t.Context(), uri, db, mongo.Options{Options: store.Options{Quarantine: time.Hour}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		reg, err := registry.New(t.Context(), addrplan.Default(), st, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs = append(regs, reg)
+	}
+	return regs
+}
+
+// TestReleaseOfAnotherProcesssAddresses: a service created through one root process
+// and deleted through the other. The deleting process's pools never held its
+// addresses; they learn that the addresses are in quarantine (and so do not propose
+// them next), and nothing is logged as a failure: it is the normal course with two
+// replicas.
+func TestReleaseOfAnotherProcesssAddresses(t *testing.T) {
+	var logs syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	db := fmt.Sprintf("semnet_registry_release_%d", time.Now().UnixNano())
+	regs := sharedProcesses(t, testservers.MongoURI(t), db, registry.Options{Logger: log, Shared: true})
+	svc, err := regs[0].CreateService(t.Context(), svcReq("s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := regs[1].DeleteService(t.Context(), svc.JobName(), true); err != nil {
+		t.Fatal(err)
+	}
+	var quarantined uint64
+	for _, u := range regs[1].PoolUsage() {
+		quarantined += u.Quarantined
+	}
+	if quarantined != 4 {
+		t.Errorf("the deleting process's pools hold %d addresses in quarantine, want the service's 4: %+v", quarantined, regs[1].PoolUsage())
+	}
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("deleting another process's service logged a warning:\n%s", logs.String())
 	}
 }
 
