@@ -501,8 +501,9 @@ func (s *soak) randomJob() string {
 // failure, for up to a minute. uncertain is set when an attempt failed in a way that
 // may still have left the request done: no answer at all (none in time included), or a
 // 503 (root lets a write run to its end after its client went, and a write whose change
-// log failed answers 503 with the record written).
-func (s *soak) rest(what string, call func(context.Context, *client.Client) error) (uncertain bool, err error) {
+// log failed answers 503 with the record written). kind names the call in the summary
+// ("create service"), subject its target in the log.
+func (s *soak) rest(kind, subject string, call func(context.Context, *client.Client) error) (uncertain bool, err error) {
 	t0 := time.Now()
 	k := rand.IntN(len(s.rcs))
 	for {
@@ -523,9 +524,10 @@ func (s *soak) rest(what string, call func(context.Context, *client.Client) erro
 	}
 	if err != nil && !errors.Is(err, client.ErrConflict) && !errors.Is(err, client.ErrNotFound) {
 		s.series.count("rest_failed", t0)
-		s.t.Logf("soak: %s: %v", what, err)
+		s.t.Logf("soak: %s %s: %v", kind, subject, err)
 		return uncertain, err
 	}
 	s.series.add("rest", t0, time.Since(t0))
+	s.series.add(restPrefix+kind, t0, time.Since(t0))
 	return uncertain, err
 }

@@ -115,14 +115,14 @@ func (s *soak) deploy() {
 	req := api.ServiceRequest{App: "soak", AppNS: "load", Service: name, ServiceNS: "x"}
 	job := "soak.load." + name + ".x"
 	var svc api.Service
-	unc, err := s.rest("create "+job, func(ctx context.Context, rc *client.Client) (err error) {
+	unc, err := s.rest("create service", job, func(ctx context.Context, rc *client.Client) (err error) {
 		svc, err = rc.CreateService(ctx, req)
 		return err
 	})
 	// The name is new: a conflict means an earlier attempt created it without its
 	// answer reaching us (none came, or root gave up waiting on the store after writing).
 	if errors.Is(err, client.ErrConflict) {
-		_, err = s.rest("read "+job, func(ctx context.Context, rc *client.Client) (err error) {
+		_, err = s.rest("read service", job, func(ctx context.Context, rc *client.Client) (err error) {
 			svc, err = rc.Service(ctx, job)
 			return err
 		})
@@ -151,7 +151,7 @@ func (s *soak) deploy() {
 func (s *soak) scaleUp(j *soakJob) {
 	n := s.liveNode(-1)
 	var in api.Instance
-	unc, err := s.rest("instance of "+j.svc.JobName, func(ctx context.Context, rc *client.Client) (err error) {
+	unc, err := s.rest("create instance", j.svc.JobName, func(ctx context.Context, rc *client.Client) (err error) {
 		in, err = rc.CreateInstance(ctx, j.svc.JobName, api.InstanceRequest{ClusterID: n.cluster})
 		return err
 	})
@@ -204,7 +204,7 @@ func (s *soak) scaleDown(j *soakJob) {
 	if err := s.nodes[j.inst[num].node].sim.Undeploy(s.ctx, j.svc.JobName, num); err != nil {
 		s.series.count("report_failed", t0)
 	}
-	_, err := s.rest("delete instance", func(ctx context.Context, rc *client.Client) error {
+	_, err := s.rest("delete instance", j.svc.JobName, func(ctx context.Context, rc *client.Client) error {
 		return rc.DeleteInstance(ctx, j.svc.JobName, num)
 	})
 	if err != nil && !errors.Is(err, client.ErrNotFound) {
@@ -240,7 +240,7 @@ func (s *soak) undeploy(j *soakJob) {
 			}
 		}
 	}
-	unc, err := s.rest("delete "+j.svc.JobName, func(ctx context.Context, rc *client.Client) error {
+	unc, err := s.rest("delete service", j.svc.JobName, func(ctx context.Context, rc *client.Client) error {
 		return rc.DeleteService(ctx, j.svc.JobName, true)
 	})
 	if err != nil && !errors.Is(err, client.ErrNotFound) {
@@ -282,7 +282,7 @@ func (s *soak) cleanup() {
 			}
 		}
 		if j.undeploying && !j.deleted { // its delete failed: try again
-			_, err := s.rest("delete "+j.svc.JobName, func(ctx context.Context, rc *client.Client) error {
+			_, err := s.rest("delete service", j.svc.JobName, func(ctx context.Context, rc *client.Client) error {
 				return rc.DeleteService(ctx, j.svc.JobName, true)
 			})
 			if err == nil || errors.Is(err, client.ErrNotFound) {
@@ -291,13 +291,13 @@ func (s *soak) cleanup() {
 		}
 		if j.dirty && !j.deleted {
 			var ins []api.Instance
-			if _, err := s.rest("list "+j.svc.JobName, func(ctx context.Context, rc *client.Client) (err error) {
+			if _, err := s.rest("list instances", j.svc.JobName, func(ctx context.Context, rc *client.Client) (err error) {
 				ins, err = rc.Instances(ctx, j.svc.JobName)
 				return err
 			}); err == nil {
 				for _, in := range ins {
 					if _, ok := j.inst[in.Number]; !ok {
-						s.rest("delete stray instance", func(ctx context.Context, rc *client.Client) error {
+						s.rest("delete instance", j.svc.JobName+" (stray)", func(ctx context.Context, rc *client.Client) error {
 							return rc.DeleteInstance(ctx, j.svc.JobName, in.Number)
 						})
 					}

@@ -192,7 +192,7 @@ func (s *soak) killNodes() string {
 		all := true
 		for _, v := range victims {
 			var in api.Instance
-			_, err := s.rest("read instance", func(ctx context.Context, rc *client.Client) (err error) {
+			_, err := s.rest("read instance", v.j.svc.JobName, func(ctx context.Context, rc *client.Client) (err error) {
 				in, err = rc.Instance(ctx, v.j.svc.JobName, v.num)
 				return err
 			})

@@ -15,6 +15,10 @@ import (
 	"time"
 )
 
+// restPrefix starts the names of the tooling calls' latencies by kind ("rest:create
+// service"); "rest" holds them all.
+const restPrefix = "rest:"
+
 // series holds the soak's samples per second of the run: latencies by name ("query",
 // "rest", "propagation") and event counts ("query_failed", ...), each attributed to the
 // second the operation started in.
@@ -129,6 +133,11 @@ func (s *soak) report(dir string, end time.Duration) error {
 	row("table query over MQTT (answered)", "query", "p99 <= 10 ms (hit, 5,000/s at 1,000 nodes)")
 	row("of which for a job the node already followed (no SUBSCRIBE first)", "query_followed", "")
 	row("tooling REST call at root (with retries)", "rest", "p99 <= 20 ms (deploy on MongoDB)")
+	for _, name := range slices.Sorted(maps.Keys(se.lat)) {
+		if kind, ok := strings.CutPrefix(name, restPrefix); ok {
+			row("of which "+kind, name, "")
+		}
+	}
 	row("propagation: root's change -> each pushed node's table", "root_propagation", "p99 <= 100 ms (root change -> 1,000 nodes)")
 	row("end to end: tooling change or node report -> each following node's table", "propagation", "(includes the report's way to root and root's write)")
 	fmt.Fprintf(&b, "\n| counter | total |\n|---|---|\n")
@@ -159,6 +168,7 @@ func (s *soak) report(dir string, end time.Duration) error {
 		fmt.Fprintf(&b, "| %s | %s |\n", f.what, f.value)
 	}
 	b.WriteString(s.storeTable())
+	b.WriteString(s.routeTable())
 	b.WriteString("\n![latency over time](latency.svg)\n")
 	s.t.Logf("soak summary (%s):\n%s", dir, b.String())
 	if err := os.WriteFile(filepath.Join(dir, "summary.md"), []byte(b.String()), 0o644); err != nil {
@@ -313,6 +323,63 @@ func (s *soak) storeTable() string {
 	b.WriteString("\n| store command (both roots, since each one's last start) | commands | total | mean |\n|---|---|---|---|\n")
 	for _, t := range all[:min(10, len(all))] {
 		fmt.Fprintf(&b, "| %s | %.0f | %.1f s | %.2f ms |\n", t.labels, t.n, t.sec, 1000*t.sec/max(t.n, 1))
+	}
+	return b.String()
+}
+
+// routeTable is the summary's table of how long root took to answer its REST requests,
+// by route, from the roots' own histograms at the end (each root counts from its last
+// start, faults included): the requests that took the most time in all, the change
+// stream's long polls left out. Set beside the tooling's own latencies above, it tells
+// root's part from the time a request spent reaching root and coming back.
+func (s *soak) routeTable() string {
+	type route struct {
+		name                    string
+		n, sec, in25ms, in100ms float64
+	}
+	const metric = "semnet_root_http_request_duration_seconds_"
+	routes := map[string]*route{}
+	for _, r := range s.roots {
+		for _, l := range r.metrics() {
+			rest, ok := strings.CutPrefix(l, metric)
+			kind, rest, _ := strings.Cut(rest, "{")
+			labels, value, _ := strings.Cut(rest, "} ")
+			v, err := strconv.ParseFloat(value, 64)
+			if !ok || err != nil {
+				continue
+			}
+			lv := map[string]string{}
+			for _, kv := range strings.Split(labels, ",") {
+				k, v, _ := strings.Cut(kv, "=")
+				lv[k] = strings.Trim(v, `"`)
+			}
+			if strings.HasSuffix(lv["route"], "/changes") {
+				continue
+			}
+			name := lv["method"] + " " + lv["route"]
+			rt := routes[name]
+			if rt == nil {
+				rt = &route{name: name}
+				routes[name] = rt
+			}
+			switch {
+			case kind == "sum":
+				rt.sec += v
+			case kind == "count":
+				rt.n += v
+			case kind == "bucket" && lv["le"] == "0.025":
+				rt.in25ms += v
+			case kind == "bucket" && lv["le"] == "0.1":
+				rt.in100ms += v
+			}
+		}
+	}
+	all := slices.SortedFunc(maps.Values(routes), func(a, b *route) int { return cmp.Compare(b.sec, a.sec) })
+	var b strings.Builder
+	b.WriteString("\n| root's REST answers (both roots, since each one's last start; change stream left out) | requests | mean | within 25 ms | within 100 ms |\n|---|---|---|---|---|\n")
+	for _, r := range all[:min(10, len(all))] {
+		n := max(r.n, 1)
+		fmt.Fprintf(&b, "| %s | %.0f | %.1f ms | %.1f%% | %.1f%% |\n", r.name, r.n, 1000*r.sec/n, 100*r.in25ms/n, 100*r.in100ms/n)
 	}
 	return b.String()
 }
