@@ -172,20 +172,19 @@ func (r *Registry) DeleteService(ctx context.Context, key string, force bool) er
 	if isGatewayService(s) {
 		return invalidf("service %s holds the gateways: delete the gateways instead (DELETE /api/v1/gateways/{id})", s.JobName())
 	}
-	ins, err := r.store.ListInstances(ctx, s.ID)
+	del, err := r.store.DeleteService(ctx, s.ID, force)
 	if err != nil {
-		return fmt.Errorf("list instances of %s: %w", s.JobName(), err)
-	}
-	exs, err := r.store.ListExposures(ctx, s.ID)
-	if err != nil {
-		return fmt.Errorf("list exposures of %s: %w", s.JobName(), err)
-	}
-	if err := r.store.DeleteService(ctx, s.ID, force); err != nil {
 		if errors.Is(err, store.ErrHasInstances) {
-			return errorf(store.ErrHasInstances, "service %s still has %d instance(s); delete them first or pass force=true", s.JobName(), len(ins))
+			if ins, lerr := r.store.ListInstances(ctx, s.ID); lerr == nil {
+				return errorf(store.ErrHasInstances, "service %s still has %d instance(s); delete them first or pass force=true", s.JobName(), len(ins))
+			}
+			return errorf(store.ErrHasInstances, "service %s still has instances; delete them first or pass force=true", s.JobName())
 		}
 		return fmt.Errorf("delete service %s: %w", s.JobName(), err)
 	}
+	// What the store deleted, not a listing before it: an instance created meanwhile
+	// went too, and its addresses are released here as well.
+	s, ins, exs := del.Service, del.Instances, del.Exposures
 	addrs := []netip.Addr{s.RR.V4, s.RR.V6, s.Closest.V4, s.Closest.V6}
 	var cs []store.Change
 	for _, e := range exs {

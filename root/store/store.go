@@ -272,6 +272,14 @@ type Options struct {
 	Now func() time.Time
 }
 
+// Deleted is what DeleteService removed: the service and, with it, its instances and
+// exposures (ordered by number and ID).
+type Deleted struct {
+	Service   Service
+	Instances []Instance
+	Exposures []Exposure
+}
+
 // Store is root's persistence. Every method is safe for concurrent use. Creates claim the
 // record's addresses as leases atomically with the record: either the record and all its
 // leases exist afterwards, or none of them (a backend without transactions must clean up
@@ -302,8 +310,8 @@ type Store interface {
 	// ErrHasInstances while it has instances, unless force, which deletes them too.
 	// Its exposures are deleted with it, forced or not: they mean nothing without the
 	// service. Each deleted exposure and instance logs its delete change, then the
-	// service its own.
-	DeleteService(ctx context.Context, id string, force bool) error
+	// service its own. It returns what it deleted, as it found it under the delete.
+	DeleteService(ctx context.Context, id string, force bool) (Deleted, error)
 
 	// CreateInstance stores in and claims its Instance IP pair. ErrNotFound if the service
 	// does not exist, ErrAlreadyExists if the number is taken, *AddressTakenError as above.

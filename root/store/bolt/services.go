@@ -152,7 +152,8 @@ func (s *Store) ListServices(ctx context.Context, after string, limit int) ([]st
 
 // DeleteService removes the service, its exposures and with force its instances,
 // releasing their addresses into quarantine, in one transaction.
-func (s *Store) DeleteService(ctx context.Context, id string, force bool) error {
+func (s *Store) DeleteService(ctx context.Context, id string, force bool) (store.Deleted, error) {
+	var del store.Deleted
 	err := s.update(ctx, func(tx *bbolt.Tx) error {
 		sv, err := getService(tx, id)
 		if err != nil {
@@ -198,12 +199,18 @@ func (s *Store) DeleteService(ctx context.Context, id string, force bool) error 
 		if err := s.release(tx, store.RoleClosest, id, -1, now, sv.Closest.V4, sv.Closest.V6); err != nil {
 			return err
 		}
-		_, err = logChange(tx, store.Change{Kind: store.KindService, Op: store.OpDelete, ServiceID: id,
-			JobName: sv.JobName(), Instance: -1, Time: now})
-		return err
+		if _, err = logChange(tx, store.Change{Kind: store.KindService, Op: store.OpDelete, ServiceID: id,
+			JobName: sv.JobName(), Instance: -1, Time: now}); err != nil {
+			return err
+		}
+		del = store.Deleted{Service: sv, Instances: ins}
+		if len(exs) > 0 {
+			del.Exposures = exs // nil when none, as the instances
+		}
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("bolt: delete service %s: %w", id, err)
+		return store.Deleted{}, fmt.Errorf("bolt: delete service %s: %w", id, err)
 	}
-	return nil
+	return del, nil
 }

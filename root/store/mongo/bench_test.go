@@ -1,6 +1,7 @@
 package mongo_test
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -49,4 +50,35 @@ func BenchmarkInsertBare(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "inserts/s")
+}
+
+// BenchmarkDeleteServiceForced undeploys a service with its instances in one call
+// (DELETE with force), one at a time: the latency a deployment tool sees. The service
+// and its instances are created outside the timing.
+func BenchmarkDeleteServiceForced(b *testing.B) {
+	for _, instances := range []int{1, 8} {
+		b.Run(fmt.Sprintf("instances=%d", instances), func(b *testing.B) {
+			uri := testURI(b)
+			s := open(b, uri, freshDB(b, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}})
+			defer s.Close()
+			var k uint64
+			for i := range b.N {
+				b.StopTimer()
+				sv, err := s.CreateService(b.Context(), storetest.BenchService(uint64(i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				for n := range instances {
+					k++
+					if _, err := s.CreateInstance(b.Context(), storetest.BenchInstance(sv.ID, n, k)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				if _, err := s.DeleteService(b.Context(), sv.ID, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -147,7 +147,7 @@ func (s *Store) instanceDocs(ctx context.Context, serviceID string) ([]instanceD
 	}
 	slots := make([]*instanceDoc, *sv.InstanceSlots)
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(slotReads)
+	g.SetLimit(perService)
 	for n := range slots {
 		g.Go(func() error {
 			d, err := s.getInstance(gctx, serviceID, n)
@@ -170,8 +170,9 @@ func (s *Store) instanceDocs(ctx context.Context, serviceID string) ([]instanceD
 	return docs, nil
 }
 
-// slotReads is how many instance slots are read at once.
-const slotReads = 8
+// perService is how many records of one service (instance slots read, instances
+// deleted) are worked on at once.
+const perService = 8
 
 // raiseSlots makes the service's instance slots at least n.
 func (s *Store) raiseSlots(ctx context.Context, serviceID string, n int64) error {

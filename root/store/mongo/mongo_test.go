@@ -773,7 +773,7 @@ func TestJobNameReadsByKey(t *testing.T) {
 	}
 	lookup(job, nil, "find names", "find services")
 	// A deleted service's name is unknown at one read.
-	if err := s.DeleteService(ctx, sv.ID, true); err != nil {
+	if _, err := s.DeleteService(ctx, sv.ID, true); err != nil {
 		t.Fatal(err)
 	}
 	lookup(job, store.ErrNotFound, "find names")

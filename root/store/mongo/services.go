@@ -9,6 +9,7 @@ import (
 	"go.mongodb.org/mongo-driver/bson/primitive"
 	"go.mongodb.org/mongo-driver/mongo"
 	"go.mongodb.org/mongo-driver/mongo/options"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/semnet/semnet/root/store"
 )
@@ -187,58 +188,90 @@ func (s *Store) serviceGone(ctx context.Context, id string) (bool, error) {
 // DeleteService marks the service as being deleted (so no instance or exposure can be
 // created under it from now on), deletes its exposures, its instances if forced, then
 // the service, releasing every address into quarantine.
-func (s *Store) DeleteService(ctx context.Context, id string, force bool) error {
-	if err := s.deleteService(ctx, id, force); err != nil {
-		return fmt.Errorf("mongo: delete service %s: %w", id, err)
+func (s *Store) DeleteService(ctx context.Context, id string, force bool) (store.Deleted, error) {
+	del, err := s.deleteService(ctx, id, force)
+	if err != nil {
+		return store.Deleted{}, fmt.Errorf("mongo: delete service %s: %w", id, err)
 	}
-	return nil
+	return del, nil
 }
 
-func (s *Store) deleteService(ctx context.Context, id string, force bool) error {
+func (s *Store) deleteService(ctx context.Context, id string, force bool) (store.Deleted, error) {
 	unlock, err := s.lock(ctx, serviceLock(id))
 	if err != nil {
-		return err
+		return store.Deleted{}, err
 	}
 	defer unlock()
 	d, err := s.getService(ctx, bson.D{{Key: "_id", Value: id}})
 	if err != nil {
-		return err
+		return store.Deleted{}, err
 	}
-	sv, err := d.service()
-	if err != nil {
-		return err
+	del := store.Deleted{}
+	if del.Service, err = d.service(); err != nil {
+		return store.Deleted{}, err
 	}
 	// From here on no instance can appear under the service: CreateInstance checks the
 	// lock after inserting, so an instance inserted before this listing is in it, and
 	// one inserted after it is rolled back by its creator.
 	ins, err := s.instanceDocs(ctx, id)
 	if err != nil {
-		return err
+		return store.Deleted{}, err
 	}
 	if len(ins) > 0 && !force {
-		return fmt.Errorf("service %s: %w", d.JobName, store.ErrHasInstances)
+		return store.Deleted{}, fmt.Errorf("service %s: %w", d.JobName, store.ErrHasInstances)
+	}
+	for _, in := range ins {
+		i, err := in.instance()
+		if err != nil {
+			return store.Deleted{}, err
+		}
+		del.Instances = append(del.Instances, i)
 	}
 	// Exposures go with the service, forced or not; like instances, none can be added
 	// while the lock is held.
 	exs, err := sortedByID[exposureDoc](ctx, s.exposures, bson.D{{Key: "service_id", Value: id}})
 	if err != nil {
-		return err
+		return store.Deleted{}, err
+	}
+	for _, e := range exs {
+		x, err := e.exposure()
+		if err != nil {
+			return store.Deleted{}, err
+		}
+		del.Exposures = append(del.Exposures, x)
 	}
 	for _, e := range exs {
 		if err := s.deleteExposure(ctx, e); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
+			return store.Deleted{}, err
 		}
 	}
+	// Each instance is deleted under its own lock with its own revision: deleting them
+	// at once costs the caller about one delete's round trips, not one per instance.
+	// Every one is tried (none is cut off by another's failure); the service goes last,
+	// so followers hear of its instances' deletes first.
+	var g errgroup.Group
+	g.SetLimit(perService)
 	for _, in := range ins {
-		if err := s.deleteInstance(ctx, in.ServiceID, in.Number); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
+		g.Go(func() error {
+			if err := s.deleteInstance(ctx, in.ServiceID, in.Number); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return store.Deleted{}, err
 	}
 	now := s.nowMS()
 	change := changeDoc{Kind: store.KindService, Op: store.OpDelete, ServiceID: id, JobName: d.JobName, Instance: -1, Time: now}
-	return s.deleteLogged(ctx, s.services, id, change, func(ctx context.Context) error {
+	sv := del.Service
+	err = s.deleteLogged(ctx, s.services, id, change, func(ctx context.Context) error {
 		s.dropName(ctx, d.JobName, id)
 		return s.release(ctx, now, id, -1, []string{store.RoleRoundRobin, store.RoleClosest},
 			sv.RR.V4, sv.RR.V6, sv.Closest.V4, sv.Closest.V6)
 	})
+	if err != nil {
+		return store.Deleted{}, err
+	}
+	return del, nil
 }

@@ -25,7 +25,7 @@ func Durability(t *testing.T, open func(opt store.Options) store.Store) {
 	})
 	noErr(t, "UpdateInstance", err)
 	gone := h.mustService(t, "gone")
-	noErr(t, "DeleteService", h.DeleteService(h.ctx, "gone", false))
+	noErr(t, "DeleteService", h.deleteService("gone", false))
 	released := clock.Now()
 	sn := store.Subnet{V4: netip.MustParsePrefix("10.128.0.0/26"), V6: netip.MustParsePrefix("fd10::/120"), ClusterID: "c1", NodeID: "n1", CreatedAt: clock.Now()}
 	noErr(t, "CreateSubnet", h.CreateSubnet(h.ctx, sn))

@@ -147,7 +147,7 @@ func testDeleteServiceWithExposures(t *testing.T, h *harness) {
 	other, err := h.CreateExposure(h.ctx, h.exposure(h.mustService(t, "api").ID, "tcp", 8080))
 	noErr(t, "CreateExposure", err)
 	start := h.revision(t)
-	noErr(t, "DeleteService", h.DeleteService(h.ctx, "web", false))
+	noErr(t, "DeleteService", h.deleteService("web", false))
 	cs := h.changesSince(t, start)
 	if len(cs) != 3 {
 		t.Fatalf("DeleteService logged %s, want two exposure deletes and the service delete", describe(cs))
@@ -162,19 +162,21 @@ func testDeleteServiceWithExposures(t *testing.T, h *harness) {
 	equal(t, "exposures after DeleteService", all, []store.Exposure{other})
 
 	// With instances, a refused delete keeps the exposures; a forced one removes them.
-	h.mustService(t, "web")
+	sv := h.mustService(t, "web")
 	ex, err := h.CreateExposure(h.ctx, h.exposure("web", "udp", 53))
 	noErr(t, "CreateExposure", err)
-	h.mustInstance(t, "web", 0)
+	in := h.mustInstance(t, "web", 0)
 	start = h.revision(t)
-	wantErr(t, "DeleteService with instances", h.DeleteService(h.ctx, "web", false), store.ErrHasInstances)
+	wantErr(t, "DeleteService with instances", h.deleteService("web", false), store.ErrHasInstances)
 	stored, err := h.GetExposure(h.ctx, ex.ID)
 	noErr(t, "GetExposure after refused delete", err)
 	equal(t, "exposure after refused delete", stored, ex)
 	if cs := h.changesSince(t, start); len(cs) != 0 {
 		t.Fatalf("refused delete logged %s", describe(cs))
 	}
-	noErr(t, "DeleteService force", h.DeleteService(h.ctx, "web", true))
+	del, err := h.DeleteService(h.ctx, "web", true)
+	noErr(t, "DeleteService force", err)
+	equal(t, "what the forced delete deleted", del, store.Deleted{Service: sv, Instances: []store.Instance{in}, Exposures: []store.Exposure{ex}})
 	_, err = h.GetExposure(h.ctx, ex.ID)
 	wantErr(t, "GetExposure after forced delete", err, store.ErrNotFound)
 	cs = h.changesSince(t, start)

@@ -317,3 +317,20 @@ func BenchService(i uint64) store.Service {
 		Closest:   store.AddrPair{V4: v4(2*i + 1), V6: v6(2*i + 1)},
 		CreatedAt: time.Now()}
 }
+
+// BenchInstance returns instance number of service serviceID in a benchmark, scheduled,
+// with addresses that are unique for every i below 2^24 and apart from BenchService's.
+func BenchInstance(serviceID string, number int, i uint64) store.Instance {
+	var v6 [16]byte
+	v6[0], v6[1] = 0xfd, 0x01
+	binary.BigEndian.PutUint64(v6[8:], i)
+	return store.Instance{ServiceID: serviceID, Number: number,
+		IP:     store.AddrPair{V4: netip.AddrFrom4([4]byte{100, byte(i >> 16), byte(i >> 8), byte(i)}), V6: netip.AddrFrom16(v6)},
+		Status: store.StatusScheduled, UpdatedAt: time.Now()}
+}
+
+// deleteService deletes a service, for tests that check only the error.
+func (h *harness) deleteService(id string, force bool) error {
+	_, err := h.DeleteService(h.ctx, id, force)
+	return err
+}

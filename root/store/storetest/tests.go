@@ -42,8 +42,8 @@ func testNotFound(t *testing.T, h *harness) {
 	wantErr(t, "GetService", err, store.ErrNotFound)
 	_, err = h.GetServiceByJobName(h.ctx, "app.ns.nope.ns")
 	wantErr(t, "GetServiceByJobName", err, store.ErrNotFound)
-	wantErr(t, "DeleteService", h.DeleteService(h.ctx, "nope", false), store.ErrNotFound)
-	wantErr(t, "DeleteService force", h.DeleteService(h.ctx, "nope", true), store.ErrNotFound)
+	wantErr(t, "DeleteService", h.deleteService("nope", false), store.ErrNotFound)
+	wantErr(t, "DeleteService force", h.deleteService("nope", true), store.ErrNotFound)
 	_, err = h.CreateInstance(h.ctx, h.instance("nope", 0))
 	wantErr(t, "CreateInstance of a missing service", err, store.ErrNotFound)
 	_, err = h.GetInstance(h.ctx, sv.ID, 0)
@@ -272,7 +272,7 @@ func testAddressUniqueness(t *testing.T, h *harness) {
 
 func testQuarantine(t *testing.T, h *harness) {
 	a := h.mustService(t, "a")
-	noErr(t, "DeleteService", h.DeleteService(h.ctx, "a", false))
+	noErr(t, "DeleteService", h.deleteService("a", false))
 	released := h.clock.Now()
 	for _, addr := range []netip.Addr{a.RR.V4, a.RR.V6} {
 		l := h.wantLease(t, addr, store.RoleRoundRobin, "a", -1, true)
@@ -335,7 +335,7 @@ func testDeleteService(t *testing.T, h *harness) {
 	i1 := h.mustInstance(t, "web", 1)
 	start := h.revision(t)
 
-	wantErr(t, "DeleteService with instances", h.DeleteService(h.ctx, "web", false), store.ErrHasInstances)
+	wantErr(t, "DeleteService with instances", h.deleteService("web", false), store.ErrHasInstances)
 	_, err := h.GetService(h.ctx, "web")
 	noErr(t, "GetService after refused delete", err)
 	ins, err := h.ListInstances(h.ctx, "web")
@@ -348,7 +348,9 @@ func testDeleteService(t *testing.T, h *harness) {
 	}
 
 	h.clock.Advance(1e6)
-	noErr(t, "DeleteService force", h.DeleteService(h.ctx, "web", true))
+	del, err := h.DeleteService(h.ctx, "web", true)
+	noErr(t, "DeleteService force", err)
+	equal(t, "what the forced delete deleted", del, store.Deleted{Service: sv, Instances: []store.Instance{i0, i1}})
 	_, err = h.GetService(h.ctx, "web")
 	wantErr(t, "GetService after delete", err, store.ErrNotFound)
 	_, err = h.GetServiceByJobName(h.ctx, "app.ns.web.ns")
@@ -386,8 +388,8 @@ func testDeleteService(t *testing.T, h *harness) {
 	// The ID and job name are free again.
 	h.mustService(t, "web")
 	wantErr(t, "DeleteService of an instance-less service twice", func() error {
-		noErr(t, "DeleteService", h.DeleteService(h.ctx, "web", false))
-		return h.DeleteService(h.ctx, "web", false)
+		noErr(t, "DeleteService", h.deleteService("web", false))
+		return h.deleteService("web", false)
 	}(), store.ErrNotFound)
 }
 
@@ -577,7 +579,7 @@ func testLeases(t *testing.T, h *harness) {
 	sn := store.Subnet{V4: netip.MustParsePrefix("10.250.0.64/26"), V6: netip.MustParsePrefix("fd99::100/120"), NodeID: "n1", ClusterID: "c1"}
 	noErr(t, "CreateSubnet", h.CreateSubnet(h.ctx, sn))
 	gone := h.mustService(t, "gone")
-	noErr(t, "DeleteService", h.DeleteService(h.ctx, "gone", false))
+	noErr(t, "DeleteService", h.deleteService("gone", false))
 
 	got := map[netip.Addr]store.Lease{}
 	noErr(t, "ListLeases", h.ListLeases(h.ctx, func(l store.Lease) error {
@@ -732,7 +734,7 @@ func testChanges(t *testing.T, h *harness) {
 	h.mustInstance(t, "web", 1)
 	want = append(want, step{store.KindInstance, store.OpPut, 1})
 	h.clock.Advance(1e9)
-	noErr(t, "DeleteService", h.DeleteService(h.ctx, "web", true))
+	noErr(t, "DeleteService", h.deleteService("web", true))
 	want = append(want, step{store.KindInstance, store.OpDelete, 1}, step{store.KindService, store.OpDelete, -1})
 
 	cs := h.changesSince(t, 0)
@@ -856,7 +858,7 @@ func testConcurrentSameAddress(t *testing.T, h *harness) {
 
 func testConcurrentTakeover(t *testing.T, h *harness) {
 	old := h.mustService(t, "old")
-	noErr(t, "DeleteService", h.DeleteService(h.ctx, "old", false))
+	noErr(t, "DeleteService", h.deleteService("old", false))
 	h.clock.Advance(Quarantine)
 	shared := old.RR.V4
 	const n = 16
