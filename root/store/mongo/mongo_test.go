@@ -435,6 +435,59 @@ func TestDeleteOutlivesItsCaller(t *testing.T) {
 	}
 }
 
+// TestReleaseOnlyOwnActiveLeases: releasing puts into quarantine only a lease held by
+// the releasing owner, instance and role, and leaves a lease already in quarantine with
+// the time it was released.
+func TestReleaseOnlyOwnActiveLeases(t *testing.T) {
+	uri := testURI(t)
+	s := open(t, uri, freshDB(t, uri), mongo.Options{Options: store.Options{Quarantine: time.Hour}})
+	defer s.Close()
+	ctx := t.Context()
+	sv, err := s.CreateService(ctx, storetest.BenchService(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr := []string{store.RoleRoundRobin}
+	released := func(what string) time.Time {
+		t.Helper()
+		l, err := s.GetLease(ctx, sv.RR.V4)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return l.ReleasedAt
+	}
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	for _, wrong := range []struct {
+		what     string
+		owner    string
+		instance int
+		roles    []string
+	}{
+		{"another owner", "other", -1, rr},
+		{"another instance number", sv.ID, 0, rr},
+		{"another role", sv.ID, -1, []string{store.RoleClosest, store.RoleInstance}},
+	} {
+		if err := s.Release(ctx, at, wrong.owner, wrong.instance, wrong.roles, sv.RR.V4); err != nil {
+			t.Fatal(err)
+		}
+		if r := released(wrong.what); !r.IsZero() {
+			t.Errorf("a release by %s put the lease into quarantine at %s", wrong.what, r)
+		}
+	}
+	if err := s.Release(ctx, at, sv.ID, -1, rr, sv.RR.V4); err != nil {
+		t.Fatal(err)
+	}
+	if r := released("release by the holder"); !r.Equal(at) {
+		t.Fatalf("released at %s by its holder, want %s", r, at)
+	}
+	if err := s.Release(ctx, at.Add(time.Minute), sv.ID, -1, rr, sv.RR.V4); err != nil {
+		t.Fatal(err)
+	}
+	if r := released("second release"); !r.Equal(at) {
+		t.Errorf("a second release moved the quarantine's start from %s to %s", at, r)
+	}
+}
+
 // TestReconcile: Open quarantines leases a crashed create left without a record, and
 // drops leases whose quarantine is over.
 func TestReconcile(t *testing.T) {
