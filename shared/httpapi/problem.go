@@ -48,16 +48,28 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v) // the client went away; nothing useful to do
 }
 
+// StatusClientClosedRequest (499, nginx's) is the status of a request whose client went
+// away before it was answered: nobody reads the answer, but the access log and the
+// request metrics then tell it from the server's own failures.
+const StatusClientClosedRequest = 499
+
 // WriteProblem writes err as problem+json. A *Problem anywhere in err's chain gives the
 // status and detail; Classify maps other errors; anything else is a 500 whose detail is
-// not leaked to the client (it is logged by the caller).
+// not leaked to the client (it is logged by the caller), or a 499 when the request's
+// client had gone by then (its failure is most likely that cancellation: a store read
+// cancelled with the request).
 func WriteProblem(w http.ResponseWriter, r *http.Request, err error, classify func(error) *Problem) {
 	var p *Problem
 	if !errors.As(err, &p) {
 		if classify != nil {
 			p = classify(err)
 		}
-		if p == nil {
+		switch {
+		case p != nil:
+		case r.Context().Err() != nil:
+			p = &Problem{Title: "Client Closed Request", Status: StatusClientClosedRequest,
+				Detail: "the client went away before the request was answered"}
+		default:
 			p = &Problem{Title: http.StatusText(http.StatusInternalServerError), Status: http.StatusInternalServerError,
 				Detail: "internal error; see the server log for this request"}
 		}
