@@ -47,6 +47,7 @@ type Root interface {
 	Changes(ctx context.Context, clusterID string, since uint64, wait time.Duration) (api.ChangeBatch, error)
 	CurrentRevision(ctx context.Context, clusterID string) (uint64, error)
 	RemoveInterest(ctx context.Context, clusterID, service string) error
+	Interests(ctx context.Context, clusterID string) ([]string, error)
 }
 
 // Cache is the part of cache.Cache the table uses.
@@ -101,10 +102,13 @@ type Options struct {
 	Replica string
 	// HoldRenew is how often RunHolds renews the replica's holds (default 10s); it must
 	// be well within the cache's HoldTTL (default 30s).
-	HoldRenew  time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
-	Now        func() time.Time
+	HoldRenew time.Duration
+	// InterestCheck is how often RunHolds compares the jobs this replica holds with the
+	// interests root has for the cluster (default 30s; negative: never).
+	InterestCheck time.Duration
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
+	Now           func() time.Time
 }
 
 // Table answers table queries from the cache and root, and follows root's changes.
@@ -179,6 +183,9 @@ func New(root Root, c Cache, opt Options) *Table {
 	if opt.HoldRenew <= 0 {
 		opt.HoldRenew = 10 * time.Second
 	}
+	if opt.InterestCheck == 0 {
+		opt.InterestCheck = 30 * time.Second
+	}
 	log := opt.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -188,7 +195,7 @@ func New(root Root, c Cache, opt Options) *Table {
 		releases: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "interest_releases_total",
 			Help: "Jobs this replica's nodes stopped needing, by outcome: shared (another replica holds them: the interest at root stays), dropped (at root), retaken (dropped, then taken up again for a replica that asked meanwhile)."}, []string{"outcome"}),
 		refollowed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "semnet", Subsystem: "cluster", Name: "holds_refollowed_total",
-			Help: "Held jobs whose interest at root was taken up again: the hold had lapsed (Redis lost it, or it expired), another replica's drop raced a lookup, or root was away."}),
+			Help: "Held jobs whose interest at root was taken up again: the hold had lapsed (Redis lost it, or it expired), another replica's drop raced a lookup, root was away, or root lacked the interest."}),
 	}
 	if opt.Registerer != nil {
 		opt.Registerer.MustRegister(t.m.releases, t.m.refollowed, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -532,19 +539,72 @@ func (t *Table) Forget(ctx context.Context, job string) error {
 
 // RunHolds renews this replica's holds every HoldRenew until ctx ends, and takes the
 // cluster's interest up again in the held jobs the renewal reports (the hold lapsed, or
-// another replica's drop raced a lookup) or whose following failed. It returns ctx's
-// error. A replica that stops running it (it stopped, or died) holds nothing once its
-// holds expire.
+// another replica's drop raced a lookup), whose following failed, or, checked every
+// InterestCheck, that root has no interest for. It returns ctx's error. A replica that
+// stops running it (it stopped, or died) holds nothing once its holds expire.
 func (t *Table) RunHolds(ctx context.Context) error {
 	tk := time.NewTicker(t.opt.HoldRenew)
 	defer tk.Stop()
+	var check <-chan time.Time
+	if t.opt.InterestCheck > 0 {
+		ck := time.NewTicker(t.opt.InterestCheck)
+		defer ck.Stop()
+		check = ck.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tk.C:
+			t.renew(ctx)
+		case <-check:
+			t.checkInterests(ctx)
+			t.refollowAll(ctx)
 		}
-		t.renew(ctx)
+	}
+}
+
+// checkInterests marks for refollowing the held jobs root has no interest of the
+// cluster in. Each way of losing one the table knows of is mended where it happens
+// (Forget, the renewal); this catches the others, such as a drop that reached root
+// long after its caller gave up on it (a partition held the request back: the load run
+// found one removing the interest a lookup had just found in place, and the cluster
+// then answered from an entry root sent no changes for) or a root restored from a
+// backup. A job that is held but not cached is left to its next lookup, which
+// registers the interest.
+func (t *Table) checkInterests(ctx context.Context) {
+	var jobs []string
+	t.held.Range(func(k, _ any) bool {
+		jobs = append(jobs, k.(string))
+		return true
+	})
+	if len(jobs) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, t.opt.FetchTimeout)
+	ids, err := t.root.Interests(rctx, t.opt.ClusterID)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			t.log.Warn("could not read the cluster's interests at root; checking again later", "err", err)
+		}
+		return
+	}
+	has := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		has[id] = true
+	}
+	lost := 0
+	for _, job := range jobs {
+		e, err := t.cache.Get(ctx, job)
+		if err != nil || has[e.Table.Service.ID] {
+			continue
+		}
+		t.refollow.Store(job, struct{}{})
+		lost++
+	}
+	if lost > 0 {
+		t.log.Warn("root had no interest of the cluster in held jobs; taking it up again", "jobs", lost)
 	}
 }
 
@@ -566,6 +626,13 @@ func (t *Table) renew(ctx context.Context) {
 			t.refollow.Store(job, struct{}{})
 		}
 	}
+	t.refollowAll(ctx)
+}
+
+// refollowAll takes the interest up again in the jobs marked for it that this replica
+// still holds, stopping at the first that fails for a reason other than the job being
+// gone.
+func (t *Table) refollowAll(ctx context.Context) {
 	t.refollow.Range(func(k, _ any) bool {
 		job := k.(string)
 		if !t.Holding(job) {

@@ -364,6 +364,33 @@ func TestReplicaDropRacingHold(t *testing.T) {
 	})
 }
 
+// TestInterestLostAtRoot: root drops the cluster's interest in a job the table holds
+// behind its back (a drop the table gave up on, delivered late after a partition): the
+// interest check finds it missing and takes it up again, and the table re-reads the job.
+func TestInterestLostAtRoot(t *testing.T) {
+	ctx := t.Context()
+	srv, rc, svc := startJob(t)
+	defer srv.Close()
+	ch := &changes{ch: make(chan struct{}, 1)}
+	tb := table.New(rc, cache.NewMemory(cache.Options{}), table.Options{ClusterID: "c1", OnChange: ch.record,
+		HoldRenew: time.Hour, InterestCheck: 20 * time.Millisecond})
+	if _, err := tb.Lookup(ctx, svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.RemoveInterest(ctx, "c1", svc.JobName); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go tb.RunHolds(runCtx)
+	ch.waitFor(t, "the table to re-read the job", func() bool {
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		return slices.Contains(ch.seen, svc.JobName)
+	})
+	wantInterest(t, rc, svc, true)
+}
+
 // TestHoldExpiry: a replica that stops renewing (it died) holds nothing once its holds
 // expire: the other replica's release is then the last and drops the interest.
 func TestHoldExpiry(t *testing.T) {
