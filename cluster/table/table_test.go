@@ -70,6 +70,15 @@ func (c *changes) record(job string, e *cache.Entry, at time.Time) {
 	}
 }
 
+// saw returns a condition for waitFor: a change of job was seen.
+func (c *changes) saw(job string) func() bool {
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return slices.Contains(c.seen, job)
+	}
+}
+
 // waitFor waits until cond holds, re-checking after each change.
 func (c *changes) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -357,11 +366,7 @@ func TestReplicaDropRacingHold(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go b.RunHolds(runCtx)
-	ch.waitFor(t, "b to re-read the job", func() bool {
-		ch.mu.Lock()
-		defer ch.mu.Unlock()
-		return slices.Contains(ch.seen, svc.JobName)
-	})
+	ch.waitFor(t, "b to re-read the job", ch.saw(svc.JobName))
 }
 
 // TestInterestLostAtRoot: root drops the cluster's interest in a job the table holds
@@ -383,11 +388,7 @@ func TestInterestLostAtRoot(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go tb.RunHolds(runCtx)
-	ch.waitFor(t, "the table to re-read the job", func() bool {
-		ch.mu.Lock()
-		defer ch.mu.Unlock()
-		return slices.Contains(ch.seen, svc.JobName)
-	})
+	ch.waitFor(t, "the table to re-read the job", ch.saw(svc.JobName))
 	wantInterest(t, rc, svc, true)
 }
 
