@@ -369,13 +369,20 @@ func (e *expectations) unfollowed(n *soakNode, job string) {
 	}
 }
 
-// missing counts nodes still waiting for a change.
-func (e *expectations) missing() int {
+// missing counts nodes still waiting for a change, and describes up to five of them
+// (job, node, when the change was made into the run that began at start).
+func (e *expectations) missing(start time.Time) (int, []string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	m := 0
-	for _, x := range e.jobs {
+	var some []string
+	for job, x := range e.jobs {
 		m += len(x.waiting)
+		for i := range x.waiting {
+			if len(some) < 5 {
+				some = append(some, fmt.Sprintf("%s on node %d, changed at %s", job, i, x.t0.Sub(start).Round(time.Millisecond)))
+			}
+		}
 	}
-	return m
+	return m, some
 }
