@@ -63,12 +63,12 @@ func sharedProcesses(t *testing.T, uri, db string, opt registry.Options) []*regi
 	return regs
 }
 
-// TestReleaseOfAnotherProcesssAddresses: a service created through one root process
+// TestReleaseOfAddressesAnotherProcessAllocated: a service created through one root process
 // and deleted through the other. The deleting process's pools never held its
 // addresses; they learn that the addresses are in quarantine (and so do not propose
 // them next), and nothing is logged as a failure: it is the normal course with two
 // replicas.
-func TestReleaseOfAnotherProcesssAddresses(t *testing.T) {
+func TestReleaseOfAddressesAnotherProcessAllocated(t *testing.T) {
 	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	db := fmt.Sprintf("semnet_registry_release_%d", time.Now().UnixNano())
