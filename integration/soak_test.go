@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -19,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/semnet/semnet/node/clusterlink"
 	"github.com/semnet/semnet/node/simnode"
@@ -131,15 +134,16 @@ func (d *daemon) launch() (int, error) {
 	}
 }
 
-// metrics returns the lines of the daemon's /metrics (none when it does not answer).
-func (d *daemon) metrics() []string {
+// metrics returns the daemon's /metrics by family name (none when it does not answer).
+func (d *daemon) metrics() map[string]*dto.MetricFamily {
 	resp, err := http.Get("http://" + d.addr + "/metrics")
 	if err != nil {
 		return nil
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return strings.Split(string(b), "\n")
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fs, _ := p.TextToMetricFamilies(resp.Body) // what parsed before an error still counts
+	return fs
 }
 
 func (d *daemon) kill() {

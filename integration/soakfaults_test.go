@@ -236,15 +236,16 @@ const soakDeathWait = 3 * time.Minute
 // metrics ("c1 12, c2 40").
 func (s *soak) pendingReports() string { return s.clusterMetric("semnet_cluster_reports_pending") }
 
-// clusterMetric returns the value of one series (name and labels, as /metrics prints
-// them) at each cluster ("c1 12, c2 40"; counters count since each one's last start).
-func (s *soak) clusterMetric(series string) string {
+// clusterMetric returns the value of one series at each cluster, the series of family
+// name whose labels include the label pairs given ("c1 12, c2 40"; counters count since
+// each one's last start).
+func (s *soak) clusterMetric(name string, labelPairs ...string) string {
 	var out []string
 	for i, c := range s.cls {
 		v := "?"
-		for _, l := range c.metrics() {
-			if f, ok := strings.CutPrefix(l, series+" "); ok {
-				v = f
+		for _, m := range c.metrics()[name].GetMetric() {
+			if hasLabels(m, labelPairs...) {
+				v = strconv.FormatFloat(value(m), 'f', -1, 64)
 			}
 		}
 		out = append(out, fmt.Sprintf("c%d %s", i+1, v))
@@ -257,16 +258,12 @@ func (s *soak) clusterMetric(series string) string {
 // of names root did not know) and with an error (semnet_cluster_table_queries_total,
 // since its last start): the answers' latency is a cache hit's only for the first.
 func (s *soak) queryOutcomes() string {
-	const name = `semnet_cluster_table_queries_total{outcome="`
 	var out []string
 	for i, c := range s.cls {
 		n, by := 0.0, map[string]float64{}
-		for _, l := range c.metrics() {
-			if rest, ok := strings.CutPrefix(l, name); ok {
-				outcome, v, _ := strings.Cut(rest, `"} `)
-				by[outcome], _ = strconv.ParseFloat(v, 64)
-				n += by[outcome]
-			}
+		for _, m := range c.metrics()["semnet_cluster_table_queries_total"].GetMetric() {
+			by[labels(m)["outcome"]] += value(m)
+			n += value(m)
 		}
 		if n == 0 {
 			out = append(out, fmt.Sprintf("c%d no queries", i+1))
@@ -282,29 +279,16 @@ func (s *soak) queryOutcomes() string {
 // 250 ms of root's change (semnet_cluster_change_push_delay_seconds, since its last
 // start, faults included): how much of the propagation is root's and the cluster's.
 func (s *soak) pushDelays() string {
-	const name = "semnet_cluster_change_push_delay_seconds_"
 	var out []string
 	for i, c := range s.cls {
-		buckets := map[string]float64{}
-		var n float64
-		for _, l := range c.metrics() {
-			rest, ok := strings.CutPrefix(l, name)
-			if !ok {
-				continue
-			}
-			if v, ok := strings.CutPrefix(rest, "count "); ok {
-				n, _ = strconv.ParseFloat(v, 64)
-			} else if le, ok := strings.CutPrefix(rest, `bucket{le="`); ok {
-				bound, v, _ := strings.Cut(le, `"} `)
-				buckets[bound], _ = strconv.ParseFloat(v, 64)
-			}
-		}
-		if n == 0 {
+		hs := histTotals([]*daemon{c}, "semnet_cluster_change_push_delay_seconds", func(map[string]string) (string, bool) { return "", true })
+		if len(hs) == 0 || hs[0].n == 0 {
 			out = append(out, fmt.Sprintf("c%d no pushes", i+1))
 			continue
 		}
+		h := hs[0]
 		out = append(out, fmt.Sprintf("c%d %.1f%% / %.1f%% / %.1f%% (n=%.0f)", i+1,
-			100*buckets["0.05"]/n, 100*buckets["0.1"]/n, 100*buckets["0.25"]/n, n))
+			100*h.within[.05]/h.n, 100*h.within[.1]/h.n, 100*h.within[.25]/h.n, h.n))
 	}
 	return strings.Join(out, ", ")
 }

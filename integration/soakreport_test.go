@@ -9,10 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 // restPrefix starts the names of the tooling calls' latencies by kind ("rest:create
@@ -162,7 +163,7 @@ func (s *soak) report(dir string, end time.Duration) error {
 	fmt.Fprintf(&b, "| cluster: table queries answered from the cache / from root / \"unknown\" / with an error (since each cluster's last start, faults included) | %s |\n", s.queryOutcomes())
 	fmt.Fprintf(&b, "| cluster: pushes made within 50 / 100 / 250 ms of root's change (since each cluster's last start, faults included) | %s |\n", s.pushDelays())
 	fmt.Fprintf(&b, "| SUBSCRIBEs carrying the packet identifier of an unacknowledged delivery, carried out by the broker (since each cluster's last start) | %s |\n",
-		s.clusterMetric(`semnet_cluster_mqtt_packet_id_collisions_total{packet="subscribe"}`))
+		s.clusterMetric("semnet_cluster_mqtt_packet_id_collisions_total", "packet", "subscribe"))
 	b.WriteString("\n| # | fault | at | lasted | observed |\n|---|---|---|---|---|\n")
 	for i, e := range s.events {
 		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", i+1, e.name, e.start.Round(time.Second), (e.end - e.start).Round(time.Second), e.note)
@@ -295,38 +296,13 @@ func (s *soak) svg(end time.Duration) string {
 // that took the most time in all, from the roots' metrics at the end (each root counts
 // from its last start).
 func (s *soak) storeTable() string {
-	type total struct {
-		labels string
-		n, sec float64
-	}
-	sums := map[string]*total{}
-	for _, r := range s.roots {
-		for _, l := range r.metrics() {
-			// semnet_root_store_command_seconds_sum{labels} v, and _count.
-			rest, ok := strings.CutPrefix(l, "semnet_root_store_command_seconds_")
-			kind, rest, _ := strings.Cut(rest, "{")
-			labels, value, _ := strings.Cut(rest, "} ")
-			v, err := strconv.ParseFloat(value, 64)
-			if !ok || err != nil || (kind != "sum" && kind != "count") {
-				continue
-			}
-			t := sums[labels]
-			if t == nil {
-				t = &total{labels: labels}
-				sums[labels] = t
-			}
-			if kind == "sum" {
-				t.sec += v
-			} else {
-				t.n += v
-			}
-		}
-	}
-	all := slices.SortedFunc(maps.Values(sums), func(a, b *total) int { return cmp.Compare(b.sec, a.sec) })
+	all := histTotals(s.roots, "semnet_root_store_command_seconds", func(l map[string]string) (string, bool) {
+		return l["collection"] + " " + l["command"], true
+	})
 	var b strings.Builder
 	b.WriteString("\n| store command (both roots, since each one's last start) | commands | total | mean |\n|---|---|---|---|\n")
-	for _, t := range all[:min(10, len(all))] {
-		fmt.Fprintf(&b, "| %s | %.0f | %.1f s | %.2f ms |\n", t.labels, t.n, t.sec, 1000*t.sec/max(t.n, 1))
+	for _, h := range all[:min(10, len(all))] {
+		fmt.Fprintf(&b, "| %s | %.0f | %.1f s | %.2f ms |\n", h.key, h.n, h.sum, 1000*h.sum/max(h.n, 1))
 	}
 	return b.String()
 }
@@ -337,53 +313,80 @@ func (s *soak) storeTable() string {
 // stream's long polls left out. Set beside the tooling's own latencies above, it tells
 // root's part from the time a request spent reaching root and coming back.
 func (s *soak) routeTable() string {
-	type route struct {
-		name                    string
-		n, sec, in25ms, in100ms float64
+	all := histTotals(s.roots, "semnet_root_http_request_duration_seconds", func(l map[string]string) (string, bool) {
+		return l["method"] + " " + l["route"], !strings.HasSuffix(l["route"], "/changes")
+	})
+	var b strings.Builder
+	b.WriteString("\n| root's REST answers (both roots, since each one's last start; change stream left out) | requests | mean | within 25 ms | within 100 ms |\n|---|---|---|---|---|\n")
+	for _, h := range all[:min(10, len(all))] {
+		n := max(h.n, 1)
+		fmt.Fprintf(&b, "| %s | %.0f | %.1f ms | %.1f%% | %.1f%% |\n", h.key, h.n, 1000*h.sum/n, 100*h.within[.025]/n, 100*h.within[.1]/n)
 	}
-	const metric = "semnet_root_http_request_duration_seconds_"
-	routes := map[string]*route{}
-	for _, r := range s.roots {
-		for _, l := range r.metrics() {
-			rest, ok := strings.CutPrefix(l, metric)
-			kind, rest, _ := strings.Cut(rest, "{")
-			labels, value, _ := strings.Cut(rest, "} ")
-			v, err := strconv.ParseFloat(value, 64)
-			if !ok || err != nil {
+	return b.String()
+}
+
+// histTotal is one group of a histogram's series summed over processes: observations,
+// their sum, and how many fell within each bucket's upper bound.
+type histTotal struct {
+	key    string
+	n, sum float64
+	within map[float64]float64
+}
+
+// histTotals sums histogram family name over the daemons' metrics, grouping its series
+// by key (which may leave one out), most time first.
+func histTotals(ds []*daemon, name string, key func(labels map[string]string) (string, bool)) []*histTotal {
+	groups := map[string]*histTotal{}
+	for _, d := range ds {
+		for _, m := range d.metrics()[name].GetMetric() {
+			k, ok := key(labels(m))
+			if !ok {
 				continue
 			}
-			lv := map[string]string{}
-			for _, kv := range strings.Split(labels, ",") {
-				k, v, _ := strings.Cut(kv, "=")
-				lv[k] = strings.Trim(v, `"`)
+			g := groups[k]
+			if g == nil {
+				g = &histTotal{key: k, within: map[float64]float64{}}
+				groups[k] = g
 			}
-			if strings.HasSuffix(lv["route"], "/changes") {
-				continue
-			}
-			name := lv["method"] + " " + lv["route"]
-			rt := routes[name]
-			if rt == nil {
-				rt = &route{name: name}
-				routes[name] = rt
-			}
-			switch {
-			case kind == "sum":
-				rt.sec += v
-			case kind == "count":
-				rt.n += v
-			case kind == "bucket" && lv["le"] == "0.025":
-				rt.in25ms += v
-			case kind == "bucket" && lv["le"] == "0.1":
-				rt.in100ms += v
+			h := m.GetHistogram()
+			g.n += float64(h.GetSampleCount())
+			g.sum += h.GetSampleSum()
+			for _, b := range h.GetBucket() {
+				g.within[b.GetUpperBound()] += float64(b.GetCumulativeCount())
 			}
 		}
 	}
-	all := slices.SortedFunc(maps.Values(routes), func(a, b *route) int { return cmp.Compare(b.sec, a.sec) })
-	var b strings.Builder
-	b.WriteString("\n| root's REST answers (both roots, since each one's last start; change stream left out) | requests | mean | within 25 ms | within 100 ms |\n|---|---|---|---|---|\n")
-	for _, r := range all[:min(10, len(all))] {
-		n := max(r.n, 1)
-		fmt.Fprintf(&b, "| %s | %.0f | %.1f ms | %.1f%% | %.1f%% |\n", r.name, r.n, 1000*r.sec/n, 100*r.in25ms/n, 100*r.in100ms/n)
+	return slices.SortedFunc(maps.Values(groups), func(a, b *histTotal) int { return cmp.Compare(b.sum, a.sum) })
+}
+
+// labels returns a series' labels by name.
+func labels(m *dto.Metric) map[string]string {
+	out := make(map[string]string, len(m.GetLabel()))
+	for _, l := range m.GetLabel() {
+		out[l.GetName()] = l.GetValue()
 	}
-	return b.String()
+	return out
+}
+
+// hasLabels reports whether m has every label of pairs (name, value, name, value ...).
+func hasLabels(m *dto.Metric, pairs ...string) bool {
+	l := labels(m)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if l[pairs[i]] != pairs[i+1] {
+			return false
+		}
+	}
+	return true
+}
+
+// value is a counter's, gauge's or untyped series' value.
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.GetCounter().GetValue()
+	case m.Gauge != nil:
+		return m.GetGauge().GetValue()
+	default:
+		return m.GetUntyped().GetValue()
+	}
 }
